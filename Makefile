@@ -1,0 +1,32 @@
+# Convenience wrappers; the real steps are the scripts in build/ and tests/.
+.PHONY: all bundle run stop test asan test-asan bench clean
+
+PREFIX_DIR := $(CURDIR)/dist/nginx-portable
+
+all: bundle
+
+bundle:
+	bash build/build.sh
+
+run:
+	bash build/run.sh
+
+stop:
+	-$(PREFIX_DIR)/sbin/nginx -p $(PREFIX_DIR) -s quit
+
+test:
+	bash tests/run.sh
+
+# ASan+UBSan build of the same sources (tests only, never released).
+asan:
+	NP_VARIANT=asan bash build/nginx.sh
+	NP_VARIANT=asan bash build/bundle.sh
+
+test-asan: asan
+	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh
+
+bench: bundle
+	bash bench/run.sh
+
+clean:
+	rm -rf .build dist

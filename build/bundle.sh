@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Assemble the relocatable bundle from the linked binary, conf/ and the Lua
+# runtime files, then pack the release tarball (release variant only).
+#
+#   NP_VARIANT=release -> dist/nginx-portable/ + dist/nginx-portable-VERSION-linux-x86_64.tar.gz
+#   NP_VARIANT=asan    -> .build/asan/bundle/   (sanitizer test build, never released)
+#   NP_BUILD_DIR, NP_BUNDLE_OUT: another build dir / output dir (parallel work)
+. "$(dirname "$0")/common.sh"
+. "$NP_ROOT/build/flags.sh"
+
+variant=${NP_VARIANT:-release}
+B=${NP_BUILD_DIR:-$NP_ROOT/.build/$variant}
+if [ -n "${NP_BUNDLE_OUT:-}" ]; then out=$NP_BUNDLE_OUT
+elif [ "$variant" = release ] && [ -z "${NP_BUILD_DIR:-}" ]; then out=$NP_ROOT/dist/nginx-portable
+else out=$B/bundle; fi
+
+rm -rf "$out.tmp" && mkdir -p "$out.tmp"/{sbin,conf,logs,temp}
+cp "$B/nginx/objs/nginx" "$out.tmp/sbin/nginx"
+[ "$variant" = release ] && strip --strip-all "$out.tmp/sbin/nginx"
+cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
+cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
+"$NP_ROOT/build/lualib.sh" "$out.tmp/lualib"
+touch "$out.tmp/logs/.keep" "$out.tmp/temp/.keep"
+[ -x "$NP_ROOT/conf/demo/gen-certs.sh" ] && "$NP_ROOT/conf/demo/gen-certs.sh" "$out.tmp/conf/demo"
+rm -rf "$out" && mv "$out.tmp" "$out"
+np_log "bundle ready: $out"
+
+[ "$out" = "$NP_ROOT/dist/nginx-portable" ] || exit 0
+version=$(cat "$NP_ROOT/VERSION")
+tarball=$NP_ROOT/dist/nginx-portable-$version-linux-x86_64.tar.gz
+# Reproducible: fixed order, owners and times; gzip without a name or time.
+(cd "$NP_ROOT/dist" && find nginx-portable -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} + \
+  && tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+         --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+         -cf - nginx-portable | gzip -9n > "$tarball")
+(cd "$NP_ROOT/dist" && sha256sum "$(basename "$tarball")" > "$(basename "$tarball").sha256")
+np_log "tarball: $tarball ($(du -h "$tarball" | cut -f1))"

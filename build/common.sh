@@ -1,0 +1,48 @@
+# Shared by the build scripts: paths, the lock-file reader, logging.
+# Sourced, never run.
+
+set -euo pipefail
+
+NP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NP_LOCK=$NP_ROOT/build/deps.lock
+# Downloads and dependency builds live outside the work tree, keyed by the lock.
+NP_CACHE=${NGINX_PORTABLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nginx-portable}
+NP_DOWNLOADS=$NP_CACHE/downloads
+NP_JOBS=${NP_JOBS:-$(nproc)}
+
+np_log() { printf '[build] %s\n' "$*" >&2; }
+np_die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
+
+# The lock's hash, combined with the scripts that turn it into artefacts, so
+# a change to either invalidates the cache.
+# Only the lines that select inputs count (not comments or upstream URLs).
+np_lock_inputs() { grep -Ev '^[[:space:]]*(#|upstream[[:space:]]|$)' "$NP_LOCK"; }
+np_lock_key() { np_lock_inputs | sha256sum | cut -c1-16; }
+np_deps_key() {
+    (np_lock_inputs; cat "$NP_ROOT/build/deps.sh" "$NP_ROOT/build/flags.sh") | sha256sum | cut -c1-16
+}
+
+# np_lock_field COMPONENT KEYWORD -> the rest of that component's KEYWORD lines
+np_lock_field() {
+    awk -v c="$1" -v k="$2" '
+        /^#/ || NF == 0 { next }
+        $1 == "component" { cur = $2; next }
+        cur == c && $1 == k { $1 = ""; sub(/^ /, ""); print }
+    ' "$NP_LOCK"
+}
+
+np_components() { awk '$1 == "component" { print $2 }' "$NP_LOCK"; }
+np_version() { awk -v c="$1" '$1 == "component" && $2 == c { print $3 }' "$NP_LOCK"; }
+np_source_date_epoch() { awk '$1 == "source-date-epoch" { print $2 }' "$NP_LOCK"; }
+
+# The unpacked, Debian-patched source tree of a component.
+np_srcdir() { echo "$NP_CACHE/src/$1-$(np_lock_key)"; }
+# Static libraries and headers of OpenSSL, PCRE, zlib and LuaJIT.
+np_depsdir() { echo "$NP_CACHE/deps-$(np_deps_key)"; }
+
+# Serialise cache writers (parallel builds share the cache): holds until exit.
+np_cache_lock() {
+    mkdir -p "$NP_CACHE"
+    exec 9>"$NP_CACHE/.lock-$1"
+    flock 9
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Configure and link the static-pie nginx with ngx_devel_kit, lua-nginx-module,
+# LuaJIT and every module under modules/ compiled in.
+#
+#   NP_VARIANT=release (default) | asan     flags, and the build dir .build/<variant>/
+#   NP_BUILD_DIR=DIR                         another build dir (parallel work)
+#   NP_MODULES="a b"                         only these modules/ (default: all)
+#
+# The nginx tree is configured with paths relative to .build/<variant>/nginx
+# (../deps, ../modules), so `nginx -V` and the binary name no machine path.
+# After configure, objs/Makefile is edited: the two `-Wl,-E` nginx and
+# lua-nginx-module add are removed (with -static-pie they crash the binary
+# before main), and the link gets $(NP_LINK_EXTRA) for the dlsym table
+# (build/static-symbols).  Output: .build/<variant>/nginx/objs/nginx.
+. "$(dirname "$0")/common.sh"
+. "$NP_ROOT/build/flags.sh"
+
+variant=${NP_VARIANT:-release}
+B=${NP_BUILD_DIR:-$NP_ROOT/.build/$variant}
+mkdir -p "$B"
+
+"$NP_ROOT/build/fetch.sh"
+"$NP_ROOT/build/deps.sh"
+
+# --- sources: fresh patched copies whenever the lock or our patches change ---
+src_key=$( (np_lock_key; cat "$NP_ROOT"/build/patches/*/*.patch) | sha256sum | cut -c1-16)
+if [ "$(cat "$B/.src-key" 2>/dev/null)" != "$src_key" ]; then
+    np_log "preparing sources in $B"
+    rm -rf "$B/nginx" "$B/lua-nginx-module" "$B/ngx_devel_kit" "$B/.configure-key"
+    cp -a "$(np_srcdir nginx)" "$B/nginx"
+    cp -a "$(np_srcdir lua-nginx-module)" "$B/lua-nginx-module"
+    cp -a "$(np_srcdir ngx_devel_kit)" "$B/ngx_devel_kit"
+    for comp in nginx lua-nginx-module ngx_devel_kit; do
+        for p in "$NP_ROOT/build/patches/$comp"/*.patch; do
+            [ -f "$p" ] || continue
+            patch -s -p1 -d "$B/$comp" < "$p" || np_die "patch $p does not apply"
+        done
+    done
+    echo "$src_key" > "$B/.src-key"
+fi
+ln -sfn "$(np_depsdir)" "$B/deps"
+ln -sfn "$NP_ROOT/modules" "$B/modules"
+
+# --- configure ---------------------------------------------------------------
+# No -ffile-prefix-map here: nginx compiles relative paths already, and the
+# flags would put machine paths into `nginx -V`.
+cflags="$NP_HARDEN_CFLAGS ${NP_EXTRA_CFLAGS:-} -I../deps/include"
+ldflags="-L../deps/lib $NP_LDFLAGS"
+if [ "$variant" = asan ]; then
+    # Sanitizers need the dynamic runtime: this variant is for tests only.
+    cflags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I../deps/include"
+    ldflags="-L../deps/lib -fsanitize=address,undefined"
+fi
+
+our_modules=()
+for m in ${NP_MODULES-$(cd "$NP_ROOT/modules" && ls -d */ 2>/dev/null | tr -d /)}; do
+    [ -f "$NP_ROOT/modules/$m/config" ] || np_die "modules/$m has no nginx config file"
+    our_modules+=("--add-module=../modules/$m")
+done
+
+configure_args=(
+    --prefix="${NP_TARGET_PREFIX:-/opt/nginx-portable}"
+    --sbin-path=sbin/nginx
+    --conf-path=conf/nginx.conf
+    --error-log-path=logs/error.log
+    --http-log-path=logs/access.log
+    --pid-path=logs/nginx.pid
+    --lock-path=logs/nginx.lock
+    --http-client-body-temp-path=temp/client_body
+    --http-proxy-temp-path=temp/proxy
+    --http-fastcgi-temp-path=temp/fastcgi
+    --http-uwsgi-temp-path=temp/uwsgi
+    --http-scgi-temp-path=temp/scgi
+    # nginx would pick the group from the *build* host's /etc/group.
+    --user=nobody --group=nogroup
+    --with-threads --with-file-aio
+    --with-http_ssl_module --with-http_v2_module --with-http_realip_module
+    --with-http_stub_status_module --with-http_gzip_static_module
+    --with-stream --with-stream_ssl_module --with-stream_realip_module
+    --with-stream_ssl_preread_module
+    --with-pcre --with-pcre-jit --without-pcre2
+    --with-cc-opt="$cflags"
+    --with-ld-opt="$ldflags"
+    --add-module=../ngx_devel_kit
+    --add-module=../lua-nginx-module
+    "${our_modules[@]}"
+)
+
+conf_key=$( (printf '%s\n' "${configure_args[@]}"
+             for m in "${our_modules[@]}"; do cat "$NP_ROOT/modules/${m##*/}/config"; done) \
+            | sha256sum | cut -c1-16)
+cd "$B/nginx"
+if [ "$(cat "$B/.configure-key" 2>/dev/null)" != "$conf_key" ] || [ ! -f objs/Makefile ]; then
+    np_log "configuring nginx ($variant)"
+    LUAJIT_LIB=../deps/lib LUAJIT_INC=../deps/include/luajit-2.1 \
+        ./configure "${configure_args[@]}" > "$B/configure.log" 2>&1 \
+        || { tail -30 "$B/configure.log" >&2; np_die "nginx configure failed; see $B/configure.log"; }
+    # See the header comment: no -Wl,-E, and a hook for the dlsym table.
+    sed -i -e 's/[[:space:]]*-Wl,-E\b//g' -e 's/^\(\t\$(LINK) -o objs\/nginx\)/\1 $(NP_LINK_EXTRA)/' objs/Makefile
+    grep -q 'NP_LINK_EXTRA' objs/Makefile || np_die "could not hook the link line in objs/Makefile"
+    ! grep -q -- '-Wl,-E' objs/Makefile || np_die "-Wl,-E is still on the link line"
+    echo "$conf_key" > "$B/.configure-key"
+    rm -f objs/nginx
+fi
+
+# --- compile and link twice --------------------------------------------------
+lualib_stage=$B/lualib-stage
+"$NP_ROOT/build/lualib.sh" "$lualib_stage"
+gen=$NP_ROOT/build/static-symbols/gen_symtab.py
+cc_sym() { cc $cflags -Wno-builtin-declaration-mismatch -c "$1" -o "$2"; }
+
+cc_sym "$NP_ROOT/build/static-symbols/np_static_dlsym.c" objs/np_static_dlsym.o
+# Pass 1: only the C names shipped Lua code declares (forced into the link).
+mapfile -t ffi_names < <(python3 "$gen" --ffi-names "$lualib_stage")
+python3 "$gen" --table objs/np_symtab_pass1.c "${ffi_names[@]}"
+cc_sym objs/np_symtab_pass1.c objs/np_symtab_pass1.o
+
+wrap="-Wl,--wrap=dlsym objs/np_static_dlsym.o"
+if [ -f objs/np_symtab.o ] && make -q -f objs/Makefile objs/nginx 2>/dev/null \
+   && [ "$(cat objs/np_ffi_names 2>/dev/null)" = "${ffi_names[*]}" ]; then
+    np_log "nginx ($variant) is up to date"
+    exit 0
+fi
+np_log "compiling nginx ($variant)"
+rm -f objs/nginx
+make -f objs/Makefile -j"$NP_JOBS" NP_LINK_EXTRA="$wrap objs/np_symtab_pass1.o" \
+    > "$B/make.log" 2>&1 || { grep -E 'error|Error' "$B/make.log" | head -30 >&2; np_die "nginx build failed; see $B/make.log"; }
+
+# Pass 2: every global function/object of pass 1; fail if Lua needs a missing one.
+python3 "$gen" --table objs/np_symtab.c --from-binary objs/nginx --require "$lualib_stage" \
+    || np_die "a Lua ffi.cdef name is not in the binary (add it to the link)"
+cc_sym objs/np_symtab.c objs/np_symtab.o
+rm -f objs/nginx
+make -f objs/Makefile NP_LINK_EXTRA="$wrap objs/np_symtab.o" >> "$B/make.log" 2>&1 \
+    || np_die "nginx link (pass 2) failed; see $B/make.log"
+echo "${ffi_names[*]}" > objs/np_ffi_names
+np_log "linked $B/nginx/objs/nginx"

@@ -1,0 +1,68 @@
+"""The release binary is a hardened static-pie nginx with the promised modules."""
+import re
+import subprocess
+
+import pytest
+
+from conftest import BUNDLE, IS_ASAN
+
+NGINX = str(BUNDLE / 'sbin' / 'nginx')
+pytestmark = pytest.mark.skipif(IS_ASAN, reason='properties of the release binary')
+
+
+def sh(*cmd):
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_file_says_static_pie():
+    out = sh('file', '-L', NGINX).stdout
+    assert 'static-pie linked' in out, out
+
+
+def test_no_interpreter_and_ldd_finds_nothing():
+    headers = sh('readelf', '-lW', NGINX).stdout
+    assert 'INTERP' not in headers
+    assert re.search(r'^\s*GNU_RELRO', headers, re.M)
+    stack = re.search(r'^\s*GNU_STACK.*$', headers, re.M).group(0)
+    assert 'RWE' not in stack, stack          # non-executable stack
+    ldd = sh('ldd', NGINX)
+    text = ldd.stdout + ldd.stderr
+    assert '=>' not in text and ('statically linked' in text or 'not a dynamic executable' in text), text
+
+
+def test_elf_type_and_relocations():
+    assert 'DYN' in sh('readelf', '-hW', NGINX).stdout
+    dyn = sh('readelf', '-dW', NGINX).stdout
+    assert 'BIND_NOW' in dyn or 'FLAGS_1' in dyn and 'NOW' in dyn, dyn
+    relocs = sh('readelf', '-rW', NGINX).stdout
+    kinds = set(re.findall(r'\bR_X86_64_\w+', relocs))
+    assert kinds <= {'R_X86_64_RELATIVE', 'R_X86_64_IRELATIVE'}, kinds
+
+
+def test_no_exported_dynamic_symbols():
+    # -Wl,-E must be gone: it crashes glibc static-pie before main.
+    dynsym = sh('readelf', '--dyn-syms', '-W', NGINX).stdout
+    assert len([l for l in dynsym.splitlines() if re.match(r'\s*\d+:', l)]) <= 1, dynsym[:2000]
+
+
+def test_version_lists_modules_and_libraries():
+    out = sh(NGINX, '-V').stderr
+    assert 'nginx version: nginx/1.22.1' in out
+    assert 'built with OpenSSL 3.0.20' in out
+    for flag in ('--with-http_ssl_module', '--with-http_v2_module', '--with-http_realip_module',
+                 '--with-http_stub_status_module', '--with-http_gzip_static_module',
+                 '--with-stream', '--with-stream_ssl_module', '--with-stream_realip_module',
+                 '--with-threads', '--with-pcre-jit', '--without-pcre2',
+                 'ngx_devel_kit', 'lua-nginx-module', '-fstack-protector-strong',
+                 '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro,-z,now', '-static-pie'):
+        assert flag in out, flag
+    # configured with relative paths only: nothing of the build machine leaks
+    assert '/root/' not in out and '/work/' not in out and '.cache' not in out
+
+
+def test_stack_protector_and_fortify_are_in_the_code():
+    syms = sh('readelf', '-sW', str(BUNDLE.parent.parent / '.build' / 'release' / 'nginx' / 'objs' / 'nginx'))
+    if syms.returncode != 0:
+        pytest.skip('unstripped build tree not present')
+    assert '__stack_chk_fail' in syms.stdout
+    assert re.search(r'__\w+_chk\b', syms.stdout.replace('__stack_chk_fail', ''))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run the test suite against the bundle (NP_BUNDLE, default dist/nginx-portable).
+# Extra arguments go to pytest, e.g. tests/run.sh -k upstream -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash build/install-deps.sh
+if [ -z "${NP_BUNDLE:-}" ]; then
+    bash build/build.sh          # incremental: seconds when nothing changed
+    export NP_BUNDLE=$PWD/dist/nginx-portable
+fi
+[ -x "$NP_BUNDLE/sbin/nginx" ] || { echo "no bundle at $NP_BUNDLE" >&2; exit 1; }
+rc=0
+/usr/bin/python3 -m pytest tests -ra -p no:cacheprovider "$@" || rc=$?
+# pytest's 5 means no test was collected: that is a failure for us.
+[ $rc -eq 5 ] && { echo "no tests were collected" >&2; exit 1; }
+exit $rc
