@@ -48,7 +48,7 @@ cflags="$NP_HARDEN_CFLAGS ${NP_EXTRA_CFLAGS:-} -I../deps/include"
 ldflags="-L../deps/lib $NP_LDFLAGS"
 if [ "$variant" = asan ]; then
     # Sanitizers need the dynamic runtime: this variant is for tests only.
-    cflags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I../deps/include"
+    cflags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize=nonnull-attribute -I../deps/include"
     ldflags="-L../deps/lib -fsanitize=address,undefined"
 fi
 

@@ -97,10 +97,9 @@ class Nginx:
         self.prefix = pathlib.Path(prefix)
         self.env = dict(os.environ)
         if IS_ASAN:
-            self.env.setdefault('ASAN_OPTIONS', 'detect_leaks=0:abort_on_error=1:log_path=%s'
-                                % (self.prefix / 'logs' / 'asan'))
-            self.env.setdefault('UBSAN_OPTIONS', 'print_stacktrace=1:log_path=%s'
-                                % (self.prefix / 'logs' / 'ubsan'))
+            # Reports go to stderr, which nginx points at its error log.
+            self.env.setdefault('ASAN_OPTIONS', 'detect_leaks=0:abort_on_error=1')
+            self.env.setdefault('UBSAN_OPTIONS', 'print_stacktrace=1')
         self.env.update(env or {})
 
     @property

@@ -50,20 +50,26 @@ def ffi_declared_functions(lualib):
 
 
 def binary_symbols(binary):
+    """(defined, imported): global symbols the binary defines, and those it
+    takes from shared libraries (only a dynamic build, e.g. ASan, has any;
+    the real dlsym finds those)."""
     out = subprocess.run(['readelf', '-Ws', '--wide', binary], check=True,
                          capture_output=True, text=True).stdout
-    names = set()
+    defined, imported = set(), set()
     for line in out.splitlines():
         f = line.split()
         # Num: Value Size Type Bind Vis Ndx Name
-        if len(f) != 8 or f[3] not in ('FUNC', 'OBJECT'):
+        if len(f) != 8 or f[4] not in ('GLOBAL', 'WEAK'):
             continue
-        if f[4] not in ('GLOBAL', 'WEAK') or f[5] != 'DEFAULT' or f[6] == 'UND':
+        name = f[7].split('@')[0]
+        if f[6] == 'UND':
+            imported.add(name)
             continue
-        name = f[7]
+        if f[3] not in ('FUNC', 'OBJECT') or f[5] != 'DEFAULT':
+            continue
         if IDENT.match(name) and not name.startswith(('__wrap_', '__real_', 'np_static_symbols')):
-            names.add(name)
-    return names
+            defined.add(name)
+    return defined, imported
 
 
 def write_table(path, names):
@@ -95,11 +101,12 @@ def main():
                                if not n.startswith('ngx_'))))
         return 0
 
-    names = set(a.names)
+    names, imported = set(a.names), set()
     if a.from_binary:
-        names |= binary_symbols(a.from_binary)
+        defined, imported = binary_symbols(a.from_binary)
+        names |= defined
     if a.require:
-        missing = sorted(ffi_declared_functions(a.require) - names)
+        missing = sorted(ffi_declared_functions(a.require) - names - imported)
         if missing:
             sys.stderr.write('ffi.cdef names with no definition in the binary: %s\n'
                              % ' '.join(missing))
