@@ -21,7 +21,9 @@ cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
 cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
 "$NP_ROOT/build/lualib.sh" "$out.tmp/lualib"
 touch "$out.tmp/logs/.keep" "$out.tmp/temp/.keep"
-[ -x "$NP_ROOT/conf/demo/gen-certs.sh" ] && "$NP_ROOT/conf/demo/gen-certs.sh" "$out.tmp/conf/demo"
+# Demo certificates: made once and cached, so rebuilds are byte-identical.
+"$NP_ROOT/conf/demo/gen-certs.sh" "$NP_CACHE/demo-certs"
+cp -p "$NP_CACHE/demo-certs"/* "$out.tmp/conf/demo/"
 rm -rf "$out" && mv "$out.tmp" "$out"
 np_log "bundle ready: $out"
 
