@@ -1,0 +1,502 @@
+
+/*
+ * ngx_http_lua_upstream_module: the `ngx.upstream` Lua API
+ * (contract: shared/spec/ngx-upstream.md).
+ *
+ * The Lua functions below raise errors with luaL_error()/luaL_check*(),
+ * which longjmp out of them.  So no frame in this file holds an object with a
+ * non-trivial destructor, and none holds a lock while calling the Lua API:
+ * everything that locks lives in ngx_lua_upstream_core.cpp and returns
+ * plain data (peer_snapshot_t, status_t) before any Lua call is made.
+ */
+
+
+#include "ngx_cpp.h"
+#include "ngx_lua_upstream_core.h"
+
+
+/*
+ * lua-nginx-module's request phases (ngx_http_lua_common.h of 0.10.23,
+ * NGX_HTTP_LUA_CONTEXT_*), read through its exported FFI entry point
+ * ngx_http_lua_ffi_get_phase() (what resty.core's ngx.get_phase() uses).
+ * Timers, init_worker, exit_worker and the ssl_* phases run on a fake
+ * request, which is "no request" for current_upstream_name().
+ */
+extern "C" int ngx_http_lua_ffi_get_phase(ngx_http_request_t *r, char **err);
+
+
+namespace {
+
+
+using namespace ngx_lua_upstream;
+
+
+constexpr int  lua_context_request_phases =
+      0x0001    /* set_by_lua */
+    | 0x0002    /* rewrite_by_lua */
+    | 0x0004    /* access_by_lua */
+    | 0x0008    /* content_by_lua */
+    | 0x0010    /* log_by_lua */
+    | 0x0020    /* header_filter_by_lua */
+    | 0x0040    /* body_filter_by_lua */
+    | 0x0200    /* balancer_by_lua */
+    | 0x8000;   /* server_rewrite_by_lua */
+
+
+/* ---- small helpers (may raise Lua memory errors: nothing to unwind) ---- */
+
+int
+push_error(lua_State *L, status_t s)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, status_text(s));
+    return 2;
+}
+
+
+void
+push_str(lua_State *L, const ngx_str_t &s)
+{
+    lua_pushlstring(L, reinterpret_cast<const char *>(s.data), s.len);
+}
+
+
+void
+set_integer(lua_State *L, const char *key, lua_Integer value)
+{
+    lua_pushinteger(L, value);
+    lua_setfield(L, -2, key);
+}
+
+
+void
+set_string(lua_State *L, const char *key, const ngx_str_t &value)
+{
+    push_str(L, value);
+    lua_setfield(L, -2, key);
+}
+
+
+void
+set_true(lua_State *L, const char *key)
+{
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, key);
+}
+
+
+/* "host", or "host:port" when the group has a port */
+void
+push_group_name(lua_State *L, const ngx_http_upstream_srv_conf_t *uscf)
+{
+    push_str(L, uscf->host);
+
+    if (uscf->port) {
+        lua_pushfstring(L, ":%d", static_cast<int>(uscf->port));
+        lua_concat(L, 2);
+    }
+}
+
+
+/* the group named by the only argument, or NULL */
+ngx_http_upstream_srv_conf_t *
+check_group_arg(lua_State *L)
+{
+    if (lua_gettop(L) != 1) {
+        luaL_error(L, "exactly one argument expected");
+        return nullptr;         /* not reached */
+    }
+
+    size_t       len;
+    const char  *name = luaL_checklstring(L, 1, &len);
+
+    return find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+}
+
+
+/* ---- upstream.get_upstreams() ------------------------------------------ */
+
+int
+get_upstreams(lua_State *L)
+{
+    if (lua_gettop(L) != 0) {
+        return luaL_error(L, "no argument expected");
+    }
+
+    ngx_http_upstream_main_conf_t  *umcf = main_conf();
+    ngx_uint_t                      n = umcf ? umcf->upstreams.nelts : 0;
+
+    lua_createtable(L, static_cast<int>(n), 0);
+
+    if (n == 0) {
+        return 1;
+    }
+
+    auto **uscfp = static_cast<ngx_http_upstream_srv_conf_t **>(
+                       umcf->upstreams.elts);
+
+    for (ngx_uint_t i = 0; i < n; i++) {
+        push_group_name(L, uscfp[i]);
+        lua_rawseti(L, -2, static_cast<int>(i + 1));
+    }
+
+    return 1;
+}
+
+
+/* ---- upstream.get_servers(name) ---------------------------------------- */
+
+void
+push_server(lua_State *L, const ngx_http_upstream_server_t &server)
+{
+    lua_createtable(L, 0, 7);
+
+    if (server.naddrs == 1) {
+        push_str(L, server.addrs[0].name);
+
+    } else {
+        lua_createtable(L, static_cast<int>(server.naddrs), 0);
+
+        for (ngx_uint_t i = 0; i < server.naddrs; i++) {
+            push_str(L, server.addrs[i].name);
+            lua_rawseti(L, -2, static_cast<int>(i + 1));
+        }
+    }
+
+    lua_setfield(L, -2, "addr");
+
+    if (server.name.len) {
+        set_string(L, "name", server.name);
+    }
+
+    set_integer(L, "weight", static_cast<lua_Integer>(server.weight));
+    set_integer(L, "max_fails", static_cast<lua_Integer>(server.max_fails));
+    set_integer(L, "fail_timeout",
+                static_cast<lua_Integer>(server.fail_timeout));
+
+    if (server.backup) {
+        set_true(L, "backup");
+    }
+
+    if (server.down) {
+        set_true(L, "down");
+    }
+}
+
+
+/*
+ * An implicit group whose host is a name (proxy_pass http://name:port) has
+ * no server list: nginx resolves the name into peers only when it sets up
+ * round robin.  Report it as the single zeroed pseudo-server nginx itself
+ * creates for an implicit group with a literal address, with the resolved
+ * peer addresses.
+ */
+int
+push_implicit_servers(lua_State *L, ngx_http_upstream_srv_conf_t *uscf)
+{
+    ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, false);
+
+    if (peers == nullptr) {
+        lua_createtable(L, 0, 0);
+        return 1;
+    }
+
+    ngx_uint_t  max = peers->number;
+    auto       *snap = static_cast<peer_snapshot_t *>(
+                           lua_newuserdata(L, (max ? max : 1)
+                                              * sizeof(peer_snapshot_t)));
+    ngx_uint_t  n = snapshot(peers, snap, max);
+
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 4);
+
+    if (n == 1) {
+        push_str(L, snap[0].name);
+
+    } else {
+        lua_createtable(L, static_cast<int>(n), 0);
+
+        for (ngx_uint_t i = 0; i < n; i++) {
+            push_str(L, snap[i].name);
+            lua_rawseti(L, -2, static_cast<int>(i + 1));
+        }
+    }
+
+    lua_setfield(L, -2, "addr");
+    set_integer(L, "weight", 0);
+    set_integer(L, "max_fails", 0);
+    set_integer(L, "fail_timeout", 0);
+    lua_rawseti(L, -2, 1);
+
+    return 1;
+}
+
+
+int
+get_servers(lua_State *L)
+{
+    ngx_http_upstream_srv_conf_t  *uscf = check_group_arg(L);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    if (uscf->servers == nullptr) {
+        return push_implicit_servers(L, uscf);
+    }
+
+    auto       *server = static_cast<ngx_http_upstream_server_t *>(
+                             uscf->servers->elts);
+    ngx_uint_t  n = uscf->servers->nelts;
+
+    lua_createtable(L, static_cast<int>(n), 0);
+
+    for (ngx_uint_t i = 0; i < n; i++) {
+        push_server(L, server[i]);
+        lua_rawseti(L, -2, static_cast<int>(i + 1));
+    }
+
+    return 1;
+}
+
+
+/* ---- upstream.get_primary_peers(name), get_backup_peers(name) ---------- */
+
+void
+push_peer(lua_State *L, const peer_snapshot_t &peer, ngx_uint_t id)
+{
+    lua_createtable(L, 0, 12);
+
+    set_integer(L, "id", static_cast<lua_Integer>(id));
+    set_string(L, "name", peer.name);
+    set_integer(L, "weight", peer.weight);
+    set_integer(L, "current_weight", peer.current_weight);
+    set_integer(L, "effective_weight", peer.effective_weight);
+    set_integer(L, "conns", static_cast<lua_Integer>(peer.conns));
+    set_integer(L, "fails", static_cast<lua_Integer>(peer.fails));
+    set_integer(L, "max_fails", static_cast<lua_Integer>(peer.max_fails));
+    set_integer(L, "fail_timeout",
+                static_cast<lua_Integer>(peer.fail_timeout));
+
+    if (peer.accessed) {
+        set_integer(L, "accessed", static_cast<lua_Integer>(peer.accessed));
+    }
+
+    if (peer.checked) {
+        set_integer(L, "checked", static_cast<lua_Integer>(peer.checked));
+    }
+
+    if (peer.down) {
+        set_true(L, "down");
+    }
+}
+
+
+int
+get_peers(lua_State *L, bool backup)
+{
+    ngx_http_upstream_srv_conf_t  *uscf = check_group_arg(L);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    if (uscf->peer.data == nullptr) {
+        return push_error(L, status_t::no_peer_data);
+    }
+
+    ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, backup);
+
+    if (peers == nullptr) {
+        lua_createtable(L, 0, 0);       /* no backup peers */
+        return 1;
+    }
+
+    /* copy under the locks first, build Lua tables after unlocking */
+
+    ngx_uint_t  max = peers->number;
+    auto       *snap = static_cast<peer_snapshot_t *>(
+                           lua_newuserdata(L, (max ? max : 1)
+                                              * sizeof(peer_snapshot_t)));
+    ngx_uint_t  n = snapshot(peers, snap, max);
+
+    lua_createtable(L, static_cast<int>(n), 0);
+
+    for (ngx_uint_t i = 0; i < n; i++) {
+        push_peer(L, snap[i], i);
+        lua_rawseti(L, -2, static_cast<int>(i + 1));
+    }
+
+    return 1;
+}
+
+
+int
+get_primary_peers(lua_State *L)
+{
+    return get_peers(L, false);
+}
+
+
+int
+get_backup_peers(lua_State *L)
+{
+    return get_peers(L, true);
+}
+
+
+/* ---- upstream.set_peer_down(name, is_backup, peer_id, down) ------------ */
+
+int
+set_peer_down(lua_State *L)
+{
+    if (lua_gettop(L) != 4) {
+        return luaL_error(L, "exactly 4 arguments expected");
+    }
+
+    size_t       len;
+    const char  *name = luaL_checklstring(L, 1, &len);
+    bool         backup = lua_toboolean(L, 2);
+    lua_Integer  id = luaL_checkinteger(L, 3);
+    bool         down = lua_toboolean(L, 4);
+
+    ngx_http_upstream_srv_conf_t  *uscf =
+        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    status_t  rc = ngx_lua_upstream::set_peer_down(uscf, backup, id, down);
+
+    if (rc != status_t::ok) {
+        return push_error(L, rc);
+    }
+
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* ---- upstream.current_upstream_name() ---------------------------------- */
+
+bool
+in_request(ngx_http_request_t *r)
+{
+    char  *err = nullptr;
+    int    phase = ngx_http_lua_ffi_get_phase(r, &err);
+
+    return phase != NGX_ERROR && (phase & lua_context_request_phases);
+}
+
+
+int
+current_upstream_name(lua_State *L)
+{
+    ngx_http_request_t  *r = ngx_http_lua_get_request(L);
+
+    if (r == nullptr || !in_request(r)) {
+        return luaL_error(L, "no request object found");
+    }
+
+    /*
+     * u->upstream is the group once the upstream request has been set up;
+     * a variable proxy_pass leaves it NULL unless the variable named a
+     * configured group.
+     */
+
+    ngx_http_upstream_t  *u = r->upstream;
+
+    if (u == nullptr || u->upstream == nullptr) {
+        lua_pushnil(L);
+        return 1;
+    }
+
+    push_group_name(L, u->upstream);
+    return 1;
+}
+
+
+/* ---- require "ngx.upstream" -------------------------------------------- */
+
+int
+load_module(lua_State *L)
+{
+    static const luaL_Reg  functions[] = {
+        { "get_upstreams", get_upstreams },
+        { "get_servers", get_servers },
+        { "get_primary_peers", get_primary_peers },
+        { "get_backup_peers", get_backup_peers },
+        { "set_peer_down", set_peer_down },
+        { "current_upstream_name", current_upstream_name },
+    };
+
+    lua_createtable(L, 0, sizeof(functions) / sizeof(functions[0]));
+
+    for (const luaL_Reg &f : functions) {
+        lua_pushcfunction(L, f.func);
+        lua_setfield(L, -2, f.name);
+    }
+
+    return 1;
+}
+
+
+/* ---- the nginx module -------------------------------------------------- */
+
+ngx_int_t
+ngx_http_lua_upstream_init(ngx_conf_t *cf)
+{
+    /*
+     * HTTP modules come before lua-nginx-module (an HTTP_AUX_FILTER module)
+     * in ngx_modules[], so this runs before it creates the Lua VM: the
+     * preload hook is in place for init_by_lua* too, and again for every VM
+     * it creates later (lua_code_cache off).
+     */
+
+    if (ngx_http_lua_add_package_preload(cf, "ngx.upstream", load_module)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_http_module_t  ngx_http_lua_upstream_module_ctx = {
+    nullptr,                            /* preconfiguration */
+    ngx_http_lua_upstream_init,         /* postconfiguration */
+
+    nullptr,                            /* create main configuration */
+    nullptr,                            /* init main configuration */
+
+    nullptr,                            /* create server configuration */
+    nullptr,                            /* merge server configuration */
+
+    nullptr,                            /* create location configuration */
+    nullptr                             /* merge location configuration */
+};
+
+
+} /* namespace */
+
+
+extern "C" {
+
+ngx_module_t  ngx_http_lua_upstream_module = {
+    NGX_MODULE_V1,
+    &ngx_http_lua_upstream_module_ctx,  /* module context */
+    nullptr,                            /* module directives */
+    NGX_HTTP_MODULE,                    /* module type */
+    nullptr,                            /* init master */
+    nullptr,                            /* init module */
+    nullptr,                            /* init process */
+    nullptr,                            /* init thread */
+    nullptr,                            /* exit thread */
+    nullptr,                            /* exit process */
+    nullptr,                            /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+}
