@@ -1,0 +1,173 @@
+"""Each failure kind turns a peer DOWN within fall x interval + timeout plus one
+interval, it comes back UP after `rise` successes, and once it is DOWN no
+client request reaches it (proxy_next_upstream off: the checker, not nginx's
+retries, protects the clients)."""
+import re
+import time
+
+import pytest
+
+from conftest import free_port, http_get, wait_for
+from hcutil import (Backend, Blackhole, backends, blackhole, checker_lua, hc_conf,
+                    peer_states, status, upstream_block, wait_state)
+
+INTERVAL, TIMEOUT, FALL, RISE = 100, 300, 2, 2
+# fall x interval + timeout + one interval, plus slack for scheduling and polling
+DOWN_BOUND = (FALL * INTERVAL + TIMEOUT + INTERVAL) / 1000 + 0.6
+UP_BOUND = (RISE * INTERVAL + INTERVAL) / 1000 + 0.6
+
+
+def start(nginx_factory, addrs, workers=2, **opts):
+    port = free_port()
+    opts.setdefault('interval', INTERVAL)
+    opts.setdefault('timeout', TIMEOUT)
+    opts.setdefault('fall', FALL)
+    opts.setdefault('rise', RISE)
+    opts.setdefault('valid_statuses', [200, 204])
+    conf = hc_conf([upstream_block('foo', addrs)], [checker_lua('foo', **opts)], port,
+                   workers=workers)
+    n = nginx_factory(conf, workers=workers, wait_ports=[('127.0.0.1', port)])
+    return n, port
+
+
+def time_until(port, addr, state, bound):
+    t0 = time.monotonic()
+    wait_for(lambda: peer_states(port).get(addr) == state, timeout=bound + 5,
+             interval=0.01, what='%s %s' % (addr, state))
+    return time.monotonic() - t0
+
+
+KINDS = {
+    'refused': ('connect() failed', lambda b: b.stop(), lambda b: b.start()),
+    'read_timeout': ('receive() timed out', lambda b: setattr(b, 'mode', 'slow'),
+                     lambda b: setattr(b, 'mode', 'ok')),
+    'bad_status_line': ('bad status line', lambda b: setattr(b, 'mode', 'garbage'),
+                        lambda b: setattr(b, 'mode', 'ok')),
+    'closed': ('receive() failed', lambda b: setattr(b, 'mode', 'close'),
+               lambda b: setattr(b, 'mode', 'ok')),
+    'bad_status': ('bad status code 500',
+                   lambda b: (setattr(b, 'status', 500), setattr(b, 'mode', 'status')),
+                   lambda b: setattr(b, 'mode', 'ok')),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(KINDS))
+def test_failure_kind_down_then_up(nginx_factory, backends, kind):
+    msg, breaker, fixer = KINDS[kind]
+    b = backends(2)
+    n, port = start(nginx_factory, [x.addr for x in b])
+    wait_for(lambda: b[1].health >= 2, what='first checks')
+    assert peer_states(port) == {b[0].addr: 'UP', b[1].addr: 'UP'}
+
+    breaker(b[1])
+    took = time_until(port, b[1].addr, 'DOWN', DOWN_BOUND)
+    assert took <= DOWN_BOUND, took
+    assert peer_states(port)[b[0].addr] == 'UP'
+    log = n.error_log
+    assert re.search(r'\[warn\].*peer %s is turned down after %d failure\(s\) \(upstream "foo"\): .*%s'
+                     % (re.escape(b[1].addr), FALL, re.escape(msg)), log), log[-2000:]
+    assert re.search(r'\[error\].*%s.* for peer %s' % (re.escape(msg), re.escape(b[1].addr)), log)
+
+    fixer(b[1])
+    took = time_until(port, b[1].addr, 'UP', UP_BOUND)
+    assert took <= UP_BOUND + (TIMEOUT / 1000 if kind == 'read_timeout' else 0), took
+    assert re.search(r'\[warn\].*peer %s is turned up after %d success\(es\) \(upstream "foo"\)'
+                     % (re.escape(b[1].addr), RISE), n.error_log)
+
+
+def test_connect_timeout(nginx_factory, backends, blackhole):
+    b = backends(2)
+    n, port = start(nginx_factory, [x.addr for x in b])
+    wait_for(lambda: b[1].health >= 2, what='first checks')
+    b[1].stop()
+    hole = blackhole(b[1].ip, b[1].port)
+    took = time_until(port, b[1].addr, 'DOWN', DOWN_BOUND)
+    assert took <= DOWN_BOUND
+    assert re.search(r'peer %s is turned down after 2 failure\(s\).*connect\(\) timed out'
+                     % re.escape(b[1].addr), n.error_log), n.error_log[-2000:]
+    hole.stop()
+    b[1].start()
+    assert time_until(port, b[1].addr, 'UP', UP_BOUND) <= UP_BOUND
+
+
+def test_rise_needs_consecutive_successes(nginx_factory, backends):
+    b = backends(1)
+    n, port = start(nginx_factory, [b[0].addr], rise=3, fall=1, interval=150)
+    b[0].status, b[0].mode = 500, 'status'
+    wait_state(port, b[0].addr, 'DOWN')
+    # alternate: one success, one failure ... never 3 in a row
+    b[0].reset_counts()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        seen = b[0].health
+        b[0].mode = 'ok' if b[0].mode == 'status' else 'status'
+        wait_for(lambda: b[0].health > seen, timeout=3, interval=0.005)
+        assert peer_states(port)[b[0].addr] == 'DOWN'
+    b[0].mode = 'ok'
+    wait_state(port, b[0].addr, 'UP')
+    assert 'turned up after 3 success(es)' in n.error_log
+
+
+def test_down_peer_gets_no_client_requests(nginx_factory, backends):
+    b = backends(3)
+    n, port = start(nginx_factory, [x.addr for x in b], workers=2)
+    wait_for(lambda: all(x.health >= 1 for x in b), what='first checks')
+    for _ in range(30):
+        assert http_get('127.0.0.1', port, '/?u=foo')[0] == 200
+    assert all(x.clients > 0 for x in b), [x.clients for x in b]
+
+    b[1].status, b[1].mode = 503, 'status'      # health fails, clients would still get 200
+    wait_state(port, b[1].addr, 'DOWN')
+    time.sleep(2 * INTERVAL / 1000)              # every worker applies it within an interval
+    before = b[1].clients
+    for _ in range(60):
+        st, _, body = http_get('127.0.0.1', port, '/?u=foo')
+        assert st == 200
+        assert body.decode() != b[1].name
+    assert b[1].clients == before
+
+    # a refused peer: clients see no errors at all once it is DOWN
+    b[2].stop()
+    wait_state(port, b[2].addr, 'DOWN')
+    time.sleep(2 * INTERVAL / 1000)
+    for _ in range(60):
+        assert http_get('127.0.0.1', port, '/?u=foo')[0] == 200
+    assert b[0].clients > 0
+
+
+def test_valid_statuses_absent_accepts_any_status(nginx_factory, backends):
+    b = backends(1)
+    port = free_port()
+    conf = hc_conf([upstream_block('foo', [b[0].addr])],
+                   [checker_lua('foo', interval=INTERVAL, timeout=TIMEOUT, fall=1)], port)
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+    b[0].status, b[0].mode = 500, 'status'
+    seen = b[0].health
+    wait_for(lambda: b[0].health >= seen + 3)
+    assert peer_states(port)[b[0].addr] == 'UP'
+    b[0].mode = 'garbage'
+    wait_state(port, b[0].addr, 'DOWN')
+
+
+def test_port_option_and_concurrency(nginx_factory, backends):
+    b = backends(4)
+    # the configured port (9) is closed; the checker probes 8080 instead
+    addrs = ['%s:9' % x.ip for x in b]
+    for x in b:
+        x.mode, x.delay = 'slow', 0.25
+    n, port = start(nginx_factory, addrs, workers=1, port=b[0].port, concurrency=4,
+                    timeout=1000, interval=200)
+    wait_for(lambda: all(x.health >= 3 for x in b), timeout=10)
+    assert set(peer_states(port).values()) == {'UP'}
+    # the 4 probes of one round run in parallel: their arrival times are close
+    t = sorted(x.health_times[1] for x in b)
+    assert t[-1] - t[0] < 0.15, t
+
+
+def test_healthy_steady_state_logs_nothing(nginx_factory, backends):
+    b = backends(2)
+    n, port = start(nginx_factory, [x.addr for x in b], workers=2)
+    wait_for(lambda: all(x.health >= 10 for x in b), timeout=10)
+    bad = [l for l in n.error_log.splitlines()
+           if re.search(r'\[(warn|error|crit|alert|emerg)\]', l)]
+    assert bad == []

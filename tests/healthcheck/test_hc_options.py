@@ -1,0 +1,161 @@
+"""spawn_checker option validation: every bad option gives nil, err naming the
+option, in the spec's order, and nothing is started (no shm keys, no timers)."""
+import json
+
+import pytest
+
+from conftest import free_port, http_get
+from hcutil import conf_wrap
+
+CASES = [
+    # (lua options table, expected error)
+    ('{}', '"type" option required'),
+    ('{type = "tcp", http_req = "x", shm = "hc", upstream = "foo"}',
+     'only "http" and "https" type are supported right now'),
+    ('{type = "http", shm = "hc", upstream = "foo"}', '"http_req" option required'),
+    ('{type = "http", http_req = 42, shm = "hc", upstream = "foo"}', '"http_req"'),
+    ('{type = "http", http_req = "x", upstream = "foo"}', '"shm" option required'),
+    ('{type = "http", http_req = "x", shm = "nope", upstream = "foo"}', 'shm "nope" not found'),
+    ('{type = "http", http_req = "x", shm = "hc"}', 'no upstream specified'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "bar"}',
+     'failed to get primary peers: upstream not found'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = "1s"}', '"timeout"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = 0}', '"timeout"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = -5}', '"timeout"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", interval = -1}', '"interval"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", interval = {}}', '"interval"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", fall = 0}', '"fall"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", fall = 1.5}', '"fall"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", rise = 0}', '"rise"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", rise = "2"}', '"rise"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", valid_statuses = 200}',
+     '"valid_statuses"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", valid_statuses = {200, "x"}}',
+     '"valid_statuses"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", valid_statuses = {2000}}',
+     '"valid_statuses"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", concurrency = 0}',
+     '"concurrency"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", concurrency = 2.5}',
+     '"concurrency"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", port = 0}', '"port"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", port = 70000}', '"port"'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", port = "80"}', '"port"'),
+    ('{type = "https", http_req = "x", shm = "hc", upstream = "foo", ssl_verify = "yes"}',
+     '"ssl_verify"'),
+    ('{type = "https", http_req = "x", shm = "hc", upstream = "foo", host = 5}', '"host"'),
+    # first error wins (table order)
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", fall = 0, rise = 0}', '"fall"'),
+    ('{type = "http", http_req = "x", shm = "nope", upstream = "bar", fall = 0}', 'shm "nope"'),
+    ('{type = "http", shm = "nope"}', '"http_req" option required'),
+]
+
+LUA = r'''
+    lua_shared_dict hc 1m;
+    upstream foo { server 127.0.0.1:1; }
+    init_by_lua_block {
+        local hc = require "resty.upstream.healthcheck"
+        -- the master (init phase) cannot run checkers: nil, err and nothing written
+        local ok, err = hc.spawn_checker{type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
+                                         shm = "hc", upstream = "foo"}
+        package.loaded.init_phase_result = tostring(ok) .. "|" .. tostring(err)
+    }
+    server {
+        listen 127.0.0.1:%d;
+        location = /validate {
+            content_by_lua_block {
+                local cjson_ok, cjson = pcall(require, "cjson")
+                local hc = require "resty.upstream.healthcheck"
+                local cases = {
+%s
+                }
+                local out = {}
+                for i, opts in ipairs(cases) do
+                    local ok, res, err = pcall(hc.spawn_checker, opts)
+                    out[#out + 1] = (ok and "" or "RAISED ") .. tostring(res) .. "|" .. tostring(err)
+                end
+                out[#out + 1] = "keys=" .. #ngx.shared.hc:get_keys(0)
+                out[#out + 1] = "timers=" .. ngx.timer.pending_count() + ngx.timer.running_count()
+                ngx.print(table.concat(out, "\n"))
+            }
+        }
+        location = /module {
+            content_by_lua_block {
+                local hc = require "resty.upstream.healthcheck"
+                local keys = {}
+                for k, v in pairs(hc) do keys[#keys + 1] = k .. ":" .. type(v) end
+                table.sort(keys)
+                ngx.say(table.concat(keys, " "))
+                -- without ngx.upstream, require raises the documented error
+                local saved_pre = package.preload["ngx.upstream"]
+                local saved = package.loaded["ngx.upstream"]
+                package.preload["ngx.upstream"] = nil
+                package.loaded["ngx.upstream"] = nil
+                package.loaded["resty.upstream.healthcheck"] = nil
+                local ok, err = pcall(require, "resty.upstream.healthcheck")
+                package.preload["ngx.upstream"] = saved_pre
+                package.loaded["ngx.upstream"] = saved
+                package.loaded["resty.upstream.healthcheck"] = hc
+                ngx.say(ok and "loaded" or err)
+            }
+        }
+        location = /initphase {
+            content_by_lua_block { ngx.print(package.loaded.init_phase_result) }
+        }
+        location = /valid {
+            content_by_lua_block {
+                local hc = require "resty.upstream.healthcheck"
+                local ok, err = hc.spawn_checker{type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
+                    shm = "hc", upstream = "foo", interval = 0, valid_statuses = {}, port = 8080,
+                    ssl_verify = false, host = "x.test", concurrency = 3, fall = 1, rise = 1,
+                    timeout = 100}
+                ngx.say(tostring(ok), " ", tostring(err))
+            }
+        }
+    }
+'''
+
+
+@pytest.fixture(scope='module')
+def port():
+    return free_port()
+
+
+def test_bad_options(nginx_factory):
+    port = free_port()
+    cases = ',\n'.join('                    ' + c for c, _ in CASES)
+    n = nginx_factory(conf_wrap(LUA % (port, cases)), wait_ports=[('127.0.0.1', port)])
+    st, _, body = http_get('127.0.0.1', port, '/validate')
+    assert st == 200, body
+    lines = body.decode().split('\n')
+    results, tail = lines[:len(CASES)], lines[len(CASES):]
+    for (opts, want), got in zip(CASES, results):
+        assert got.startswith('nil|'), (opts, got)       # returned nil, err; never raised
+        assert want in got, (opts, got)
+    # nothing half-started: no shm keys written, no timers created
+    assert tail == ['keys=0', 'timers=0'], tail
+    assert '[error]' not in n.error_log.replace('failed to spawn', '')
+
+
+def test_module_table_and_missing_dependency(nginx_factory):
+    port = free_port()
+    n = nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
+    st, _, body = http_get('127.0.0.1', port, '/module')
+    keys, err = body.decode().splitlines()
+    assert keys == ('_VERSION:string prometheus_status_page:function spawn_checker:function '
+                    'status_page:function')
+    assert 'ngx_upstream_lua module required' in err
+
+
+def test_valid_options_and_interval_floor(nginx_factory):
+    port = free_port()
+    n = nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
+    st, _, body = http_get('127.0.0.1', port, '/valid')
+    assert body.decode().strip() == 'true nil'
+
+
+def test_init_phase_is_refused(nginx_factory):
+    port = free_port()
+    nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
+    body = http_get('127.0.0.1', port, '/initphase')[2].decode()
+    assert body.startswith('nil|') and 'init_worker_by_lua' in body, body

@@ -1,0 +1,145 @@
+"""status_page() and prometheus_status_page(): the spec's layouts byte for byte,
+`promtool check metrics` on the Prometheus output (plain and extended)."""
+import re
+import subprocess
+
+import pytest
+
+from conftest import free_port, http_get, wait_for
+from hcutil import (Backend, backends, free_port6, checker_lua, hc_conf, peer_states, status,
+                    upstream_block, wait_state)
+
+
+def promtool(text):
+    r = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True,
+                       text=True, timeout=30)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.fixture
+def stack(nginx_factory, backends):
+    b = backends(4)          # .11 up, .12 refused (stopped), .13 backup up, .14 (bar)
+    b[1].stop()
+    v6 = Backend('::1', free_port6()).start()
+    implicit_port = free_port()
+    port = free_port()
+    ups = [upstream_block('foo', [b[0].addr, b[1].addr], backup=[b[2].addr]),
+           upstream_block('bar', [b[3].addr, '%s:9 down' % b[3].ip]),
+           upstream_block('six', [v6.addr])]
+    checkers = [checker_lua('foo', interval=100, timeout=300, fall=1, rise=1),
+                checker_lua('six', interval=100, timeout=300, fall=1, rise=1)]
+    extra = '''
+    server {
+        listen 127.0.0.1:%d;
+        location /implicit { proxy_pass http://127.0.0.1:%d; }
+    }''' % (free_port(), implicit_port)
+    # after the upstream blocks: get_upstreams() lists groups in definition order
+    conf = hc_conf(ups + [extra], checkers, port, workers=2)
+    n = nginx_factory(conf, workers=2, wait_ports=[('127.0.0.1', port)])
+    wait_state(port, b[1].addr, 'DOWN')
+    wait_for(lambda: b[2].health >= 1 and v6.health >= 1)
+    yield n, port, b, v6, implicit_port
+    v6.stop()
+
+
+def test_text_status_page_layout(stack):
+    n, port, b, v6, ip = stack
+    want = (
+        'Upstream foo\n'
+        '    Primary Peers\n'
+        '        %s UP\n'
+        '        %s DOWN\n'
+        '    Backup Peers\n'
+        '        %s UP\n'
+        '\n'
+        'Upstream bar (NO checkers)\n'
+        '    Primary Peers\n'
+        '        %s UP\n'
+        '        %s:9 DOWN\n'
+        '    Backup Peers\n'
+        '\n'
+        'Upstream six\n'
+        '    Primary Peers\n'
+        '        [::1]:%d UP\n'
+        '    Backup Peers\n'
+        '\n'
+        'Upstream 127.0.0.1:%d (NO checkers)\n'
+        '    Primary Peers\n'
+        '        127.0.0.1:%d UP\n'
+        '    Backup Peers\n'
+    ) % (b[0].addr, b[1].addr, b[2].addr, b[3].addr, b[3].ip, v6.port, ip, ip)
+    # every worker gives the same page (state comes from the shm)
+    for _ in range(6):
+        assert status(port) == want
+
+
+def test_prometheus_page_exact_and_promtool(stack):
+    n, port, b, v6, ip = stack
+    st, _, body = http_get('127.0.0.1', port, '/metrics')
+    text = body.decode()
+
+    def peer(u, ep, up, role):
+        return ('nginx_upstream_status_info{name="%s",endpoint="%s",status="UP",role="%s"} %d\n'
+                'nginx_upstream_status_info{name="%s",endpoint="%s",status="DOWN",role="%s"} %d\n'
+                % (u, ep, role, up, u, ep, role, 1 - up))
+
+    def agg(u, up, down, unknown):
+        return ('nginx_upstream_status_info{name="%s",status="UP"} %d\n'
+                'nginx_upstream_status_info{name="%s",status="DOWN"} %d\n'
+                'nginx_upstream_status_info{name="%s",status="UNKNOWN"} %d\n'
+                % (u, up, u, down, u, unknown))
+    want = ('# HELP nginx_upstream_status_info The running status of nginx upstream\n'
+            '# TYPE nginx_upstream_status_info gauge\n'
+            + peer('foo', b[0].addr, 1, 'PRIMARY') + peer('foo', b[1].addr, 0, 'PRIMARY')
+            + peer('foo', b[2].addr, 1, 'BACKUP') + agg('foo', 1, 0, 0)
+            + agg('bar', 0, 0, 1)
+            + peer('six', '[::1]:%d' % v6.port, 1, 'PRIMARY') + agg('six', 1, 0, 0)
+            + agg('127.0.0.1:%d' % ip, 0, 0, 1))
+    assert text == want
+    rc, out = promtool(text)
+    assert rc == 0, out
+
+    # all peers of a checked group down => DOWN 1
+    v6.stop()
+    wait_state(port, '[::1]:%d' % v6.port, 'DOWN')
+    text = http_get('127.0.0.1', port, '/metrics')[2].decode()
+    assert agg('six', 0, 1, 0) in text
+
+
+def test_prometheus_extended_passes_promtool(stack):
+    n, port, b, v6, ip = stack
+    text = http_get('127.0.0.1', port, '/metrics?extended=1')[2].decode()
+    plain = http_get('127.0.0.1', port, '/metrics')[2].decode()
+    assert text.startswith(plain)
+    rc, out = promtool(text)
+    assert rc == 0, out
+    fails = re.search(r'nginx_upstream_peer_check_failures_total\{name="foo",endpoint="%s",'
+                      r'role="PRIMARY",reason="connect"\} (\d+)' % re.escape(b[1].addr), text)
+    assert fails and int(fails.group(1)) >= 1
+    checks = re.search(r'nginx_upstream_peer_checks_total\{name="foo",endpoint="%s",'
+                       r'role="BACKUP"\} (\d+)' % re.escape(b[2].addr), text)
+    assert checks and int(checks.group(1)) >= 1
+    assert re.search(r'nginx_upstream_peer_last_check_duration_seconds\{name="foo",'
+                     r'endpoint="%s",role="PRIMARY"\} 0\.\d+' % re.escape(b[0].addr), text)
+
+
+def test_no_upstreams(nginx_factory):
+    port = free_port()
+    conf = hc_conf([], [], port)
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+    assert status(port) == ''
+    text = http_get('127.0.0.1', port, '/metrics')[2].decode()
+    assert text == ('# HELP nginx_upstream_status_info The running status of nginx upstream\n'
+                    '# TYPE nginx_upstream_status_info gauge\n')
+    assert promtool(text)[0] == 0
+
+
+def test_config_down_peer_starts_down_then_checker_turns_it_up(nginx_factory, backends):
+    b = backends(2)
+    port = free_port()
+    conf = hc_conf([upstream_block('foo', [b[0].addr, b[1].addr + ' down'])],
+                   [checker_lua('foo', interval=300, timeout=300, rise=3)], port)
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+    assert peer_states(port)[b[1].addr] == 'DOWN'
+    wait_state(port, b[1].addr, 'UP')
+    assert 'is turned up after 3 success(es)' in n.error_log
