@@ -182,6 +182,15 @@ class Nginx:
             if logs.exists() else ''
 
 
+def copy_bundle(dest):
+    """A full copy of the bundle (binary, conf, lualib) at dest."""
+    dest = pathlib.Path(dest)
+    shutil.copytree(BUNDLE, dest, symlinks=True)
+    for d in ('logs', 'temp'):
+        (dest / d).mkdir(exist_ok=True)
+    return dest
+
+
 def make_prefix(path, conf_text=None, copy_binary=False):
     """A prefix directory using the bundle's binary and lualib (linked, or copied)."""
     path = pathlib.Path(path)

@@ -10,7 +10,7 @@ if [ -z "${NP_BUNDLE:-}" ]; then
 fi
 [ -x "$NP_BUNDLE/sbin/nginx" ] || { echo "no bundle at $NP_BUNDLE" >&2; exit 1; }
 rc=0
-/usr/bin/python3 -m pytest tests -ra -p no:cacheprovider "$@" || rc=$?
+/usr/bin/python3 -m pytest -ra -p no:cacheprovider "${@:-tests}" || rc=$?
 # pytest's 5 means no test was collected: that is a failure for us.
 [ $rc -eq 5 ] && { echo "no tests were collected" >&2; exit 1; }
 exit $rc

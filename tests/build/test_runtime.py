@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from conftest import (BUNDLE, Nginx, conf_wrap, free_port, http_get, make_prefix,
+from conftest import (BUNDLE, Nginx, conf_wrap, copy_bundle, free_port, http_get,
                       port_open, wait_for)
 
 LUA_INFO = r'''
@@ -37,13 +37,6 @@ LUA_INFO = r'''
         }
     }
 '''
-
-
-def copy_bundle(dest):
-    shutil.copytree(BUNDLE, dest, symlinks=True)
-    for d in ('logs', 'temp'):
-        (dest / d).mkdir(exist_ok=True)
-    return dest
 
 
 def start_copy(dest, http_body, env=None, cwd='/'):

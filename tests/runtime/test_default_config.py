@@ -1,0 +1,97 @@
+"""The bundle's own conf/nginx.conf -- the seed example with demo backends --
+starts with `sbin/nginx -p <bundle>` alone and behaves as the README's tour says."""
+import re
+import subprocess
+
+import pytest
+
+from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+
+PROXY, METRICS, CONTROL = 8080, 18080, 18081
+PEERS = ['127.0.1.11:8080', '127.0.1.12:8080', '127.0.2.11:8080', '127.0.2.12:8080']
+
+
+def status():
+    body = http_get('127.0.0.1', METRICS, '/status')[2].decode()
+    return dict(re.findall(r'^\s+(\S+) (UP|DOWN)$', body, re.M))
+
+
+def metrics():
+    return http_get('127.0.0.1', METRICS, '/metrics')[2].decode()
+
+
+def promtool(text, tmp_path):
+    p = tmp_path / 'metrics.txt'
+    p.write_text(text)
+    r = subprocess.run('promtool check metrics < %s' % p, shell=True, capture_output=True, text=True)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    if any(port_open('127.0.0.1', p) for p in (PROXY, METRICS, CONTROL)):
+        pytest.skip('the default ports are taken on this machine')
+    started = []
+
+    def start(remove=None):
+        dest = copy_bundle(tmp_path / 'bundle')
+        if remove:
+            (dest / remove).unlink()
+        n = Nginx(dest)
+        r = n.run()                                  # -p only: default conf/nginx.conf
+        assert r.returncode == 0, r.stderr + n.error_log
+        started.append(n)
+        for port in (PROXY, METRICS, CONTROL):
+            wait_for(lambda: port_open('127.0.0.1', port), what='port %d' % port)
+        return n
+    yield start
+    for n in started:
+        n.stop()
+        assert 'exited on signal' not in n.error_log
+
+
+def backend_of(path):
+    status, headers, _ = http_get('127.0.0.1', PROXY, path)
+    assert status == 200
+    return headers.get('x-demo-backend')
+
+
+def test_tour(bundle_copy, tmp_path):
+    n = bundle_copy()
+    wait_for(lambda: status() == dict.fromkeys(PEERS, 'UP'), timeout=15, what='all peers UP')
+    assert {backend_of('/api/hello') for _ in range(6)} == {'127.0.1.11:8080', '127.0.1.12:8080'}
+    assert {backend_of('/') for _ in range(6)} == {'127.0.2.11:8080', '127.0.2.12:8080'}
+
+    text = metrics()
+    ok, why = promtool(text, tmp_path)
+    assert ok, why
+    assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in text
+    assert 'nginx_metrics_source_up{source="vts"} 1' in text
+    assert re.search(r'nginx_vts_upstream_requests_total\{upstream="foo",backend="127.0.1.11:8080",code="2xx"\} [1-9]', text)
+
+    st, headers, page = http_get('127.0.0.1', METRICS, '/traffic')
+    assert st == 200 and headers['content-type'].startswith('text/html') and b'<html' in page.lower()
+
+    # kill a demo backend: DOWN within fall(3) x interval(2s) + timeout(1s) + one interval
+    assert http_get('127.0.0.1', CONTROL, '/demo/kill?backend=127.0.1.11:8080', method='POST')[0] == 200
+    wait_for(lambda: status()['127.0.1.11:8080'] == 'DOWN', timeout=9 + 4, interval=0.2, what='DOWN')
+    assert {backend_of('/api/x') for _ in range(6)} == {'127.0.1.12:8080'}
+    assert ('nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:8080",status="DOWN",'
+            'role="PRIMARY"} 1') in metrics()
+    assert 'peer 127.0.1.11:8080 is turned down' in n.error_log
+
+    assert http_get('127.0.0.1', CONTROL, '/demo/revive?backend=127.0.1.11:8080', method='POST')[0] == 200
+    wait_for(lambda: status()['127.0.1.11:8080'] == 'UP', timeout=2 * 2 + 1 + 4, interval=0.2, what='UP')
+    ok, why = promtool(metrics(), tmp_path)
+    assert ok, why
+
+
+def test_metrics_without_the_healthcheck_module_stays_valid(bundle_copy, tmp_path):
+    bundle_copy(remove='lualib/resty/upstream/healthcheck.lua')
+    text = metrics()
+    assert 'nginx_metrics_source_up{source="healthcheck_module"} 0' in text
+    assert 'nginx_metrics_source_up{source="vts"} 1' in text
+    assert re.search(r"^# healthcheck module unavailable: module 'resty.upstream.healthcheck' not found: ",
+                     text, re.M)
+    ok, why = promtool(text, tmp_path)
+    assert ok, why
