@@ -124,7 +124,7 @@ fi
 np_log "compiling nginx ($variant)"
 rm -f objs/nginx
 make -f objs/Makefile -j"$NP_JOBS" NP_LINK_EXTRA="$wrap objs/np_symtab_pass1.o" \
-    > "$B/make.log" 2>&1 || { grep -E 'error|Error' "$B/make.log" | head -30 >&2; np_die "nginx build failed; see $B/make.log"; }
+    > "$B/make.log" 2>&1 || { grep -E -A3 'error:|Error [0-9]' "$B/make.log" | head -40 >&2; np_die "nginx build failed; see $B/make.log"; }
 
 # Pass 2: every global function/object of pass 1; fail if Lua needs a missing one.
 python3 "$gen" --table objs/np_symtab.c --from-binary objs/nginx --require "$lualib_stage" \
