@@ -55,14 +55,25 @@ def stopper():
         n.stop()
 
 
-def test_runs_from_two_copies_and_loads_lualib_from_each(tmp_path, stopper):
-    for name in ('first copy', 'second'):
+@pytest.fixture
+def serve_copy(tmp_path, stopper):
+    """serve_copy(name, http_body % port, env) -> (dest, port): a started copy."""
+    def serve(name='b', body=LUA_INFO, env=None, setup=None):
         dest = copy_bundle(tmp_path / name)
+        if setup:
+            setup(dest)
         port = free_port()
-        n, r = start_copy(dest, LUA_INFO % port)
-        assert r.returncode == 0, r.stderr
+        n, r = start_copy(dest, body % port, env=env)
+        assert r.returncode == 0, r.stderr + n.error_log
         stopper(n)
         wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+        return dest, port
+    return serve
+
+
+def test_runs_from_two_copies_and_loads_lualib_from_each(serve_copy):
+    for name in ('first copy', 'second'):
+        dest, port = serve_copy(name)
         status, _, body = http_get('127.0.0.1', port, '/where')
         lines = body.decode().split('\n')
         assert status == 200
@@ -71,14 +82,8 @@ def test_runs_from_two_copies_and_loads_lualib_from_each(tmp_path, stopper):
         assert lines[2] == 'loaded'
 
 
-def test_default_config_loaded_without_c(tmp_path, stopper):
-    dest = copy_bundle(tmp_path / 'b')
-    port = free_port()
-    # no -c: <prefix>/conf/nginx.conf is used
-    n, r = start_copy(dest, LUA_INFO % port)
-    assert r.returncode == 0, r.stderr
-    stopper(n)
-    wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+def test_default_config_loaded_without_c(serve_copy):
+    dest, port = serve_copy()          # started with -p only: <prefix>/conf/nginx.conf
     assert http_get('127.0.0.1', port, '/path')[0] == 200
 
 
@@ -92,13 +97,8 @@ def test_missing_resty_core_file_fails_startup_clearly(tmp_path):
     assert str(dest) in text     # the message shows where it looked
 
 
-def test_ffi_finds_nginx_and_libc_symbols_and_pcre_jit_works(tmp_path, stopper):
-    dest = copy_bundle(tmp_path / 'b')
-    port = free_port()
-    n, r = start_copy(dest, LUA_INFO % port)
-    assert r.returncode == 0, r.stderr
-    stopper(n)
-    wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+def test_ffi_finds_nginx_and_libc_symbols_and_pcre_jit_works(serve_copy):
+    dest, port = serve_copy()
     status, _, body = http_get('127.0.0.1', port, '/ffi')
     assert status == 200, body
     first, second, third = body.decode().split('\n')[:3]
@@ -109,16 +109,8 @@ def test_ffi_finds_nginx_and_libc_symbols_and_pcre_jit_works(tmp_path, stopper):
     assert third == '123'
 
 
-def test_double_semicolon_appends_runtime_default(tmp_path, stopper):
-    dest = copy_bundle(tmp_path / 'b')
-    port = free_port()
-    body = 'lua_package_path "$prefix/custom/?.lua;;";\n' + LUA_INFO % port
-    (dest / 'custom').mkdir()
-    (dest / 'custom' / 'mymod.lua').write_text('return { answer = 42 }')
-    n, r = start_copy(dest, body)
-    assert r.returncode == 0, r.stderr
-    stopper(n)
-    wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+def test_double_semicolon_appends_runtime_default(serve_copy):
+    dest, port = serve_copy(body='lua_package_path "$prefix/custom/?.lua;;";\n' + LUA_INFO)
     path = http_get('127.0.0.1', port, '/path')[2].decode()
     entries = path.split(';')
     assert entries[0] == str(dest) + '//custom/?.lua' or entries[0] == str(dest) + '/custom/?.lua'
@@ -126,14 +118,9 @@ def test_double_semicolon_appends_runtime_default(tmp_path, stopper):
     assert '/usr/local/share/lua/5.1/?.lua' in entries     # LuaJIT's own defaults follow
 
 
-def test_lua_path_env_is_the_default(tmp_path, stopper):
-    dest = copy_bundle(tmp_path / 'b')
-    port = free_port()
-    lua_path = '%s/lualib/?.lua;/opt/elsewhere/?.lua' % dest
-    n, r = start_copy(dest, LUA_INFO % port, env={'LUA_PATH': lua_path})
-    assert r.returncode == 0, r.stderr + n.error_log
-    stopper(n)
-    wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+def test_lua_path_env_is_the_default(serve_copy, tmp_path):
+    lua_path = '%s/lualib/?.lua;/opt/elsewhere/?.lua' % (tmp_path / 'b')
+    dest, port = serve_copy(env={'LUA_PATH': lua_path})
     assert http_get('127.0.0.1', port, '/path')[2].decode() == lua_path
 
 
