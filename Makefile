@@ -25,6 +25,11 @@ asan:
 test-asan: asan
 	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh
 
+# Tarball, OCI image, SBOM and SHA256SUMS in dist/ (release/README.md).
+.PHONY: release
+release:
+	bash release/release.sh
+
 bench: bundle
 	bash bench/run.sh
 

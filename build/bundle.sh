@@ -16,7 +16,12 @@ else out=$B/bundle; fi
 
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"/{sbin,conf,logs,temp}
 cp "$B/nginx/objs/nginx" "$out.tmp/sbin/nginx"
-[ "$variant" = release ] && strip --strip-all "$out.tmp/sbin/nginx"
+if [ "$variant" = release ]; then
+    strip --strip-all "$out.tmp/sbin/nginx"
+    # The linker's build-id hashes the unstripped file, whose debug info names the
+    # build directory: re-derive it from the stripped bytes (release/build-id.py).
+    python3 "$NP_ROOT/release/build-id.py" "$out.tmp/sbin/nginx" >/dev/null
+fi
 cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
 cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
 "$NP_ROOT/build/lualib.sh" "$out.tmp/lualib"
@@ -24,6 +29,8 @@ touch "$out.tmp/logs/.keep" "$out.tmp/temp/.keep"
 # Demo certificates: made once and cached, so rebuilds are byte-identical.
 "$NP_ROOT/conf/demo/gen-certs.sh" "$NP_CACHE/demo-certs"
 cp -p "$NP_CACHE/demo-certs"/* "$out.tmp/conf/demo/"
+# Modes independent of the builder's umask: files rw-r--r-- (rwxr-xr-x if executable).
+chmod -R u+rwX,go-w,go+rX "$out.tmp"
 rm -rf "$out" && mv "$out.tmp" "$out"
 np_log "bundle ready: $out"
 

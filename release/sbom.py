@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""CycloneDX 1.5 JSON SBOM of the release, generated from build/deps.lock.
+
+Every `component` of the lock becomes a CycloneDX component with its version,
+SPDX license id, SHA-256 (the upstream release archive, or the Debian file the
+build actually used when upstream publishes none), a Debian purl, the Debian
+version and revision ("patch level"), and, when the unpacked sources are in the
+dependency cache, the Debian patch series that `dpkg-source -x` applied (CVE
+ids taken from patch names).  Our own patches (build/patches/) and modules are
+listed too, as are the static libraries of the build host's toolchain that end
+up inside sbin/nginx (glibc, libstdc++, libgcc: not in the lock; their Debian
+versions come from dpkg).
+
+The output is a pure function of its inputs (timestamp = SOURCE_DATE_EPOCH of
+the lock, serial number derived from the tarball checksum), so it is
+reproducible like the artifacts it describes.
+
+    sbom.py --root REPO --tarball T.tar.gz --bundle DIR [--image OCI.tar] [--ca FILE] -o OUT
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import uuid
+
+TOOLCHAIN = [
+    # (component, Debian binary package, SPDX license, static archive inside it)
+    ('glibc', 'libc6-dev', 'LGPL-2.1-or-later', '/usr/lib/x86_64-linux-gnu/libc.a'),
+    ('libstdc++', 'libstdc++-12-dev', 'GPL-3.0-or-later WITH GCC-exception-3.1',
+     '/usr/lib/gcc/x86_64-linux-gnu/12/libstdc++.a'),
+    ('libgcc', 'libgcc-12-dev', 'GPL-3.0-or-later WITH GCC-exception-3.1',
+     '/usr/lib/gcc/x86_64-linux-gnu/12/libgcc.a'),
+]
+CVE = re.compile(r'CVE-\d{4}-\d{4,}', re.I)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_hash(root):
+    """SHA-256 over the sorted `relpath sha256` lines of a directory."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = pathlib.Path(dirpath, name)
+            lines.append('%s %s\n' % (p.relative_to(root).as_posix(), sha256_file(p)))
+    return hashlib.sha256(''.join(sorted(lines)).encode()).hexdigest()
+
+
+def parse_lock(path):
+    """[{name, version, license, debian: (kind, pkg, ver), files: [(name, sha)], upstream: (url, sum)}], epoch"""
+    comps, cur, epoch = [], None, None
+    for raw in pathlib.Path(path).read_text().splitlines():
+        f = raw.split()
+        if not f or f[0].startswith('#'):
+            continue
+        if f[0] == 'source-date-epoch':
+            epoch = int(f[1])
+        elif f[0] == 'component':
+            cur = {'name': f[1], 'version': f[2], 'license': f[3], 'debian': None, 'files': [],
+                   'upstream': None}
+            comps.append(cur)
+        elif f[0] == 'debian':
+            cur['debian'] = (f[1], f[2], f[3])
+        elif f[0] == 'file':
+            cur['files'].append((f[1], f[2]))
+        elif f[0] == 'upstream':
+            cur['upstream'] = (f[1], f[2])
+    if epoch is None:
+        sys.exit('deps.lock has no source-date-epoch')
+    return comps, epoch
+
+
+def debian_revision(version):
+    v = version.split(':', 1)[-1]
+    return v.rsplit('-', 1)[1] if '-' in v else 'native'
+
+
+def purl_version(v):
+    return v.replace('%', '%25').replace('+', '%2B').replace(':', '%3A').replace('~', '%7E')
+
+
+def srcdir(root, name):
+    """The unpacked source tree in the dependency cache (same helper as the build)."""
+    r = subprocess.run(['bash', '-c', '. "$1/build/common.sh"; np_srcdir "$2"', '_', str(root), name],
+                       capture_output=True, text=True)
+    p = pathlib.Path(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else None
+    return p if p and p.is_dir() else None
+
+
+def debian_patches(root, name):
+    d = srcdir(root, name)
+    if d is None:
+        return None
+    series = d / 'debian' / 'patches' / 'series'
+    if not series.is_file():
+        return []
+    out = []
+    for line in series.read_text().splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line:
+            out.append(line.split()[0])
+    return out
+
+
+def patch_entry(kind, label):
+    e = {'type': kind, 'diff': {'url': label}}
+    cves = sorted(set(c.upper() for c in CVE.findall(label)))
+    if cves:
+        e['resolves'] = [{'type': 'security', 'id': c, 'name': c} for c in cves]
+    return e
+
+
+def third_party(root, c, require_patches):
+    kind, pkg, dver = c['debian']
+    ref = c['name']
+    files = dict(c['files'])
+    up_url, up_sum = c['upstream'] or (None, 'unpublished')
+    # The component's hash is that of the file the build consumed: Debian's
+    # orig tarball (source packages) or the .deb (binary packages).
+    main_file = next((n for n in files if '.orig.tar' in n and not n.endswith('.asc')), None) \
+        or next((n for n in files if n.endswith('.deb')), None)
+    hashes = [{'alg': 'SHA-256', 'content': files[main_file]}] if main_file else []
+    up_hash = None
+    if re.fullmatch(r'[0-9a-f]{64}', up_sum):
+        up_hash = {'alg': 'SHA-256', 'content': up_sum}
+    elif up_sum.startswith('sha512:'):
+        up_hash = {'alg': 'SHA-512', 'content': up_sum[7:]}
+    props = [
+        ('debian:package', pkg),
+        ('debian:main-file', main_file or 'none'),
+        ('debian:package-type', kind),
+        ('debian:version', dver),
+        ('debian:revision', debian_revision(dver)),
+    ]
+    for name in sorted(files):
+        props.append(('debian:file:' + name, 'sha256:' + files[name]))
+    comp = {
+        'type': 'application' if c['name'] == 'nginx' else 'library',
+        'bom-ref': ref,
+        'name': c['name'],
+        'version': c['version'],
+        'licenses': [{'license': {'id': c['license']}}],
+        'hashes': hashes,
+        'purl': 'pkg:deb/debian/%s@%s?%sdistro=debian-12' % (
+            pkg, purl_version(dver), 'arch=source&' if kind == 'source' else 'arch=all&'),
+    }
+    if up_url:
+        ext = {'type': 'distribution', 'url': up_url,
+               'comment': 'upstream release' + ('' if up_hash else ' (no published checksum)')}
+        if up_hash:
+            ext['hashes'] = [up_hash]
+        comp['externalReferences'] = [ext]
+    patches = []
+    if kind == 'source':
+        deb = debian_patches(root, c['name'])
+        if deb is None:
+            if require_patches:
+                sys.exit('sources of %s are not in the dependency cache: run build/fetch.sh' % c['name'])
+            props.append(('debian:patches', 'unknown (sources not unpacked)'))
+        else:
+            props.append(('debian:patch-count', str(len(deb))))
+            patches += [patch_entry('backport' if CVE.search(n) else 'unofficial', 'debian/patches/' + n) for n in deb]
+    ours = sorted((root / 'build' / 'patches' / c['name']).glob('*.patch'))
+    for p in ours:
+        patches.append(patch_entry('unofficial', 'build/patches/%s/%s' % (c['name'], p.name)))
+    props.append(('nginx-portable:patch-count', str(len(ours))))
+    if patches:
+        comp['pedigree'] = {
+            'notes': 'Debian %s package %s %s (revision %s); patches applied in this order.' % (
+                kind, pkg, dver, debian_revision(dver)),
+            'patches': patches,
+        }
+    comp['properties'] = [{'name': k, 'value': v} for k, v in props]
+    return comp
+
+
+def dpkg_version(pkg):
+    r = subprocess.run(['dpkg-query', '-W', '-f=${Version}', pkg], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def toolchain():
+    out = []
+    for name, pkg, lic, archive in TOOLCHAIN:
+        ver = dpkg_version(pkg)
+        if not ver:
+            continue
+        comp = {
+            'type': 'library', 'bom-ref': name, 'name': name,
+            'version': ver.split(':', 1)[-1].rsplit('-', 1)[0],
+            'licenses': [{'expression': lic}] if ' ' in lic else [{'license': {'id': lic}}],
+            'purl': 'pkg:deb/debian/%s@%s?arch=amd64&distro=debian-12' % (pkg, purl_version(ver)),
+            'properties': [
+                {'name': 'debian:package', 'value': pkg},
+                {'name': 'debian:package-type', 'value': 'binary'},
+                {'name': 'debian:version', 'value': ver},
+                {'name': 'debian:revision', 'value': debian_revision(ver)},
+                {'name': 'nginx-portable:pinned-by', 'value': 'build host (static archive linked into sbin/nginx)'},
+            ],
+        }
+        if os.path.isfile(archive):
+            comp['hashes'] = [{'alg': 'SHA-256', 'content': sha256_file(archive)}]
+            comp['properties'].append({'name': 'nginx-portable:static-archive', 'value': archive})
+        out.append(comp)
+    return out
+
+
+def ours(root, version, bundle):
+    out = []
+    mods = root / 'modules'
+    for m in sorted(p for p in mods.iterdir() if (p / 'config').is_file()) if mods.is_dir() else []:
+        out.append({'type': 'library', 'bom-ref': 'module:' + m.name, 'name': m.name, 'version': version,
+                    'hashes': [{'alg': 'SHA-256', 'content': tree_hash(m)}],
+                    'properties': [{'name': 'nginx-portable:hash-of', 'value': 'sorted "path sha256" lines of modules/%s' % m.name},
+                                   {'name': 'nginx-portable:origin', 'value': 'this repository, compiled into sbin/nginx'}]})
+    lualib = root / 'lualib'
+    for f in sorted(lualib.rglob('*.lua')) if lualib.is_dir() else []:
+        rel = f.relative_to(lualib).as_posix()
+        shipped = bundle / 'lualib' / rel
+        out.append({'type': 'file', 'bom-ref': 'lualib:' + rel, 'name': 'lualib/' + rel, 'version': version,
+                    'hashes': [{'alg': 'SHA-256', 'content': sha256_file(shipped if shipped.is_file() else f)}],
+                    'properties': [{'name': 'nginx-portable:origin', 'value': 'this repository, shipped as a runtime file'}]})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--root', type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent.parent)
+    ap.add_argument('--lock', type=pathlib.Path)
+    ap.add_argument('--tarball', type=pathlib.Path, required=True)
+    ap.add_argument('--bundle', type=pathlib.Path, required=True)
+    ap.add_argument('--image', type=pathlib.Path, help='OCI archive (its checksum is recorded)')
+    ap.add_argument('--ca', type=pathlib.Path, help='CA bundle shipped in the image')
+    ap.add_argument('--require-patches', action='store_true',
+                    help='fail unless every Debian source tree is in the cache')
+    ap.add_argument('-o', '--output', type=pathlib.Path, required=True)
+    a = ap.parse_args()
+    root = a.root.resolve()
+    lock = a.lock or root / 'build' / 'deps.lock'
+    comps, epoch = parse_lock(lock)
+    version = (root / 'VERSION').read_text().strip()
+    tar_sha = sha256_file(a.tarball)
+    nginx_sha = sha256_file(a.bundle / 'sbin' / 'nginx')
+    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+    third = [third_party(root, c, a.require_patches) for c in comps]
+    tool = toolchain()
+    own = ours(root, version, a.bundle)
+    linked = [c['bom-ref'] for c in third if c['name'] not in ('lua-resty-core', 'lua-resty-lrucache')]
+    linked += [c['bom-ref'] for c in tool] + [c['bom-ref'] for c in own if c['type'] == 'library']
+    binary = {'type': 'file', 'bom-ref': 'file:sbin/nginx', 'name': 'sbin/nginx', 'version': version,
+              'hashes': [{'alg': 'SHA-256', 'content': nginx_sha}],
+              'properties': [{'name': 'nginx-portable:linkage', 'value': 'static-pie, no shared libraries'}]}
+    components = [binary] + third + tool + own
+    artifacts = [{'name': 'nginx-portable:artifact:' + a.tarball.name, 'value': 'sha256:' + tar_sha}]
+    if a.image:
+        artifacts.append({'name': 'nginx-portable:artifact:' + a.image.name,
+                          'value': 'sha256:' + sha256_file(a.image)})
+    if a.ca:
+        ver = dpkg_version('ca-certificates') or 'unknown'
+        components.append({
+            'type': 'data', 'bom-ref': 'ca-certificates', 'name': 'ca-certificates',
+            'version': ver, 'licenses': [{'expression': 'MPL-2.0 AND GPL-2.0-or-later'}],
+            'hashes': [{'alg': 'SHA-256', 'content': sha256_file(a.ca)}],
+            'purl': 'pkg:deb/debian/ca-certificates@%s?arch=all&distro=debian-12' % purl_version(ver),
+            'properties': [{'name': 'debian:package', 'value': 'ca-certificates'},
+                           {'name': 'debian:version', 'value': ver},
+                           {'name': 'debian:revision', 'value': debian_revision(ver)},
+                           {'name': 'nginx-portable:in', 'value': 'OCI image only (/etc/ssl/certs/ca-certificates.crt)'},
+                           {'name': 'nginx-portable:pinned-by', 'value': 'build host'}]})
+
+    bom = {
+        'bomFormat': 'CycloneDX',
+        'specVersion': '1.5',
+        'serialNumber': 'urn:uuid:%s' % uuid.uuid5(uuid.NAMESPACE_URL,
+                                                   'nginx-portable/%s/%s' % (version, tar_sha)),
+        'version': 1,
+        'metadata': {
+            'timestamp': created,
+            'tools': {'components': [{'type': 'application', 'name': 'nginx-portable release/sbom.py',
+                                      'version': version}]},
+            'component': {
+                'type': 'application', 'bom-ref': 'nginx-portable', 'name': 'nginx-portable',
+                'version': version, 'description': 'static-pie nginx with Lua runtime modules, relocatable bundle',
+                'hashes': [{'alg': 'SHA-256', 'content': tar_sha}],
+            },
+            'properties': [
+                {'name': 'nginx-portable:source-date-epoch', 'value': str(epoch)},
+                {'name': 'nginx-portable:lock-sha256', 'value': sha256_file(lock)},
+            ] + artifacts,
+        },
+        'components': components,
+        'dependencies': [
+            {'ref': 'nginx-portable', 'dependsOn': sorted(c['bom-ref'] for c in components)},
+            {'ref': 'file:sbin/nginx', 'dependsOn': sorted(linked)},
+        ],
+    }
+    text = json.dumps(bom, indent=2, sort_keys=False, ensure_ascii=True) + '\n'
+    a.output.write_text(text)
+    print(a.output)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,180 @@
+"""The OCI image: built without a daemon from the bundle, inspected with skopeo,
+unpacked with umoci, and its entrypoint run as the image's non-root user in a
+chroot (own network namespace): the default config answers, health checks pass.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import BUNDLE, IS_ASAN
+from relutil import RELEASE, NetNS, ChrootNginx, check_default_config, copy_bundle, elf_kind, \
+    has_interp, have, proc_ids, children, run_script
+
+pytestmark = [
+    pytest.mark.skipif(IS_ASAN, reason='the image ships the release build (the ASan one is dynamic)'),
+    pytest.mark.skipif(not (have('skopeo') and have('umoci')),
+                       reason='skopeo/umoci missing: bash build/install-deps.sh'),
+]
+
+PREFIX = '/opt/nginx-portable'
+VERSION = (RELEASE.parent / 'VERSION').read_text().strip()
+HAS_HC = (BUNDLE / 'lualib' / 'resty' / 'upstream' / 'healthcheck.lua').is_file()
+
+
+def build_image(tmp, bundle=BUNDLE, umask=None, tz=None):
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TZ=tz or os.environ.get('TZ', 'UTC'))
+    pre = (lambda: os.umask(umask)) if umask is not None else None
+    r = subprocess.run(['python3', str(RELEASE / 'oci-image.py'), '--bundle', str(bundle),
+                        '--out', str(tmp / 'image.oci.tar'), '--layout', str(tmp / 'layout')],
+                       capture_output=True, text=True, env=env, preexec_fn=pre, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return tmp / 'image.oci.tar', tmp / 'layout', r.stdout.strip()
+
+
+@pytest.fixture(scope='module')
+def image(tmp_path_factory):
+    return build_image(tmp_path_factory.mktemp('image'))
+
+
+def skopeo_json(*args):
+    r = subprocess.run(['skopeo', 'inspect', *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_skopeo_inspect_archive_and_layout(image):
+    archive, layout, digest = image
+    info = skopeo_json('oci-archive:%s' % archive)
+    assert info['Digest'] == digest
+    assert info['Architecture'] == 'amd64' and info['Os'] == 'linux'
+    assert len(info['Layers']) == 2
+    assert info['Labels']['org.opencontainers.image.version'] == VERSION
+    assert skopeo_json('oci:%s:%s' % (layout, VERSION))['Digest'] == digest
+    cfg = skopeo_json('--config', 'oci-archive:%s' % archive)['config']
+    assert cfg['User'] == '65532:65532'            # numeric: runAsNonRoot can verify it
+    assert set(cfg['ExposedPorts']) == {'8080/tcp', '18080/tcp'}
+    assert cfg['Entrypoint'] == [PREFIX + '/sbin/nginx', '-p', PREFIX + '/', '-g', 'daemon off;']
+    assert cfg['StopSignal'] == 'SIGQUIT'
+
+
+def test_docker_load_formats(image, tmp_path):
+    """docker load: Docker >= 25 reads index.json, older ones manifest.json; skopeo
+    converts to the classic docker-archive too."""
+    archive, layout, digest = image
+    with tarfile.open(archive) as t:
+        names = t.getnames()
+        manifest = json.load(t.extractfile('manifest.json'))
+        index = json.load(t.extractfile('index.json'))
+        for m in t.getmembers():
+            assert (m.uid, m.gid, m.mtime) == (0, 0, t.getmember('index.json').mtime)
+    assert {'oci-layout', 'index.json', 'manifest.json'} <= set(names)
+    assert manifest[0]['RepoTags'] == ['nginx-portable:%s' % VERSION]
+    for blob in [manifest[0]['Config']] + manifest[0]['Layers']:
+        assert blob in names
+    assert index['manifests'][0]['digest'] == digest
+    out = tmp_path / 'docker.tar'
+    r = subprocess.run(['skopeo', 'copy', '--quiet', 'oci-archive:%s' % archive,
+                        'docker-archive:%s:nginx-portable:%s' % (out, VERSION)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as t:
+        tags = json.load(t.extractfile('manifest.json'))[0]['RepoTags']
+    assert tags[0].endswith('nginx-portable:%s' % VERSION), tags
+
+
+def test_image_is_reproducible(image, tmp_path):
+    """Another copy of the bundle, another directory, umask and time zone: same bytes."""
+    archive, _, digest = image
+    other = copy_bundle(BUNDLE, tmp_path / 'elsewhere' / 'bundle-copy')
+    os.utime(other / 'sbin' / 'nginx', (1, 1))                 # mtimes must not matter
+    archive2, _, digest2 = build_image(tmp_path / 'second', bundle=other, umask=0o077, tz='Asia/Tokyo')
+    assert digest2 == digest
+    assert hashlib.sha256(archive2.read_bytes()).hexdigest() == hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def unpacked(image, tmp_path_factory):
+    _, layout, _ = image
+    dest = tmp_path_factory.mktemp('umoci') / 'bundle'
+    run_script(['umoci', 'unpack', '--image', '%s:%s' % (layout, VERSION), str(dest)], timeout=120)
+    os.chmod(dest, 0o755)
+    return dest
+
+
+def test_unpacked_root_is_scratch_style(unpacked):
+    rootfs = unpacked / 'rootfs'
+    assert sorted(p.name for p in rootfs.iterdir()) == ['etc', 'opt', 'tmp']
+    elves = [p for p in rootfs.rglob('*') if p.is_file() and not p.is_symlink() and elf_kind(p)]
+    assert elves == [rootfs / 'opt/nginx-portable/sbin/nginx'], elves      # no shared libraries at all
+    assert not has_interp(elves[0])
+    passwd = (rootfs / 'etc/passwd').read_text()
+    assert 'nginx:x:65532:65532:' in passwd and 'nobody:x:65534:' in passwd
+    assert 'nginx:x:65532:' in (rootfs / 'etc/group').read_text()
+    assert 'BEGIN CERTIFICATE' in (rootfs / 'etc/ssl/certs/ca-certificates.crt').read_text()
+    for d in ('logs', 'temp'):
+        st = (rootfs / 'opt/nginx-portable' / d).stat()
+        assert (st.st_uid, st.st_gid) == (65532, 65532), d
+    st = (rootfs / 'opt/nginx-portable/conf/nginx.conf').stat()
+    assert st.st_uid == 0 and not st.st_mode & 0o022           # the config is not the user's to change
+
+
+def test_entrypoint_runs_as_non_root_and_answers(unpacked):
+    """Run what umoci's runtime config says (args, uid, gid, cwd) in a chroot."""
+    proc = json.loads((unpacked / 'config.json').read_text())['process']
+    uid, gid = proc['user']['uid'], proc['user']['gid']
+    assert uid != 0 and gid != 0
+    assert proc['args'][0] == PREFIX + '/sbin/nginx'
+    ns = NetNS()
+    n = None
+    try:
+        n = ChrootNginx(ns, unpacked / 'rootfs', proc['args'], uid, gid, PREFIX)
+        n.wait_ready(8080)
+        master = n.proc.pid
+        assert proc_ids(master) == (uid, uid)
+        workers = children(master)
+        assert workers and all(proc_ids(w) == (uid, uid) for w in workers)
+        skipped = check_default_config(ns, HAS_HC)
+        rc = n.stop()
+        assert rc == 0, n.error_log[-3000:]
+        assert n.crash_report() is None, n.error_log[-3000:]
+        assert '[emerg]' not in n.error_log and '[alert]' not in n.error_log, n.error_log[-3000:]
+    finally:
+        if n:
+            n.stop()
+        ns.close()
+    if skipped:
+        pytest.skip(skipped)
+
+
+def tree_listing(root):
+    out = []
+    for p in sorted(root.rglob('*')):
+        rel = str(p.relative_to(root))
+        if rel.startswith(('opt/nginx-portable/logs/', 'opt/nginx-portable/temp/')) and p.name != '.keep':
+            continue                  # written by the entrypoint test, which ran nginx in there
+        st = p.lstat()
+        kind = 'l' if p.is_symlink() else 'd' if p.is_dir() else 'f'
+        data = os.readlink(p) if kind == 'l' else \
+            hashlib.sha256(p.read_bytes()).hexdigest() if kind == 'f' else ''
+        mode = '' if kind == 'l' else oct(st.st_mode & 0o7777)
+        out.append((rel, kind, mode, st.st_uid, st.st_gid, data))
+    return out
+
+
+def test_rootfs_for_the_dockerfile_matches_the_image(unpacked, tmp_path):
+    """release/Dockerfile copies `oci-image.py --rootfs` into a scratch image: same tree."""
+    dest = tmp_path / 'rootfs'
+    dest.mkdir()
+    r = subprocess.run(['python3', str(RELEASE / 'oci-image.py'), '--bundle', str(BUNDLE), '--rootfs', str(dest)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert tree_listing(dest) == tree_listing(unpacked / 'rootfs')
+    dockerfile = (RELEASE / 'Dockerfile').read_text()
+    assert 'USER 65532:65532' in dockerfile and 'EXPOSE 8080 18080' in dockerfile
+    assert 'ENTRYPOINT ["/opt/nginx-portable/sbin/nginx", "-p", "/opt/nginx-portable/", "-g", "daemon off;"]' \
+        in dockerfile
