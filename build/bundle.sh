@@ -16,12 +16,7 @@ else out=$B/bundle; fi
 
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"/{sbin,conf,logs,temp}
 cp "$B/nginx/objs/nginx" "$out.tmp/sbin/nginx"
-if [ "$variant" = release ]; then
-    strip --strip-all "$out.tmp/sbin/nginx"
-    # The linker's build-id hashes the unstripped file, whose debug info names the
-    # build directory: re-derive it from the stripped bytes (release/build-id.py).
-    python3 "$NP_ROOT/release/build-id.py" "$out.tmp/sbin/nginx" >/dev/null
-fi
+[ "$variant" = release ] && strip --strip-all "$out.tmp/sbin/nginx"
 cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
 cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
 "$NP_ROOT/build/lualib.sh" "$out.tmp/lualib"

@@ -11,8 +11,11 @@ D=$(np_depsdir)
 "$NP_ROOT/build/fetch.sh" zlib pcre openssl luajit2
 np_cache_lock deps
 [ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
-rm -rf "$D" "$D.work" && mkdir -p "$D.work"
-work=$D.work
+# Compiled in a fixed directory whatever the cache's location: source paths
+# (__FILE__, OpenSSL's recorded flags) are then the same on every machine.
+work=/tmp/nginx-portable-deps-$(np_deps_key)
+exec 8>"$work.lock" && flock 8
+rm -rf "$D" "$work" && mkdir -p "$work"
 logdir=$work/logs && mkdir -p "$logdir"
 
 run() {  # run NAME CMD... : quiet unless it fails

@@ -1,11 +1,11 @@
 # Compiler and linker flags shared by the dependency builds and nginx.
-# Sourced after common.sh.  Hardening per ../shared/notes/static-build.md §2.6;
-# -ffile-prefix-map keeps build paths out of the binary (reproducible builds).
+# Sourced after common.sh.  Hardening per ../shared/notes/static-build.md §2.6.
+# No machine paths here: they would end up in the binary (OpenSSL records its
+# flags) and in `nginx -V`; deps.sh and nginx.sh keep paths out otherwise.
 
 SOURCE_DATE_EPOCH=$(np_source_date_epoch)
 export SOURCE_DATE_EPOCH
 
 NP_HARDEN_CFLAGS="-O2 -fPIE -fstack-protector-strong -fstack-clash-protection -fcf-protection -D_FORTIFY_SOURCE=2 -Wformat -Werror=format-security"
-NP_REPRO_CFLAGS="-ffile-prefix-map=$NP_CACHE=/build -ffile-prefix-map=$NP_ROOT=."
-NP_CFLAGS="$NP_HARDEN_CFLAGS $NP_REPRO_CFLAGS ${NP_EXTRA_CFLAGS:-}"
+NP_CFLAGS="$NP_HARDEN_CFLAGS ${NP_EXTRA_CFLAGS:-}"
 NP_LDFLAGS="-static-pie -Wl,-z,relro,-z,now -Wl,-z,noexecstack -Wl,--build-id=sha1 ${NP_EXTRA_LDFLAGS:-}"

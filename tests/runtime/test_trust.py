@@ -14,7 +14,9 @@ HANDSHAKE = r'''
                 sock:settimeout(2000)
                 local ok, err = sock:connect("127.0.3.21", %(backend)d)
                 if not ok then return ngx.say("connect: ", err) end
-                local sess, err = sock:sslhandshake(nil, ngx.var.arg_name, true)
+                -- ?reuse=false: the form that returns no session
+                local reuse = ngx.var.arg_reuse ~= "false" and nil or false
+                local sess, err = sock:sslhandshake(reuse, ngx.var.arg_name, true)
                 if not sess then return ngx.say("handshake: ", err) end
                 ngx.say("verified")
                 sock:close()
@@ -33,10 +35,10 @@ def tls_backend(tmp_path):
     b.stop()
 
 
-def run(nginx_factory, port, backend, env, extra='', name='bar.internal'):
+def run(nginx_factory, port, backend, env, extra='', name='bar.internal', query=''):
     n = nginx_factory(conf_wrap(extra + HANDSHAKE % {'port': port, 'backend': backend}),
                       env=env, wait_ports=[('127.0.0.1', port)])
-    return http_get('127.0.0.1', port, '/tls?name=' + name)[2].decode().strip(), n
+    return http_get('127.0.0.1', port, '/tls?name=' + name + query)[2].decode().strip(), n
 
 
 def test_system_bundle_with_the_ca_verifies(nginx_factory, tls_backend, tmp_path):
@@ -57,10 +59,13 @@ def test_name_mismatch_fails_even_when_trusted(nginx_factory, tls_backend, tmp_p
     assert out == 'handshake: certificate host mismatch', out
 
 
-def test_ca_not_in_system_bundle_fails_verification(nginx_factory, tls_backend):
+@pytest.mark.parametrize('query', ['', '&reuse=false'])
+def test_ca_not_in_system_bundle_fails_verification(nginx_factory, tls_backend, query):
+    # (a handshake that completes at once used to report success with
+    # reuse=false: build/patches/lua-nginx-module/0003)
     pki, backend = tls_backend
     out, n = run(nginx_factory, free_port(), backend,
-                 {'SSL_CERT_FILE': '/etc/ssl/certs/ca-certificates.crt'})
+                 {'SSL_CERT_FILE': '/etc/ssl/certs/ca-certificates.crt'}, query=query)
     assert out.startswith('handshake: '), out
     assert 'unable to get local issuer certificate' in out or 'certificate verify failed' in out
 
