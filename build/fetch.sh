@@ -2,9 +2,10 @@
 # Fetch every component of deps.lock through Debian's archive, verify each file
 # against its pinned SHA-256 and unpack it with Debian's patch series applied.
 #
-# apt is pointed at a private deb-src list derived from this machine's own apt
-# sources (no archive host is written anywhere in the repo) and at private
-# state and cache directories, so the host's apt configuration is not touched.
+# apt is pointed at a private source list (deb + deb-src) derived from this
+# machine's own apt sources (no archive host is written anywhere in the repo)
+# and at private state and cache directories, so the host's apt configuration
+# and its (maybe never updated) package lists are not touched.
 . "$(dirname "$0")/common.sh"
 
 np_cache_lock fetch
@@ -18,14 +19,14 @@ derive_deb_src() {
     : > "$tmp"
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        # deb822 stanzas: keep only "deb" ones, turned into "deb-src"
+        # deb822 stanzas: keep only "deb" ones, as "deb deb-src"
         awk 'BEGIN { RS = ""; ORS = "\n\n" }
              {
                  n = split($0, line, "\n"); keep = 0; out = ""
                  for (i = 1; i <= n; i++) {
                      if (line[i] ~ /^Types:/) {
                          if ((" " line[i] " ") ~ / deb /) keep = 1
-                         line[i] = "Types: deb-src"
+                         line[i] = "Types: deb deb-src"
                      }
                      if (line[i] ~ /^Enabled: *no/) keep = 0
                      out = out line[i] "\n"
@@ -36,9 +37,9 @@ derive_deb_src() {
     {
         [ -f /etc/apt/sources.list ] && cat /etc/apt/sources.list
         cat /etc/apt/sources.list.d/*.list 2>/dev/null || true
-    } | awk '$1 == "deb" { $1 = "deb-src"; print }' > "$apt_dir/sources.list.d/deb-src.list"
+    } | awk '$1 == "deb" { print; $1 = "deb-src"; print }' > "$apt_dir/sources.list.d/deb-src.list"
     [ -s "$tmp" ] || [ -s "$apt_dir/sources.list.d/deb-src.list" ] \
-        || np_die "no Debian apt source found in /etc/apt to derive a deb-src entry from"
+        || np_die "no Debian apt source found in /etc/apt to derive a source list from"
     mv "$tmp" "$out"
 }
 
@@ -67,16 +68,16 @@ download() {  # download COMPONENT
     local c=$1 kind pkg ver
     read -r kind pkg ver < <(np_lock_field "$c" debian)
     np_log "fetching $c ($kind $pkg=$ver)"
-    if [ ! -s "$apt_dir/lists.stamp" ]; then
+    if [ "$(cat "$apt_dir/lists.stamp" 2>/dev/null)" != "deb+deb-src" ]; then
         derive_deb_src
-        apt_private apt-get update || np_die "apt-get update for the deb-src list failed"
-        date > "$apt_dir/lists.stamp"
+        apt_private apt-get update || np_die "apt-get update of the private source list failed"
+        echo "deb+deb-src" > "$apt_dir/lists.stamp"
     fi
     local rc=0
     if [ "$kind" = source ]; then
         (cd "$NP_DOWNLOADS" && apt_private apt-get source --download-only "$pkg=$ver") || rc=$?
     else
-        (cd "$NP_DOWNLOADS" && apt-get download -o APT::Sandbox::User=root -qq "$pkg=$ver") || rc=$?
+        (cd "$NP_DOWNLOADS" && apt_private apt-get download "$pkg=$ver") || rc=$?
     fi
     [ $rc -eq 0 ] || np_die "$c: apt could not download $pkg=$ver (the archive may no longer serve it).
   Pick a version that downloads ('apt-cache showsrc $pkg'), then update build/deps.lock,
