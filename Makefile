@@ -1,5 +1,5 @@
 # Convenience wrappers; the real steps are the scripts in build/ and tests/.
-.PHONY: all bundle run stop test asan test-asan bench clean
+.PHONY: all bundle run stop test asan test-asan bench bench-report clean
 
 PREFIX_DIR := $(CURDIR)/dist/nginx-portable
 
@@ -32,6 +32,11 @@ release:
 
 bench: bundle
 	bash bench/run.sh
+
+# Regenerate bench/RESULTS.md (every figure a ratio against a same-run baseline).
+bench-report: bundle
+	bash build/install-deps.sh
+	NP_BUNDLE=$(CURDIR)/dist/nginx-portable /usr/bin/python3 bench/report.py
 
 clean:
 	rm -rf .build dist
