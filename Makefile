@@ -22,8 +22,12 @@ asan:
 	NP_VARIANT=asan bash build/nginx.sh
 	NP_VARIANT=asan bash build/bundle.sh
 
+# The integration suites under ASan+UBSan (release-binary, reproducibility and
+# soak tests are for the release build).
+ASAN_SUITES := tests/build tests/upstream tests/traffic-status tests/healthcheck tests/runtime tests/fuzz
+
 test-asan: asan
-	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh
+	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh $(ASAN_SUITES)
 
 # Tarball, OCI image, SBOM and SHA256SUMS in dist/ (release/README.md).
 .PHONY: release
