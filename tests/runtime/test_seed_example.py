@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -15,8 +16,22 @@ from backends import Backend, TestPKI
 from conftest import ROOT, free_port, http_get, wait_for
 
 SEED = ROOT.parent / 'shared' / 'seed' / 'lua-runtime-modules.md'
-FOO = [('127.0.1.11', 8080), ('127.0.1.12', 8080)]
-BAR = [('127.0.2.11', 8080), ('127.0.2.12', 8080)]
+
+
+def backend_port():
+    """The seed's port 8080, unless a wildcard listener on this machine holds it."""
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(('127.0.1.11', 8080))
+        return 8080
+    except OSError:
+        return free_port('127.0.1.11')
+
+
+PORT = backend_port()
+FOO = [('127.0.1.11', PORT), ('127.0.1.12', PORT)]
+BAR = [('127.0.2.11', PORT), ('127.0.2.12', PORT)]
 
 
 def seed_http_block():
@@ -28,7 +43,7 @@ def seed_http_block():
 def seed_conf(proxy_port, metrics_port):
     http = seed_http_block()
     assert 'server 10.0.1.11:8080;' in http and 'listen 18080;' in http
-    http = http.replace('10.0.', '127.0.')
+    http = http.replace('10.0.', '127.0.').replace(':8080;', ':%d;' % PORT)
     http = http.replace('listen 80;', 'listen 127.0.0.1:%d;' % proxy_port)
     http = http.replace('listen 18080;', 'listen 127.0.0.1:%d;' % metrics_port)
     return """
@@ -93,8 +108,8 @@ def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
     wait_for(lambda: all(b.total('/readyz') >= 2 for b in foo), timeout=15, what='foo checks')
     wait_for(lambda: all(b.total('/healthz') >= 1 for b in bar), timeout=15, what='bar checks')
     states, page = status_of(metrics)
-    assert states == {'127.0.1.11:8080': 'UP', '127.0.1.12:8080': 'UP',
-                      '127.0.2.11:8080': 'UP', '127.0.2.12:8080': 'UP'}, page
+    assert states == {'127.0.1.11:%d' % PORT: 'UP', '127.0.1.12:%d' % PORT: 'UP',
+                      '127.0.2.11:%d' % PORT: 'UP', '127.0.2.12:%d' % PORT: 'UP'}, page
     assert 'Upstream foo' in page and 'Upstream bar' in page
     assert 'verify error' not in n.error_log and 'handshake failed' not in n.error_log
 
@@ -110,26 +125,28 @@ def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
     assert ok, why + body[:3000]
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in body
     assert 'nginx_metrics_source_up{source="vts"} 1' in body
-    assert 'nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:8080",status="UP",role="PRIMARY"} 1' in body
+    assert ('nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:%d",status="UP",role="PRIMARY"} 1'
+            % PORT) in body
     assert 'nginx_vts_server_requests_total' in body
     assert 'nginx_vts_upstream_requests_total{upstream="foo"' in body
 
     # kill foo1: DOWN within fall(3) x interval(2s) + timeout(1s) + one interval
     foo[0].stop()
-    wait_for(lambda: status_of(metrics)[0].get('127.0.1.11:8080') == 'DOWN', timeout=9 + 4,
+    wait_for(lambda: status_of(metrics)[0].get('127.0.1.11:%d' % PORT) == 'DOWN', timeout=9 + 4,
              interval=0.2, what='foo1 DOWN')
     body = http_get('127.0.0.1', metrics, '/metrics')[2].decode()
-    assert 'nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:8080",status="DOWN",role="PRIMARY"} 1' in body
+    assert ('nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:%d",status="DOWN",role="PRIMARY"} 1'
+            % PORT) in body
     assert promtool_ok(body + '\n', tmp_path)[0]
     before = foo[1].total('/api/z')
     for _ in range(10):
         assert http_get('127.0.0.1', proxy, '/api/z')[0] == 200
     assert foo[1].total('/api/z') - before == 10     # all to the healthy peer
-    assert 'peer 127.0.1.11:8080 is turned down' in n.error_log
+    assert 'peer 127.0.1.11:%d is turned down' % PORT in n.error_log
 
     # revive: UP after rise(2) successes
     foo[0].start()
-    wait_for(lambda: status_of(metrics)[0].get('127.0.1.11:8080') == 'UP', timeout=2 * 2 + 2 + 4,
+    wait_for(lambda: status_of(metrics)[0].get('127.0.1.11:%d' % PORT) == 'UP', timeout=2 * 2 + 2 + 4,
              interval=0.2, what='foo1 UP')
     wait_for(lambda: http_get('127.0.0.1', proxy, '/api/back')[0] == 200 and foo[0].total('/api/back') > 0,
              timeout=5, what='traffic to foo1 again')

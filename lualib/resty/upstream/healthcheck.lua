@@ -14,7 +14,17 @@
 --     a version number per upstream tells the other workers to re-apply the
 --     states to their own peers with ngx.upstream.set_peer_down;
 --   * the states are also saved to a small file on every change, so a new
---     master (binary upgrade, cold restart) starts with the last known states.
+--     master (binary upgrade, cold restart) starts with the last known states;
+--   * a worker that finds the round held off retries when the "next" marker
+--     expires (not a full interval later), and a worker that is exiting
+--     (reload) abandons its round, releasing the lock without setting "next",
+--     so frequent reloads do not starve the checks;
+--   * one light sync timer per worker compares the version numbers every
+--     SYNC_PERIOD and applies changes to its own peers;
+--   * all shm writes use safe_set/safe_add (and incr without init): they fail
+--     with "no memory" instead of evicting other entries (e.g. another
+--     upstream's DOWN state); spawn_checker reserves every per-peer key up
+--     front and fails cleanly, leaving no keys behind, when they do not fit.
 
 local ok_up, upstream = pcall(require, "ngx.upstream")
 if not ok_up or type(upstream) ~= "table" then
@@ -72,6 +82,17 @@ local REASONS = { "connect", "timeout", "tls", "send", "receive",
 local ROLE_PRIMARY = "p"
 local ROLE_BACKUP = "b"
 
+-- per-peer counters reserved next to the state by spawn_checker, so that a
+-- round never needs new shm memory for them
+local PEER_COUNTERS = { "cf", "cs", "n", "d" }
+
+-- seconds: how often every worker compares the state versions in the shm
+local SYNC_PERIOD = 0.2
+-- seconds: the shortest wait before retrying a held-off round
+local MIN_RETRY = 0.005
+-- seconds: how often a worker looks again while another one holds the lock
+local LOCK_POLL = 0.1
+
 
 ------------------------------------------------------------------------
 -- logging helpers
@@ -103,6 +124,23 @@ local function peer_key(ctx, kind, role, name)
         ctx.key_cache[kind][role .. name] = k
     end
     return k
+end
+
+-- incr that never evicts: incr an existing number in place, else safe_add
+local function safe_incr(dict, key, n)
+    local v, err = dict:incr(key, n)
+    if v or err ~= "not found" then
+        return v, err
+    end
+    local ok
+    ok, err = dict:safe_add(key, n)
+    if ok then
+        return n
+    end
+    if err ~= "exists" then
+        return nil, err
+    end
+    return dict:incr(key, n)
 end
 
 local function new_key_cache()
@@ -283,8 +321,8 @@ local function set_state(ctx, peer, down, n, reason)
              is_backup and ", backup" or "", ")")
     end
 
-    local ok, err = ctx.dict:set(peer_key(ctx, "st", peer.role, peer.name),
-                                 down and 1 or 0)
+    local ok, err = ctx.dict:safe_set(peer_key(ctx, "st", peer.role, peer.name),
+                                      down and 1 or 0)
     if not ok then
         errlog("failed to save the state of peer ", peer.name, " of upstream \"",
                ctx.upstream, "\": ", err)
@@ -310,14 +348,14 @@ local function peer_ok(ctx, peer)
     end
 
     if is_down then
-        local n, err = dict:incr(peer_key(ctx, "cs", peer.role, peer.name), 1, 0)
+        local n, err = safe_incr(dict, peer_key(ctx, "cs", peer.role, peer.name), 1)
         if not n then
             errlog("failed to count successes of ", peer.name, ": ", err)
             return
         end
         if n >= ctx.rise then
-            dict:set(peer_key(ctx, "cs", peer.role, peer.name), 0)
-            dict:set(peer_key(ctx, "cf", peer.role, peer.name), 0)
+            dict:safe_set(peer_key(ctx, "cs", peer.role, peer.name), 0)
+            dict:safe_set(peer_key(ctx, "cf", peer.role, peer.name), 0)
             set_state(ctx, peer, false, n)
         end
         return
@@ -326,7 +364,7 @@ local function peer_ok(ctx, peer)
     local cf_key = peer_key(ctx, "cf", peer.role, peer.name)
     local cf = dict:get(cf_key)
     if cf and cf ~= 0 then
-        dict:set(cf_key, 0)
+        dict:safe_set(cf_key, 0)
     end
 end
 
@@ -341,27 +379,28 @@ local function peer_fail(ctx, peer, reason, msg)
     end
 
     local fr_key = peer_key(ctx, "fr", peer.role, peer.name .. ":" .. reason)
-    dict:incr(fr_key, 1, 0)
+    -- best effort (not reserved): when the shm is full it stays uncounted
+    safe_incr(dict, fr_key, 1)
 
     if is_down then
         local cs_key = peer_key(ctx, "cs", peer.role, peer.name)
         local cs = dict:get(cs_key)
         if cs and cs ~= 0 then
-            dict:set(cs_key, 0)
+            dict:safe_set(cs_key, 0)
         end
         return
     end
 
     errlog(msg, " for peer ", peer.name, " of upstream \"", ctx.upstream, "\"")
 
-    local n, err = dict:incr(peer_key(ctx, "cf", peer.role, peer.name), 1, 0)
+    local n, err = safe_incr(dict, peer_key(ctx, "cf", peer.role, peer.name), 1)
     if not n then
         errlog("failed to count failures of ", peer.name, ": ", err)
         return
     end
     if n >= ctx.fall then
-        dict:set(peer_key(ctx, "cf", peer.role, peer.name), 0)
-        dict:set(peer_key(ctx, "cs", peer.role, peer.name), 0)
+        dict:safe_set(peer_key(ctx, "cf", peer.role, peer.name), 0)
+        dict:safe_set(peer_key(ctx, "cs", peer.role, peer.name), 0)
         set_state(ctx, peer, true, n, msg)
     end
 end
@@ -452,8 +491,8 @@ local function check_peer(ctx, peer)
     end
     update_time()
     local dict = ctx.dict
-    dict:set(peer_key(ctx, "d", peer.role, peer.name), now() - t0)
-    dict:incr(peer_key(ctx, "n", peer.role, peer.name), 1, 0)
+    dict:safe_set(peer_key(ctx, "d", peer.role, peer.name), now() - t0)
+    safe_incr(dict, peer_key(ctx, "n", peer.role, peer.name), 1)
 
     if not ok then
         errlog("checker error for peer ", peer.name, ": ", reason)
@@ -480,7 +519,7 @@ local function refresh_lock(ctx)
     local t = now()
     if t - ctx.lock_refreshed >= 0.5 then
         ctx.lock_refreshed = t
-        ctx.dict:set(ctx.lock_key, ctx.pid, lock_ttl(ctx))
+        ctx.dict:safe_set(ctx.lock_key, ctx.pid, lock_ttl(ctx))
     end
 end
 
@@ -561,7 +600,7 @@ local function run_round(ctx)
     end
 
     if ctx.changed then
-        local ver, err = ctx.dict:incr(ctx.ver_key, 1, 0)
+        local ver, err = safe_incr(ctx.dict, ctx.ver_key, 1)
         if not ver then
             errlog("failed to bump the state version of upstream \"",
                    ctx.upstream, "\": ", err)
@@ -575,6 +614,41 @@ end
 
 local tick
 
+local function release_lock(ctx)
+    local dict = ctx.dict
+    if dict:get(ctx.lock_key) == ctx.pid then
+        dict:delete(ctx.lock_key)
+    end
+end
+
+-- seconds until the round held off by another worker's "next" marker is due
+local function throttle_wait(ctx)
+    local ttl = ctx.dict:ttl(ctx.throttle_key)
+    if not ttl or ttl < MIN_RETRY then
+        -- expired (or deleted) meanwhile, or about to: ttl() says 0 in the
+        -- last millisecond (the marker is always set with an expiry)
+        return MIN_RETRY
+    end
+    if ttl > ctx.interval then
+        -- set by a worker with a longer interval (old config): look again
+        -- after our own interval at the latest
+        return ctx.interval
+    end
+    if ttl < MIN_RETRY then
+        return MIN_RETRY
+    end
+    return ttl
+end
+
+local function lock_wait(ctx)
+    local d = ctx.interval
+    if d > LOCK_POLL then
+        d = LOCK_POLL
+    end
+    return d
+end
+
+-- runs a round when due; returns the delay of the next tick, or nil to stop
 local function do_tick(ctx)
     local dict = ctx.dict
     local ok, err = sync_version(ctx)
@@ -582,58 +656,116 @@ local function do_tick(ctx)
         errlog("failed to sync upstream \"", ctx.upstream, "\": ", err)
     end
 
-    -- another worker ran a round less than an interval ago?
+    -- another worker ran a round less than an interval ago? then try again
+    -- when its marker expires (the round must not be skipped just because
+    -- this worker's timer is out of phase, e.g. a new worker after a reload)
     local th = dict:get(ctx.throttle_key)
     if th and th ~= ctx.pid then
-        return
+        return throttle_wait(ctx)
     end
 
-    local added, aerr = dict:add(ctx.lock_key, ctx.pid, lock_ttl(ctx))
+    local added, aerr = dict:safe_add(ctx.lock_key, ctx.pid, lock_ttl(ctx))
     if not added then
         if aerr ~= "exists" then
             errlog("failed to take the round lock of upstream \"",
                    ctx.upstream, "\": ", aerr)
+            return ctx.interval
         end
-        return
+        -- a round is running elsewhere (or its worker died: the lock expires)
+        return lock_wait(ctx)
     end
     update_time()
     ctx.lock_refreshed = now()
 
     -- a round may have finished between our throttle check and the lock
     th = dict:get(ctx.throttle_key)
-    if not th or th == ctx.pid then
-        local rok, rres, rerr = pcall(run_round, ctx)
-        if not rok then
-            errlog("round failed for upstream \"", ctx.upstream, "\": ", rres)
-        elseif not rres then
-            errlog("round failed for upstream \"", ctx.upstream, "\": ", rerr)
-        end
-        dict:set(ctx.throttle_key, ctx.pid, ctx.interval)
+    if th and th ~= ctx.pid then
+        release_lock(ctx)
+        return throttle_wait(ctx)
     end
 
-    if dict:get(ctx.lock_key) == ctx.pid then
-        dict:delete(ctx.lock_key)
+    local rok, rres, rerr = pcall(run_round, ctx)
+    if not rok then
+        errlog("round failed for upstream \"", ctx.upstream, "\": ", rres)
+    elseif not rres then
+        errlog("round failed for upstream \"", ctx.upstream, "\": ", rerr)
     end
+
+    if worker_exiting() then
+        -- reload/shutdown during the round: abandon it without a "next"
+        -- marker and free the lock, so a new worker runs the next round now
+        release_lock(ctx)
+        return nil
+    end
+
+    local sok, serr = dict:safe_set(ctx.throttle_key, ctx.pid, ctx.interval)
+    if not sok then
+        errlog("failed to save the round time of upstream \"", ctx.upstream,
+               "\": ", serr)
+    end
+    release_lock(ctx)
+    return ctx.interval
 end
 
 tick = function (premature, ctx)
     if premature or ctx.cancelled or worker_exiting() then
         return
     end
-    local ok, err = pcall(do_tick, ctx)
+    local ok, delay = pcall(do_tick, ctx)
     if not ok then
-        errlog("checker failed for upstream \"", ctx.upstream, "\": ", err)
+        errlog("checker failed for upstream \"", ctx.upstream, "\": ", delay)
+        delay = ctx.interval
     end
-    if worker_exiting() then
+    if not delay or worker_exiting() then
         return
     end
-    local tok, terr = timer_at(ctx.interval, tick, ctx)
+    local tok, terr = timer_at(delay, tick, ctx)
     if not tok then
         if terr ~= "process exiting" then
             errlog("failed to create the timer for upstream \"", ctx.upstream,
                    "\": ", terr)
         end
     end
+end
+
+-- one timer per worker: applies state changes made by the worker running
+-- the rounds to this worker's peers within SYNC_PERIOD (cheap: one shm get
+-- per upstream when nothing changed)
+local sync_timer_running = false
+
+local function sync_all(premature)
+    if premature or worker_exiting() then
+        sync_timer_running = false
+        return
+    end
+    for u, ctx in pairs(checkers) do
+        if not ctx.cancelled then
+            local ok, res, err = pcall(sync_version, ctx)
+            if not ok or not res then
+                errlog("failed to sync upstream \"", u, "\": ",
+                       ok and err or res)
+            end
+        end
+    end
+    local ok, err = timer_at(SYNC_PERIOD, sync_all)
+    if not ok then
+        sync_timer_running = false
+        if err ~= "process exiting" then
+            errlog("failed to create the sync timer: ", err)
+        end
+    end
+end
+
+local function start_sync_timer()
+    if sync_timer_running then
+        return true
+    end
+    local ok, err = timer_at(SYNC_PERIOD, sync_all)
+    if not ok then
+        return nil, err
+    end
+    sync_timer_running = true
+    return true
 end
 
 
@@ -829,6 +961,27 @@ local function init_states(ctx, primary, backup)
         saved = load_state_file(ctx)
     end
 
+    -- every key this call created, deleted again when something does not fit
+    local added = {}
+    local function reserve(key, val)
+        local ok, err = dict:safe_add(key, val)
+        if ok then
+            added[#added + 1] = key
+            return true
+        end
+        if err == "exists" then
+            return true
+        end
+        return nil, err
+    end
+    local function undo()
+        for i = 1, #added do
+            dict:delete(added[i])
+        end
+    end
+
+    -- the state and the counters of every peer: a round then never needs
+    -- new shm memory for them (safe_add: never evicts other upstreams' keys)
     local function init(peers, role)
         for i = 1, #peers do
             local p = peers[i]
@@ -836,8 +989,17 @@ local function init_states(ctx, primary, backup)
             if st == nil then
                 st = p.down and 1 or 0
             end
-            local ok, err = dict:add(peer_key(ctx, "st", role, p.name), st)
-            if not ok and err ~= "exists" then
+            local ok, err = reserve(peer_key(ctx, "st", role, p.name), st)
+            if ok then
+                for k = 1, #PEER_COUNTERS do
+                    ok, err = reserve(peer_key(ctx, PEER_COUNTERS[k], role,
+                                               p.name), 0)
+                    if not ok then
+                        break
+                    end
+                end
+            end
+            if not ok then
                 return nil, "failed to initialise the state of peer " .. p.name
                             .. ": " .. err
             end
@@ -845,16 +1007,46 @@ local function init_states(ctx, primary, backup)
         return true
     end
     local ok, err = init(primary, ROLE_PRIMARY)
-    if not ok then
-        return nil, err
+    if ok then
+        ok, err = init(backup, ROLE_BACKUP)
     end
-    ok, err = init(backup, ROLE_BACKUP)
+    if ok then
+        ok, err = reserve(ctx.ver_key, 0)
+        if not ok then
+            err = "failed to initialise the state version: " .. err
+        end
+    end
+    if ok and old ~= list_str then
+        ok, err = dict:safe_set(ctx.idx_key, list_str)
+        if not ok then
+            err = "failed to save the peer list: " .. err
+        end
+    end
+    if ok then
+        -- another worker of this nginx may have failed at the same time and
+        -- deleted keys this one found existing: all must be there
+        local function check(peers, role)
+            for i = 1, #peers do
+                if dict:get(peer_key(ctx, "st", role, peers[i].name)) == nil then
+                    return nil, "failed to initialise the state of peer "
+                                .. peers[i].name .. ": no memory"
+                end
+            end
+            return true
+        end
+        ok, err = check(primary, ROLE_PRIMARY)
+        if ok then
+            ok, err = check(backup, ROLE_BACKUP)
+        end
+    end
     if not ok then
+        undo()
         return nil, err
     end
 
     if old ~= list_str then
         if old then
+            -- forget the peers removed from the config
             local keep = {}
             for i = 1, #list do
                 keep[list[i]] = true
@@ -874,11 +1066,7 @@ local function init_states(ctx, primary, backup)
                 end
             end
         end
-        ok, err = dict:set(ctx.idx_key, list_str)
-        if not ok then
-            return nil, "failed to save the peer list: " .. err
-        end
-        dict:incr(ctx.ver_key, 1, 0)
+        safe_incr(dict, ctx.ver_key, 1)
     end
     return true
 end
@@ -913,6 +1101,12 @@ function _M.spawn_checker(opts)
     if not ok then
         ctx.cancelled = true
         return nil, err
+    end
+
+    ok, err = start_sync_timer()
+    if not ok then
+        ctx.cancelled = true
+        return nil, "failed to create timer: " .. tostring(err)
     end
 
     -- new workers (after HUP) start with the known states
