@@ -590,6 +590,34 @@ struct select_t {
 };
 
 
+/* control's zone=NAME: one zone, key or peer */
+void
+select_name(select_t &sel, ngx_str_t &zone, ngx_str_t &zname)
+{
+    zname = zone;
+    sel.name = &zname;
+}
+
+
+/* control's zone=GROUP[@NAME]: a filter or upstream group, or one entry of it */
+void
+select_group_and_name(select_t &sel, ngx_str_t &zone, ngx_str_t &zgroup,
+    ngx_str_t &zname)
+{
+    u_char *at = (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
+
+    zgroup.data = zone.data;
+    zgroup.len = at ? (size_t) (at - zone.data) : zone.len;
+    sel.group = &zgroup;
+
+    if (at) {
+        zname.data = at + 1;
+        zname.len = zone.data + zone.len - at - 1;
+        sel.name = &zname;
+    }
+}
+
+
 void
 json_server_zones(out_t &o, render_t &rd, select_t &sel)
 {
@@ -1525,52 +1553,33 @@ control_handler(ngx_http_request_t *r, render_t &rd)
         sel.server = true;
         type = NGX_HTTP_VTS_SERVER;
         if (!all_zones) {
-            zname = zone;
-            sel.name = &zname;
+            select_name(sel, zone, zname);
         }
     } else if (group.len == 6 && ngx_strncmp(group.data, "filter", 6) == 0) {
         sel.filter = true;
         type = NGX_HTTP_VTS_FILTER;
         if (!all_zones) {
-            u_char *at = (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
-            zgroup.data = zone.data;
-            zgroup.len = at ? (size_t) (at - zone.data) : zone.len;
-            sel.group = &zgroup;
-            if (at) {
-                zname.data = at + 1;
-                zname.len = zone.data + zone.len - at - 1;
-                sel.name = &zname;
-            }
+            select_group_and_name(sel, zone, zgroup, zname);
         }
     } else if (group.len == 14 && ngx_strncmp(group.data, "upstream@alone", 14) == 0) {
         sel.upstream = true;
         sel.nogroups_only = true;
         type = NGX_HTTP_VTS_UPSTREAM;
         if (!all_zones) {
-            zname = zone;
-            sel.name = &zname;
+            select_name(sel, zone, zname);
         }
     } else if (group.len == 14 && ngx_strncmp(group.data, "upstream@group", 14) == 0) {
         sel.upstream = true;
         sel.groups_only = true;
         type = NGX_HTTP_VTS_UPSTREAM;
         if (!all_zones) {
-            u_char *at = (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
-            zgroup.data = zone.data;
-            zgroup.len = at ? (size_t) (at - zone.data) : zone.len;
-            sel.group = &zgroup;
-            if (at) {
-                zname.data = at + 1;
-                zname.len = zone.data + zone.len - at - 1;
-                sel.name = &zname;
-            }
+            select_group_and_name(sel, zone, zgroup, zname);
         }
     } else if (group.len == 5 && ngx_strncmp(group.data, "cache", 5) == 0) {
         sel.cache = true;
         type = NGX_HTTP_VTS_CACHE;
         if (!all_zones) {
-            zname = zone;
-            sel.name = &zname;
+            select_name(sel, zone, zname);
         }
     } else if (group.len == 1 && group.data[0] == '*') {
         sel.server = sel.filter = sel.upstream = sel.cache = true;
