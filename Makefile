@@ -19,8 +19,7 @@ test:
 
 # ASan+UBSan build of the same sources (tests only, never released).
 asan:
-	NP_VARIANT=asan bash build/nginx.sh
-	NP_VARIANT=asan bash build/bundle.sh
+	NP_VARIANT=asan bash build/build.sh
 
 # The integration suites under ASan+UBSan (release-binary, reproducibility and
 # soak tests are for the release build).

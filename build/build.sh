@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Build everything into dist/: fetch + verify sources, dependency builds
-# (cached), nginx, the bundle and its tarball.  Installs build tools first.
-set -euo pipefail
-here=$(dirname "$0")
-bash "$here/install-deps.sh" build
-bash "$here/nginx.sh"
-bash "$here/bundle.sh"
+# The one build pipeline: build tools, fetch + verify every source once,
+# dependency builds (cached), the Lua runtime files, nginx, the bundle (and for
+# the released variant its tarball).  NP_VARIANT / NP_BUILD_DIR / NP_BUNDLE_OUT
+# choose the variant and directories (build/common.sh).
+. "$(dirname "$0")/common.sh"
+bash "$NP_ROOT/build/install-deps.sh" build
+"$NP_ROOT/build/fetch.sh"
+"$NP_ROOT/build/deps.sh"
+mkdir -p "$NP_B"
+"$NP_ROOT/build/lualib.sh" "$NP_LUALIB_STAGE"
+"$NP_ROOT/build/nginx.sh"
+"$NP_ROOT/build/bundle.sh"

@@ -4,22 +4,21 @@
 #
 #   NP_VARIANT=release -> dist/nginx-portable/ + dist/nginx-portable-VERSION-linux-x86_64.tar.gz
 #   NP_VARIANT=asan    -> .build/asan/bundle/   (sanitizer test build, never released)
-#   NP_BUILD_DIR, NP_BUNDLE_OUT: another build dir / output dir (parallel work)
+#   (NP_BUILD_DIR, NP_BUNDLE_OUT: another build dir / output dir, build/common.sh)
+# Run by build/build.sh after nginx.sh.
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
 
-variant=${NP_VARIANT:-release}
-B=${NP_BUILD_DIR:-$NP_ROOT/.build/$variant}
-if [ -n "${NP_BUNDLE_OUT:-}" ]; then out=$NP_BUNDLE_OUT
-elif [ "$variant" = release ] && [ -z "${NP_BUILD_DIR:-}" ]; then out=$NP_ROOT/dist/nginx-portable
-else out=$B/bundle; fi
+variant=$NP_VARIANT
+B=$NP_B
+out=$NP_OUT
 
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"/{sbin,conf,logs,temp}
 cp "$B/nginx/objs/nginx" "$out.tmp/sbin/nginx"
 [ "$variant" = release ] && strip --strip-all "$out.tmp/sbin/nginx"
 cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
 cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
-"$NP_ROOT/build/lualib.sh" "$out.tmp/lualib"
+cp -r "$NP_LUALIB_STAGE" "$out.tmp/lualib"
 touch "$out.tmp/logs/.keep" "$out.tmp/temp/.keep"
 # Demo certificates: made once and cached, so rebuilds are byte-identical.
 "$NP_ROOT/conf/demo/gen-certs.sh" "$NP_CACHE/demo-certs"

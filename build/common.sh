@@ -40,6 +40,28 @@ np_srcdir() { echo "$NP_CACHE/src/$1-$(np_lock_key)"; }
 # Static libraries and headers of OpenSSL, PCRE, zlib and LuaJIT.
 np_depsdir() { echo "$NP_CACHE/deps-$(np_deps_key)"; }
 
+# One place for the variant and its directories (every script uses these):
+#   NP_VARIANT=release (default) | asan   flags, and the build dir .build/<variant>/
+#   NP_BUILD_DIR=DIR                       another build dir (parallel work)
+#   NP_BUNDLE_OUT=DIR                      another bundle dir
+# The release variant in the default build dir is the one that is released:
+# dist/nginx-portable plus the tarball.
+NP_VARIANT=${NP_VARIANT:-release}
+NP_B=${NP_BUILD_DIR:-$NP_ROOT/.build/$NP_VARIANT}
+NP_LUALIB_STAGE=$NP_B/lualib-stage
+if [ -n "${NP_BUNDLE_OUT:-}" ]; then NP_OUT=$NP_BUNDLE_OUT
+elif [ "$NP_VARIANT" = release ] && [ -z "${NP_BUILD_DIR:-}" ]; then NP_OUT=$NP_ROOT/dist/nginx-portable
+else NP_OUT=$NP_B/bundle; fi
+case $NP_VARIANT in release|asan) ;; *) np_die "NP_VARIANT must be release or asan, not '$NP_VARIANT'" ;; esac
+
+# np_need_src COMPONENT...: fail clearly when fetch.sh has not run.
+np_need_src() {
+    local c
+    for c in "$@"; do
+        [ -d "$(np_srcdir "$c")" ] || np_die "sources of $c are not unpacked: run build/build.sh (it fetches once)"
+    done
+}
+
 # Serialise cache writers (parallel builds share the cache): holds until exit.
 np_cache_lock() {
     mkdir -p "$NP_CACHE"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the static C dependencies (zlib, PCRE with JIT, OpenSSL 3, LuaJIT) from
-# the Debian-patched trees fetch.sh unpacked, into one cached prefix keyed by
+# the Debian-patched trees fetch.sh unpacked (build.sh runs it first), into one cached prefix keyed by
 # the lock file and the flags (np_depsdir).  A finished prefix is never rebuilt.
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
@@ -8,7 +8,7 @@
 D=$(np_depsdir)
 [ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
 
-"$NP_ROOT/build/fetch.sh" zlib pcre openssl luajit2
+np_need_src zlib pcre openssl luajit2
 np_cache_lock deps
 [ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
 # Compiled in a fixed directory whatever the cache's location: source paths

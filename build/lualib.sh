@@ -4,7 +4,7 @@
 # never bytecode.
 . "$(dirname "$0")/common.sh"
 dest=${1:?usage: lualib.sh DEST}
-"$NP_ROOT/build/fetch.sh" lua-resty-core lua-resty-lrucache
+np_need_src lua-resty-core lua-resty-lrucache
 rm -rf "$dest" && mkdir -p "$dest"
 for c in lua-resty-core lua-resty-lrucache; do
     cp -r "$(np_srcdir "$c")"/usr/share/lua/5.1/. "$dest/"

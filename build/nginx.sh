@@ -2,9 +2,9 @@
 # Configure and link the static-pie nginx with ngx_devel_kit, lua-nginx-module,
 # LuaJIT and every module under modules/ compiled in.
 #
-#   NP_VARIANT=release (default) | asan     flags, and the build dir .build/<variant>/
-#   NP_BUILD_DIR=DIR                         another build dir (parallel work)
-#   NP_MODULES="a b"                         only these modules/ (default: all)
+#   NP_MODULES="a b"   only these modules/ (default: every modules/* with a config)
+#   (variant and build dir: build/common.sh)
+# Run by build/build.sh after fetch.sh, deps.sh and lualib.sh.
 #
 # The nginx tree is configured with paths relative to .build/<variant>/nginx
 # (../deps, ../modules), so `nginx -V` and the binary name no machine path.
@@ -15,12 +15,12 @@
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
 
-variant=${NP_VARIANT:-release}
-B=${NP_BUILD_DIR:-$NP_ROOT/.build/$variant}
+variant=$NP_VARIANT
+B=$NP_B
 mkdir -p "$B"
-
-"$NP_ROOT/build/fetch.sh"
-"$NP_ROOT/build/deps.sh"
+np_need_src nginx lua-nginx-module ngx_devel_kit
+[ -f "$(np_depsdir)/.complete" ] || np_die "dependencies are not built: run build/build.sh"
+[ -d "$NP_LUALIB_STAGE" ] || np_die "no staged lualib in $NP_LUALIB_STAGE: run build/build.sh"
 
 # --- sources: fresh patched copies whenever the lock or our patches change ---
 src_key=$( (np_lock_key; cat "$NP_ROOT"/build/patches/*/*.patch) | sha256sum | cut -c1-16)
@@ -57,7 +57,9 @@ if [ "$variant" = asan ]; then
 fi
 
 our_modules=()
-for m in ${NP_MODULES-$(cd "$NP_ROOT/modules" && ls -d */ 2>/dev/null | tr -d /)}; do
+# A folder without a config (modules/cxx, the shared C++ rule) is no module.
+default_modules=$(cd "$NP_ROOT/modules" && for d in */; do [ -f "$d/config" ] && echo "${d%/}"; done)
+for m in ${NP_MODULES-$default_modules}; do
     [ -f "$NP_ROOT/modules/$m/config" ] || np_die "modules/$m has no nginx config file"
     our_modules+=("--add-module=../modules/$m")
 done
@@ -90,7 +92,7 @@ configure_args=(
     "${our_modules[@]}"
 )
 
-conf_key=$( (printf '%s\n' "${configure_args[@]}"; cat "$0"
+conf_key=$( (printf '%s\n' "${configure_args[@]}"; cat "$0" "$NP_ROOT/modules/cxx/config.sh"
              for m in "${our_modules[@]}"; do cat "$NP_ROOT/modules/${m##*/}/config"; done) \
             | sha256sum | cut -c1-16)
 cd "$B/nginx"
@@ -108,8 +110,7 @@ if [ "$(cat "$B/.configure-key" 2>/dev/null)" != "$conf_key" ] || [ ! -f objs/Ma
 fi
 
 # --- compile and link twice --------------------------------------------------
-lualib_stage=$B/lualib-stage
-"$NP_ROOT/build/lualib.sh" "$lualib_stage"
+lualib_stage=$NP_LUALIB_STAGE
 gen=$NP_ROOT/build/static-symbols/gen_symtab.py
 cc_sym() { cc $cflags -ffile-prefix-map="$B/nginx"=. -ffile-prefix-map="$NP_ROOT"=. \
                 -Wno-builtin-declaration-mismatch -c "$1" -o "$2"; }

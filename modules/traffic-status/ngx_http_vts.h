@@ -7,11 +7,7 @@
 #ifndef NGX_HTTP_VTS_H
 #define NGX_HTTP_VTS_H
 
-extern "C" {
-#include <ngx_config.h>
-#include <ngx_core.h>
-#include <ngx_http.h>
-}
+#include "ngx_cpp.h"
 
 #include <cstdint>
 

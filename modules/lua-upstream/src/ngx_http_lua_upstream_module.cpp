@@ -11,7 +11,7 @@
  */
 
 
-#include "ngx_cpp.h"
+#include "ngx_cpp_lua.h"
 #include "ngx_lua_upstream_core.h"
 
 

@@ -1,9 +1,10 @@
 
 /*
- * The C++ boundary of our nginx modules: nginx's (and lua-nginx-module's)
- * C headers behind extern "C", and compile-time proof of the flags the
- * module's config requests through cxx.specs (C++17, no exceptions, no RTTI).
- * Include this first, instead of <ngx_config.h>, in every .cpp file.
+ * The C++ boundary of our nginx modules: nginx's C headers behind
+ * extern "C", and compile-time proof of the flags modules/cxx/config.sh
+ * requests through cxx.specs (C++17, no exceptions, no RTTI).
+ * Include this first, instead of <ngx_config.h>, in every .cpp file;
+ * modules that talk to Lua include ngx_cpp_lua.h instead.
  */
 
 
@@ -28,11 +29,6 @@ extern "C" {
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-
-#include <lua.h>
-#include <lauxlib.h>
-
-#include <ngx_http_lua_api.h>
 }
 
 

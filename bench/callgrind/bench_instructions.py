@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request, counted by valgrind's callgrind: the
+steady cost figure on a noisy shared machine (instruction counts do not
+depend on what else the machine does).
+
+One front nginx (master_process off, one process) runs under callgrind and
+proxies to a backend nginx that is not under valgrind.  Each configuration
+is run twice, with N_SMALL and N_LARGE keep-alive requests; the difference of
+the two totals divided by the difference of the request counts is the cost of
+one request, start-up and shutdown cancelling out.
+
+Configurations (same binary):
+  off   no vhost_traffic_status_zone: the module does not count
+  on    the default config's directives: the zone and filter_by_host on
+  EXTRA more can be named with --config NAME=DIRECTIVES (http-level text)
+
+Usage: NP_BUNDLE=<bundle> python3 bench/callgrind/bench_instructions.py [--json out]
+Prints one JSON line: instructions per request for each configuration and
+the on/off ratio (issue goal: <= 1.08).
+"""
+import argparse
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from common import BUNDLE, Server, main_conf, wait_port  # noqa: E402
+
+N_SMALL, N_LARGE = 200, 1200
+CONFIGS = {
+    'off': '',
+    'on': 'vhost_traffic_status_filter_by_host on;\n'
+          '    vhost_traffic_status_zone shared:vhost_traffic_status:64m;',
+}
+
+
+def front_conf(port, backend_port, directives):
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    {directives}
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 4;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name bench.test;
+        location / {{
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://backend;
+        }}
+    }}
+}}
+"""
+
+
+def backend_conf(port):
+    return main_conf(f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\\n"; }}
+    }}""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def send_requests(port, n):
+    """n keep-alive GETs on one connection; every answer must be a 200."""
+    with socket.create_connection(('127.0.0.1', port), timeout=60) as s:
+        f = s.makefile('rb')
+        req = b'GET /x HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\n\r\n'
+        for _ in range(n):
+            s.sendall(req)
+            status = f.readline()
+            if b' 200 ' not in status:
+                raise RuntimeError('unexpected answer %r' % status)
+            length = 0
+            while True:
+                line = f.readline()
+                if line in (b'\r\n', b''):
+                    break
+                if line.lower().startswith(b'content-length:'):
+                    length = int(line.split(b':')[1])
+            f.read(length)
+
+
+def instructions(directives, backend_port, n):
+    """Total instructions (Ir) of one front nginx run that served n requests."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix='np-cg-') as d:
+        srv = Server(front_conf(port, backend_port, directives))
+        out = pathlib.Path(d) / 'callgrind.out'
+        cmd = ['valgrind', '--tool=callgrind', '--callgrind-out-file=%s' % out,
+               str(BUNDLE / 'sbin' / 'nginx'), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_port('127.0.0.1', port, timeout=120)
+            send_requests(port, n)
+        finally:
+            proc.send_signal(3)                           # SIGQUIT: graceful, callgrind dumps
+            _, err = proc.communicate(timeout=120)
+            srv.stop()
+        text = out.read_text(errors='replace')
+        m = re.search(r'^(?:totals|summary):\s+(\d+)', text, re.M)
+        if not m:
+            raise RuntimeError('no totals in callgrind output:\n' + err.decode(errors='replace')[-2000:])
+        return int(m.group(1))
+
+
+def per_request(directives, backend_port):
+    small = instructions(directives, backend_port, N_SMALL)
+    large = instructions(directives, backend_port, N_LARGE)
+    return (large - small) / (N_LARGE - N_SMALL)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--json', help='also write the result here')
+    ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
+    a = ap.parse_args()
+    configs = dict(CONFIGS)
+    for c in a.config:
+        name, _, text = c.partition('=')
+        configs[name] = text
+    bport = free_port()
+    backend = Server(backend_conf(bport)).start(bport)
+    try:
+        result = {name: round(per_request(text, bport)) for name, text in configs.items()}
+    finally:
+        backend.stop()
+    result['ratio_on_off'] = round(result['on'] / result['off'], 4)
+    line = json.dumps({'bench': 'instructions_per_request', **result})
+    print(line)
+    if a.json:
+        pathlib.Path(a.json).write_text(line + '\n')
+
+
+if __name__ == '__main__':
+    main()
