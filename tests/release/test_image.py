@@ -1,6 +1,8 @@
 """The OCI image: built without a daemon from the bundle, inspected with skopeo,
 unpacked with umoci, and its entrypoint run as the image's non-root user in a
-chroot (own network namespace): the default config answers, health checks pass.
+chroot set up the way a container runtime does (own network and mount
+namespace, /proc, /dev, stdio pipes): the default config answers, health checks
+pass, and the access and error logs come out on stdout and stderr (`docker logs`).
 """
 import hashlib
 import json
@@ -10,8 +12,8 @@ import tarfile
 
 import pytest
 
-from conftest import BUNDLE, IS_ASAN
-from relutil import RELEASE, NetNS, ChrootNginx, check_default_config, copy_bundle, elf_kind, \
+from conftest import BUNDLE, IS_ASAN, wait_for
+from relutil import RELEASE, NetNS, ContainerNginx, check_default_config, copy_bundle, elf_kind, \
     has_interp, have, proc_ids, children, run_script
 
 pytestmark = [
@@ -97,13 +99,23 @@ def test_image_is_reproducible(image, tmp_path):
     assert hashlib.sha256(archive2.read_bytes()).hexdigest() == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope='module')
-def unpacked(image, tmp_path_factory):
-    _, layout, _ = image
-    dest = tmp_path_factory.mktemp('umoci') / 'bundle'
+def unpack(layout, dest):
     run_script(['umoci', 'unpack', '--image', '%s:%s' % (layout, VERSION), str(dest)], timeout=120)
     os.chmod(dest, 0o755)
     return dest
+
+
+@pytest.fixture(scope='module')
+def unpacked(image, tmp_path_factory):
+    """The image as umoci unpacks it (left untouched: compared with --rootfs)."""
+    return unpack(image[1], tmp_path_factory.mktemp('umoci') / 'bundle')
+
+
+@pytest.fixture
+def container(image, tmp_path):
+    """A fresh unpack for one run (the run adds mount points), and its process spec."""
+    dest = unpack(image[1], tmp_path / 'bundle')
+    return dest / 'rootfs', json.loads((dest / 'config.json').read_text())['process']
 
 
 def test_unpacked_root_is_scratch_style(unpacked):
@@ -123,32 +135,50 @@ def test_unpacked_root_is_scratch_style(unpacked):
     assert st.st_uid == 0 and not st.st_mode & 0o022           # the config is not the user's to change
 
 
-def test_entrypoint_runs_as_non_root_and_answers(unpacked):
-    """Run what umoci's runtime config says (args, uid, gid, cwd) in a chroot."""
-    proc = json.loads((unpacked / 'config.json').read_text())['process']
+def test_entrypoint_runs_as_non_root_and_answers(container):
+    """Run what umoci's runtime config says (args, uid, gid, cwd), as `docker run` would."""
+    rootfs, proc = container
     uid, gid = proc['user']['uid'], proc['user']['gid']
     assert uid != 0 and gid != 0
     assert proc['args'][0] == PREFIX + '/sbin/nginx'
     ns = NetNS()
     n = None
     try:
-        n = ChrootNginx(ns, unpacked / 'rootfs', proc['args'], uid, gid, PREFIX)
+        n = ContainerNginx(ns, rootfs, proc['args'], uid, gid, PREFIX)
         n.wait_ready(8080)
         master = n.proc.pid
         assert proc_ids(master) == (uid, uid)
         workers = children(master)
         assert workers and all(proc_ids(w) == (uid, uid) for w in workers)
         skipped = check_default_config(ns, HAS_HC)
+        assert ns.http('http://127.0.0.1:8080/docker-logs')[0] == 200
+        wait_for(lambda: b'"GET /docker-logs HTTP/1.1" 200 ' in n.out, what='access log line on stdout')
         rc = n.stop()
         assert rc == 0, n.error_log[-3000:]
         assert n.crash_report() is None, n.error_log[-3000:]
         assert '[emerg]' not in n.error_log and '[alert]' not in n.error_log, n.error_log[-3000:]
+        # `docker logs`: the error log is stderr, the access log stdout; no log files
+        err = n.err.decode(errors='replace')
+        assert '[notice]' in err and 'start worker processes' in err and 'exit' in err, err[-3000:]
+        assert b'[notice]' not in n.out and b'"GET / HTTP/1.1" 200 ' in n.out, bytes(n.out[-3000:])
+        logs = rootfs / PREFIX.lstrip('/') / 'logs'
+        assert not (logs / 'access.log').exists()
+        assert not (logs / 'error.log').exists() or (logs / 'error.log').stat().st_size == 0
     finally:
         if n:
             n.stop()
         ns.close()
     if skipped:
         pytest.skip(skipped)
+
+
+def test_image_config_is_the_bundle_config_logging_to_stdio(unpacked):
+    bundle = (BUNDLE / 'conf' / 'nginx.conf').read_text().splitlines()
+    image = (unpacked / 'rootfs' / PREFIX.lstrip('/') / 'conf' / 'nginx.conf').read_text().splitlines()
+    changed = [(a.split('#')[0].strip(), b.split('#')[0].strip()) for a, b in zip(bundle, image) if a != b]
+    assert len(bundle) == len(image)
+    assert changed == [('error_log logs/error.log notice;', 'error_log stderr notice;'),
+                       ('access_log logs/access.log;', 'access_log /dev/stdout;')], changed
 
 
 def tree_listing(root):
