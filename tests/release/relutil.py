@@ -12,10 +12,46 @@ import subprocess
 import threading
 
 
+import yaml
+
 from conftest import CRASH_MARKERS, ROOT, wait_for
 
 RELEASE = ROOT / 'release'
+K8S = ROOT / 'deploy' / 'kubernetes'
 NOBODY = 65534
+
+
+def k8s_docs():
+    """{(kind, name): manifest} of deploy/kubernetes/*.yaml."""
+    docs = {}
+    for f in sorted(K8S.glob('*.yaml')):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d:
+                docs[(d['kind'], d['metadata']['name'])] = d
+    return docs
+
+
+# The example's backend, run in the test's network namespace.
+K8S_BACKEND_ADDR = ('127.0.1.21', 9090)
+K8S_BACKEND = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"backend " + self.path.encode() + b"\\n"
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def k8s_test_conf():
+    """The ConfigMap's nginx.conf with the backend Service name replaced by
+    K8S_BACKEND_ADDR (not :8080, which nginx itself listens on for every
+    address) and checks 10x as frequent."""
+    conf = k8s_docs()[('ConfigMap', 'nginx-portable')]['data']['nginx.conf']
+    conf = re.sub(r'server backend\.\S+:8080', 'server %s:%d' % K8S_BACKEND_ADDR, conf)
+    return conf.replace('interval = 2000', 'interval = 200').replace('timeout = 1000', 'timeout = 300')
 
 
 def have(tool):
