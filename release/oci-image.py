@@ -223,7 +223,9 @@ def build(a):
             'User': '%d:%d' % (UID, GID),
             'ExposedPorts': {p: {} for p in PORTS},
             'Env': ['PATH=%s/sbin' % prefix],
-            'Entrypoint': [prefix + '/sbin/nginx', '-p', prefix + '/', '-g', 'daemon off;'],
+            # -e stderr: what nginx logs before the config's error_log applies
+            # (startup notices) goes to the container's stderr too.
+            'Entrypoint': [prefix + '/sbin/nginx', '-p', prefix + '/', '-e', 'stderr', '-g', 'daemon off;'],
             'WorkingDir': prefix,
             'StopSignal': 'SIGQUIT',
             'Labels': labels,
