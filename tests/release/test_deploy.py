@@ -13,7 +13,7 @@ import pytest
 
 from conftest import BUNDLE, IS_ASAN, ROOT, wait_for
 from relutil import K8S, K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, NetNS, copy_bundle, have, k8s_docs, \
-    k8s_test_conf
+    k8s_test_conf, status_peers
 
 DEPLOY = ROOT / 'deploy'
 HAS_HC = (BUNDLE / 'lualib' / 'resty' / 'upstream' / 'healthcheck.lua').is_file()
@@ -236,3 +236,94 @@ def test_logrotate_snippet_rotates_and_nginx_reopens(tmp_path, nginx_factory):
         return new.exists() and sent[-1] in new.read_text()
     wait_for(logged_in_new_file, timeout=10, interval=0.1, what='nginx writing the new access.log')
     assert '/before' not in (logs / 'access.log').read_text()
+
+
+UNIT = DEPLOY / 'systemd' / 'nginx-portable.service'
+HARDENING = ('ProtectClock=yes', 'ProtectKernelLogs=yes', 'ProtectHostname=yes', 'RestrictNamespaces=yes',
+             'RestrictRealtime=yes', 'RestrictSUIDSGID=yes', 'SystemCallArchitectures=native',
+             'SystemCallFilter=@system-service', 'ProtectProc=invisible', 'UMask=0027')
+
+
+@pytest.mark.skipif(not have('systemd-analyze'), reason='systemd-analyze missing: bash build/install-deps.sh')
+def test_systemd_unit_exposure_is_below_the_old_score():
+    """`systemd-analyze security --offline` rated the unit 4.8 before these settings."""
+    lines = UNIT.read_text().splitlines()
+    assert all(h in lines for h in HARDENING), [h for h in HARDENING if h not in lines]
+    # LuaJIT and PCRE's JIT need writable+executable pages
+    assert not any(l.startswith('MemoryDenyWriteExecute=') for l in lines)
+    r = subprocess.run(['systemd-analyze', 'security', '--offline=yes', '--no-pager', str(UNIT)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r'Overall exposure level for nginx-portable\.service: (\d+\.\d+)', r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    assert float(m.group(1)) < 4.8, r.stdout
+
+
+def syscall_groups():
+    """{'@group': {names and @subgroups}} as systemd-analyze lists them."""
+    out = subprocess.run(['systemd-analyze', 'syscall-filter', '--no-pager'], capture_output=True, text=True,
+                         timeout=60).stdout
+    groups, cur = {}, None
+    for line in out.splitlines():
+        if line.startswith('@'):
+            cur = groups.setdefault(line.strip(), set())
+        elif cur is not None and line.strip() and not line.strip().startswith('#'):
+            cur.add(line.strip())
+    return groups
+
+
+def expand(groups, name):
+    out = set()
+    for item in groups[name]:
+        out |= expand(groups, item) if item.startswith('@') else {item}
+    return out
+
+
+@pytest.mark.skipif(IS_ASAN, reason='release bundle only')
+@pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
+@pytest.mark.skipif(not (have('strace') and have('systemd-analyze')), reason='strace/systemd-analyze missing')
+def test_systemd_syscall_filter_allows_what_nginx_calls(tmp_path):
+    """Every system call the unit's commands make (config test, start with the
+    default config, proxying over http and https, health checks, HUP, USR1,
+    QUIT), traced with strace, is in SystemCallFilter=@system-service."""
+    allowed = expand(syscall_groups(), '@system-service')
+    assert {'openat', 'epoll_wait', 'accept4', 'sendfile', 'mprotect'} <= allowed
+    prefix = copy_bundle(BUNDLE, tmp_path / 'opt')
+    for d in ('logs', 'temp'):
+        os.chown(prefix / d, NOBODY, NOBODY)
+    os.chmod(tmp_path, 0o755)
+    nginx = [str(prefix / 'sbin' / 'nginx'), '-p', str(prefix) + '/']
+    as_service = ['setpriv', '--reuid=%d' % NOBODY, '--regid=%d' % NOBODY, '--clear-groups']
+    traces, trace_dir = [], tmp_path / 'traces'
+    trace_dir.mkdir()
+    os.chown(trace_dir, NOBODY, NOBODY)
+
+    def traced(args, name):
+        traces.append(trace_dir / name)
+        return as_service + ['strace', '-f', '-c', '-o', str(traces[-1])] + args
+    ns = NetNS()
+    try:
+        assert ns.run(traced(nginx + ['-t', '-q'], 'configtest')).returncode == 0
+        tracer = ns.popen(traced(nginx, 'run'))
+        pidfile = prefix / 'logs' / 'nginx.pid'
+        wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip(), timeout=30, what='PIDFile')
+        main = int(pidfile.read_text())
+        wait_for(lambda: [s for ps in status_peers(ns.http('http://127.0.0.1:18080/status')[1]).values()
+                          for _, s in ps] == ['UP'] * 4, timeout=30,
+                 what='every peer UP (health checks over http and https)')
+        assert ns.http('http://127.0.0.1:8080/')[0] == 200 and ns.http('http://127.0.0.1:8080/api/x')[0] == 200
+        assert ns.http('http://127.0.0.1:18080/metrics')[0] == 200
+        for sig in (1, 10):                                       # HUP (reload), USR1 (reopen logs)
+            os.kill(main, sig)
+            wait_for(lambda: ns.http('http://127.0.0.1:8080/')[0] == 200, what='serving after %d' % sig)
+        os.kill(main, 3)
+        assert tracer.wait(timeout=60) == 0
+    finally:
+        ns.close()
+    used = set()
+    for trace in traces:
+        for line in trace.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 5 and re.match(r'^\d+\.\d+$', f[0]) and f[-1] != 'total':
+                used.add(f[-1])
+    assert {'epoll_wait', 'accept4', 'clone'} & used and len(used) > 30, used
+    assert used <= allowed, sorted(used - allowed)
