@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 
-
 import yaml
 
 from conftest import CRASH_MARKERS, ROOT, wait_for

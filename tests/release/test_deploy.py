@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import BUNDLE, IS_ASAN, ROOT, wait_for
-from relutil import K8S, K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, NetNS, copy_bundle, have, k8s_docs, \
+from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, NetNS, copy_bundle, have, k8s_docs, \
     k8s_test_conf, status_peers
 
 DEPLOY = ROOT / 'deploy'
