@@ -6,8 +6,8 @@
 -- A spec: name; kind (which checker below); field (the context field, when
 -- not the name); required (error text when absent) or default (value, or a
 -- function of the context built so far); min/max bounds and integer for
--- numbers; convert (applied to the checked value).  Error texts are the
--- contract's; the number ones name the option and its bounds.
+-- numbers; convert (applied to the value, checked or default).  Error texts
+-- are the contract's; the number ones name the option and its bounds.
 
 local state = require "resty.upstream.healthcheck.state"
 
