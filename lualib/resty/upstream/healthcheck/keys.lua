@@ -64,10 +64,6 @@ function _M.upstream_key(kind, upstream)
     return tag_of(kind) .. ":" .. upstream
 end
 
-function _M.failure_key(upstream, role, name, reason)
-    return peer_key("failures", upstream, role, name .. ":" .. reason)
-end
-
 -- what every key of a kind starts with (e.g. to tell keys apart in a dump)
 function _M.prefix(kind)
     return tag_of(kind) .. ":"
