@@ -276,7 +276,8 @@ parse_zone(ngx_conf_t *cf, ngx_str_t v, ngx_str_t *name, ssize_t *size)
     ngx_str_t s = { (size_t) (v.data + v.len - colon - 1), colon + 1 };
     *size = ngx_parse_size(&s);
     if (*size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &s);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"",
+                           &s);
         return false;
     }
     if (*size < (ssize_t) (8 * ngx_pagesize)) {
@@ -363,7 +364,8 @@ set_filter_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return (char *) NGX_CONF_ERROR;
         }
     }
-    ngx_http_vts_filter_t *f = (ngx_http_vts_filter_t *) ngx_array_push(*filters);
+    ngx_http_vts_filter_t *f =
+        (ngx_http_vts_filter_t *) ngx_array_push(*filters);
     if (f == NULL) {
         return (char *) NGX_CONF_ERROR;
     }
@@ -440,11 +442,13 @@ set_buckets(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return (char *) "is duplicate";
     }
     if (cf->args->nelts - 1 > NGX_HTTP_VTS_BUCKET_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "too many buckets (at most %d)",
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many buckets (at most %d)",
                            NGX_HTTP_VTS_BUCKET_MAX);
         return (char *) NGX_CONF_ERROR;
     }
-    *buckets = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(uint64_t));
+    *buckets = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                sizeof(uint64_t));
     if (*buckets == NULL) {
         return (char *) NGX_CONF_ERROR;
     }

@@ -66,7 +66,8 @@ count(ngx_http_vts_stats_t *st, sample_t *s)
     }
 
     uint64_t pos = __atomic_fetch_add(&st->req_pos, 1, __ATOMIC_RELAXED);
-    ngx_http_vts_sample_t *smp = &st->req_samples[pos % NGX_HTTP_VTS_AVG_SAMPLES];
+    ngx_http_vts_sample_t *smp =
+        &st->req_samples[pos % NGX_HTTP_VTS_AVG_SAMPLES];
     ngx_http_vts_set_u64(&smp->msec, s->request_msec);
     ngx_http_vts_set_u64(&smp->time, s->now);
     count_buckets(st, st->req_buckets, &st->req_overflow, s->request_msec);

@@ -254,7 +254,9 @@ ngx_http_vts_for_each_peer(vts_render_t &rd, ngx_http_vts_peer_pt fn,
     ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_UPSTREAM, &first, &last);
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_node_t *n = rd.snap.nodes[i];
-        if (n->deleted || !ngx_http_vts_is_nogroups(ngx_http_vts_node_group(n))) {
+        if (n->deleted
+            || !ngx_http_vts_is_nogroups(ngx_http_vts_node_group(n)))
+        {
             continue;
         }
         ngx_http_vts_peer_t pi = {};
@@ -295,7 +297,8 @@ for_each_cache(Fn fn)
                 || zone[i].tag == &ngx_http_uwsgi_module
                 || zone[i].tag == &ngx_http_scgi_module))
         {
-            ngx_http_file_cache_t *cache = (ngx_http_file_cache_t *) zone[i].data;
+            ngx_http_file_cache_t *cache =
+                (ngx_http_file_cache_t *) zone[i].data;
             if (cache->shm_zone == &zone[i]) {
                 fn(zone[i].shm.name, cache);
             }

@@ -105,7 +105,8 @@ read_file(ngx_str_t *path, ngx_log_t *log, ssize_t *size)
     if (fd == NGX_INVALID_FILE) {
         if (ngx_errno != NGX_ENOENT) {
             ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
-                          "vhost_traffic_status: cannot open dump \"%V\"", path);
+                          "vhost_traffic_status: cannot open dump \"%V\"",
+                          path);
         }
         return nullptr;
     }

@@ -46,7 +46,7 @@ u64_array(vts_out_t &o, const uint64_t *v, size_t n)
 void
 samples(vts_out_t &o, const ngx_http_vts_sample_t *smp, uint64_t pos)
 {
-    uint64_t n = pos < NGX_HTTP_VTS_AVG_SAMPLES ? pos : NGX_HTTP_VTS_AVG_SAMPLES;
+    uint64_t n = ngx_min(pos, (uint64_t) NGX_HTTP_VTS_AVG_SAMPLES);
     uint64_t start = pos - n;
 
     o.put("{\"times\":[");

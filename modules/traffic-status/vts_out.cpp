@@ -46,6 +46,22 @@ utf8_len(const u_char *p, const u_char *end)
 }
 
 
+/* the UTF-8 sequence at p, or invalid: one byte as the replacement */
+const u_char *
+put_utf8(vts_out_t &o, const u_char *p, const u_char *end,
+    const char *replacement)
+{
+    size_t n = utf8_len(p, end);
+
+    if (n == 0) {
+        o.put(replacement);
+        return p + 1;
+    }
+    o.put(p, n);
+    return p + n;
+}
+
+
 bool
 json_plain(u_char c)
 {
@@ -123,14 +139,7 @@ ngx_http_vts_json_str(vts_out_t &o, const u_char *p, size_t len)
             o.put(esc, 6);
             p++;
         } else {
-            size_t n = utf8_len(p, end);
-            if (n == 0) {
-                o.put("\\ufffd");
-                p++;
-            } else {
-                o.put(p, n);
-                p += n;
-            }
+            p = put_utf8(o, p, end, "\\ufffd");
         }
     }
     o.putc('"');
@@ -165,14 +174,7 @@ ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s)
             o.putc(c);
             p++;
         } else {
-            size_t n = utf8_len(p, end);
-            if (n == 0) {
-                o.put("\xef\xbf\xbd");
-                p++;
-            } else {
-                o.put(p, n);
-                p += n;
-            }
+            p = put_utf8(o, p, end, "\xef\xbf\xbd");
         }
     }
 }

@@ -1,5 +1,6 @@
 /*
- * traffic-status: the store (see vts_store.h for who calls what).
+ * traffic-status: the store's zone and request path (see vts_store.h
+ * for who calls what).
  *
  * Every zone entry ("node") lives in the shared zone and holds its
  * counters as 64-bit words updated with relaxed atomics.  Each worker
@@ -262,7 +263,8 @@ get_locked(ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
     ngx_str_t *name, uint32_t hash, ngx_array_t *buckets, uint8_t cls)
 {
     ngx_http_vts_shctx_t *sh = store->sh;
-    ngx_http_vts_node_t *n = ngx_http_vts_lookup_locked(sh, kind, group, name, hash);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(sh, kind, group, name, hash);
 
     if (n) {
         return n;

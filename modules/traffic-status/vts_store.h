@@ -1,11 +1,12 @@
 /*
  * traffic-status: the store, the one owner of the shared zone.
  *
- * Only vts_store.cpp touches the zone's rbtree, queue, mutex, slab pool
- * and graveyard.  Every other file asks it: get a node to count into
- * (vts_count), a sorted snapshot of node pointers to render (the views),
- * a locked walk to reset or delete (vts_control), one entry's counters
- * (vts_vars), the raw entries (vts_dump).
+ * Only vts_store.cpp and vts_store_read.cpp touch the zone's rbtree,
+ * queue, mutex, slab pool and graveyard.  Every other file asks them: a
+ * node to count into (vts_count), a sorted snapshot of node pointers to
+ * render (the views), reset or delete of matching nodes (vts_control),
+ * one entry's counters (vts_vars), a snapshot to save and a restore
+ * (vts_dump).
  */
 #ifndef VTS_STORE_H
 #define VTS_STORE_H

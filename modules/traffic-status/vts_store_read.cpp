@@ -131,7 +131,8 @@ ngx_http_vts_store_read(ngx_http_vts_store_t *store, uint8_t kind,
     uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
 
     ngx_shmtx_lock(&store->shpool->mutex);
-    ngx_http_vts_node_t *n = ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
     if (n) {
         ngx_http_vts_read_stats(st, &n->stats);
     }
@@ -172,7 +173,8 @@ ngx_http_vts_store_restore(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st)
 {
     uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
-    ngx_http_vts_node_t *n = ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
 
     if (n == nullptr) {
         n = ngx_http_vts_create_locked(store, kind, group, name, hash, nullptr);
@@ -196,7 +198,7 @@ uint64_t
 ngx_http_vts_average(const ngx_http_vts_sample_t *samples, uint64_t pos,
     ngx_uint_t method, ngx_msec_t period, uint64_t now)
 {
-    uint64_t n = pos < NGX_HTTP_VTS_AVG_SAMPLES ? pos : NGX_HTTP_VTS_AVG_SAMPLES;
+    uint64_t n = ngx_min(pos, (uint64_t) NGX_HTTP_VTS_AVG_SAMPLES);
     uint64_t sum = 0, weights = 0;
 
     for (uint64_t k = 0; k < n; k++) {

@@ -72,7 +72,8 @@ field_value(const field_t &f, const stats_t &st, ngx_http_vts_loc_conf_t *vlcf)
 bool
 split_spec(ngx_str_t spec, ngx_str_t *group, ngx_str_t *zone, ngx_str_t *field)
 {
-    u_char *first = (u_char *) ngx_strlchr(spec.data, spec.data + spec.len, '/');
+    u_char *first =
+        (u_char *) ngx_strlchr(spec.data, spec.data + spec.len, '/');
     u_char *last = nullptr;
 
     for (u_char *p = spec.data + spec.len; p > spec.data; p--) {
@@ -208,7 +209,8 @@ set_key(ngx_http_vts_set_t *set, ngx_str_t zone, ngx_str_t *group,
     if (set->scope->upstreams == NGX_HTTP_VTS_UPSTREAMS_ALONE) {
         *group = ngx_http_vts_nogroups;
     } else if (set->scope->grouped) {
-        u_char *at = (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
+        u_char *at =
+            (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
         if (at == nullptr) {
             return false;
         }
