@@ -1,0 +1,128 @@
+/*
+ * traffic-status: configuration structures, typed getters, and the
+ * entry points that the module table (vts_module.cpp) and the directive
+ * table (vts_conf.cpp) name.
+ */
+#ifndef VTS_CONF_H
+#define VTS_CONF_H
+
+#include "vts_store.h"
+
+enum {
+    NGX_HTTP_VTS_FORMAT_NONE = 0,
+    NGX_HTTP_VTS_FORMAT_JSON,
+    NGX_HTTP_VTS_FORMAT_HTML,
+    NGX_HTTP_VTS_FORMAT_JSONP,
+    NGX_HTTP_VTS_FORMAT_PROMETHEUS
+};
+
+/* vhost_traffic_status_filter_by_set_key KEY [NAME] */
+struct ngx_http_vts_filter_t {
+    ngx_http_complex_value_t  key;
+    ngx_http_complex_value_t  name;
+};
+
+/* vhost_traffic_status_set_by_filter $VAR GROUP/ZONE/NAME (vts_vars) */
+struct ngx_http_vts_set_t {
+    ngx_int_t                    index;    /* variable index */
+    const ngx_http_vts_scope_t  *scope;
+    ngx_http_complex_value_t     zone;     /* "GROUP@NAME" or NAME */
+    ngx_uint_t                   field;    /* into the field table */
+};
+
+struct ngx_http_vts_main_conf_t {
+    ngx_http_vts_store_t  store;
+    ngx_str_t             dump_path;
+    ngx_msec_t            dump_period;
+    ngx_flag_t            enable;       /* a zone is configured */
+};
+
+struct ngx_http_vts_loc_conf_t {
+    ngx_flag_t            enable;
+    ngx_flag_t            display;
+    ngx_uint_t            format;
+    ngx_str_t             jsonp;
+    ngx_str_t             sum_key;
+    ngx_flag_t            filter;
+    ngx_flag_t            filter_by_host;
+    ngx_flag_t            filter_check_duplicate;
+    ngx_array_t          *filters;      /* ngx_http_vts_filter_t */
+    ngx_array_t          *buckets;      /* uint64_t msec, ascending */
+    ngx_uint_t            average_method;
+    ngx_msec_t            average_period;
+    ngx_flag_t            bypass_stats;
+    ngx_array_t          *sets;         /* ngx_http_vts_set_t */
+};
+
+extern "C" {
+extern ngx_module_t  ngx_http_vts_module;
+}
+
+/* vts_conf.cpp */
+extern ngx_command_t  ngx_http_vts_commands[];
+void *ngx_http_vts_create_main_conf(ngx_conf_t *cf);
+char *ngx_http_vts_init_main_conf(ngx_conf_t *cf, void *conf);
+void *ngx_http_vts_create_loc_conf(ngx_conf_t *cf);
+char *ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
+ngx_int_t ngx_http_vts_compile(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_complex_value_t *cv);
+
+/* directive handlers that live next to what they configure */
+char *ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);                                    /* vts_vars.cpp */
+char *ngx_http_vts_limit_unsupported(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);                                    /* vts_limit.cpp */
+
+/* vts_count.cpp: the log phase handler */
+ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
+
+/* vts_display.cpp: the display location's content handler */
+ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
+
+/* vts_dump.cpp */
+void ngx_http_vts_dump_restore(ngx_http_vts_store_t *store, void *data,
+    ngx_log_t *log);
+ngx_int_t ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf,
+    ngx_log_t *log);
+void ngx_http_vts_dump_start_timer(ngx_http_vts_main_conf_t *vmcf,
+    ngx_cycle_t *cycle);
+
+
+static inline ngx_http_vts_main_conf_t *
+ngx_http_vts_main_conf(ngx_http_request_t *r)
+{
+    return (ngx_http_vts_main_conf_t *)
+        ngx_http_get_module_main_conf(r, ngx_http_vts_module);
+}
+
+
+static inline ngx_http_vts_loc_conf_t *
+ngx_http_vts_loc_conf(ngx_http_request_t *r)
+{
+    return (ngx_http_vts_loc_conf_t *)
+        ngx_http_get_module_loc_conf(r, ngx_http_vts_module);
+}
+
+
+static inline ngx_http_vts_main_conf_t *
+ngx_http_vts_conf_main(ngx_conf_t *cf)
+{
+    return (ngx_http_vts_main_conf_t *)
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_vts_module);
+}
+
+
+/* nullptr before the http{} block or when it has none */
+static inline ngx_http_vts_main_conf_t *
+ngx_http_vts_cycle_main_conf(ngx_cycle_t *cycle)
+{
+    if (cycle->conf_ctx == nullptr
+        || cycle->conf_ctx[ngx_http_module.index] == nullptr)
+    {
+        return nullptr;
+    }
+    return (ngx_http_vts_main_conf_t *)
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_vts_module);
+}
+
+#endif /* VTS_CONF_H */

@@ -1,0 +1,118 @@
+/*
+ * traffic-status: what the views share.  The render context (one sorted
+ * store snapshot per request), the walk over configured upstream peers and
+ * file caches, the sum key, and the renderers' entry points.
+ */
+#ifndef VTS_DISPLAY_H
+#define VTS_DISPLAY_H
+
+#include "vts_conf.h"
+#include "vts_out.h"
+
+struct ngx_http_vts_render_t {
+    ngx_http_request_t        *r;
+    ngx_http_vts_main_conf_t  *vmcf;
+    ngx_http_vts_loc_conf_t   *vlcf;
+    ngx_http_vts_snapshot_t    snap;
+    uint64_t                   now;
+};
+
+typedef ngx_http_vts_render_t  vts_render_t;
+
+/*
+ * Which entries a JSON section shows (the control endpoint's selection;
+ * the full document shows everything).  nullptr group / name: all.
+ */
+struct ngx_http_vts_select_t {
+    bool        server = true, filter = true, upstream = true, cache = true;
+    uint8_t     upstreams = NGX_HTTP_VTS_UPSTREAMS_ANY;
+    ngx_str_t  *group = nullptr;     /* filter group or upstream group */
+    ngx_str_t  *name = nullptr;      /* zone / key / peer */
+};
+
+typedef ngx_http_vts_select_t  vts_select_t;
+
+/* one configured upstream peer (or a ::nogroups entry) */
+struct ngx_http_vts_peer_t {
+    ngx_str_t   name;
+    ngx_uint_t  weight;
+    ngx_uint_t  max_fails;
+    time_t      fail_timeout;
+    bool        backup;
+    bool        down;
+};
+
+/* calls fn(void *ctx, group, peer, node or nullptr) for every configured
+   peer of every upstream{} (primary, then backup, with the peers' read
+   lock), then for every ::nogroups entry */
+typedef void (*ngx_http_vts_peer_pt)(void *ctx, ngx_str_t group,
+    ngx_http_vts_peer_t *peer, ngx_http_vts_node_t *node);
+void ngx_http_vts_for_each_peer(vts_render_t &rd, ngx_http_vts_peer_pt fn,
+    void *ctx);
+
+/* the same with a lambda: fn(group, peer, node) */
+template <typename Fn>
+void
+ngx_http_vts_peers(vts_render_t &rd, Fn &&fn)
+{
+    ngx_http_vts_for_each_peer(rd, [](void *ctx, ngx_str_t group,
+                                      ngx_http_vts_peer_t *peer,
+                                      ngx_http_vts_node_t *node)
+    {
+        (*(Fn *) ctx)(group, *peer, node);
+    }, &fn);
+}
+
+/* one file cache zone, with its sizes and its counters (zero if unused) */
+struct ngx_http_vts_cache_row_t {
+    ngx_str_t             name;
+    uint64_t              max;
+    uint64_t              used;
+    ngx_http_vts_stats_t  st;
+};
+
+/* every proxy/fastcgi/uwsgi/scgi cache zone, in the cycle's order, in
+   the request pool; NGX_ERROR when out of memory */
+ngx_int_t ngx_http_vts_cache_rows(vts_render_t &rd,
+    ngx_http_vts_cache_row_t **rows, ngx_uint_t *n);
+
+/* the sum key's counters over every server zone (and the overflow) */
+void ngx_http_vts_sum_stats(vts_render_t &rd, ngx_http_vts_stats_t *sum,
+    uint64_t *avg);
+
+uint64_t ngx_http_vts_req_avg(vts_render_t &rd, const ngx_http_vts_stats_t *st);
+uint64_t ngx_http_vts_resp_avg(vts_render_t &rd,
+    const ngx_http_vts_stats_t *st);
+
+/* connections as stub_status (0 without it): active, reading, writing,
+   waiting, accepted, handled, requests */
+#define NGX_HTTP_VTS_CONN_N  7
+
+struct ngx_http_vts_conn_t {
+    const char  *name;
+    uint64_t     value;
+};
+
+void ngx_http_vts_connections(ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N]);
+
+/* vts_json.cpp */
+void ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd);
+void ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd,
+    vts_select_t &sel);
+void ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd,
+    vts_select_t &sel);
+void ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd,
+    vts_select_t &sel);
+void ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd,
+    vts_select_t &sel);
+
+/* vts_prometheus.cpp */
+ngx_int_t ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd);
+
+/* vts_html.cpp */
+void ngx_http_vts_render_html(vts_out_t &o);
+
+/* vts_control.cpp */
+ngx_int_t ngx_http_vts_control(ngx_http_request_t *r, vts_render_t &rd);
+
+#endif /* VTS_DISPLAY_H */

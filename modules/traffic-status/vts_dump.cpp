@@ -1,0 +1,252 @@
+/*
+ * traffic-status: vhost_traffic_status_dump.  Saves every entry to PATH
+ * (worker 0 every PERIOD and on exit, the master on exit) and restores
+ * them when the zone is created.
+ *
+ * File: header { magic, sizeof(stats), start_msec } (3 x u64), then per
+ * entry { kind, group_len, name_len } (3 x u32), the stats as they are in
+ * memory, the group and name bytes.  Written to PATH.<pid>.tmp, then
+ * renamed over PATH.
+ */
+
+#include "vts_conf.h"
+
+#define NGX_HTTP_VTS_DUMP_MAGIC  0x3153545650474e4eULL  /* "NNGPVTS1" */
+
+namespace {
+
+typedef ngx_http_vts_stats_t  stats_t;
+
+ngx_event_t  dump_event;
+
+
+size_t
+record_size(ngx_http_vts_node_t *n)
+{
+    return 3 * sizeof(uint32_t) + sizeof(stats_t) + n->group_len + n->name_len;
+}
+
+
+/* the file's bytes, from a snapshot in creation order */
+u_char *
+serialize(ngx_http_vts_store_t *store, ngx_pool_t *pool, ngx_log_t *log,
+    size_t *size)
+{
+    ngx_http_vts_snapshot_t snap;
+
+    if (ngx_http_vts_store_snapshot(store, pool, &snap, false) != NGX_OK) {
+        return nullptr;
+    }
+    *size = 3 * sizeof(uint64_t);
+    for (ngx_uint_t i = 0; i < snap.n; i++) {
+        *size += record_size(snap.nodes[i]);
+    }
+
+    u_char *buf = (u_char *) ngx_alloc(*size, log);
+    if (buf == nullptr) {
+        return nullptr;
+    }
+    uint64_t hdr[3] = { NGX_HTTP_VTS_DUMP_MAGIC, sizeof(stats_t),
+                        snap.start_msec };
+    u_char *p = ngx_cpymem(buf, hdr, sizeof(hdr));
+
+    for (ngx_uint_t i = 0; i < snap.n; i++) {
+        ngx_http_vts_node_t *n = snap.nodes[i];
+        uint32_t rec[3] = { n->kind, n->group_len, n->name_len };
+        stats_t st;
+        ngx_http_vts_read_stats(&st, &n->stats);
+        p = ngx_cpymem(p, rec, sizeof(rec));
+        p = ngx_cpymem(p, &st, sizeof(st));
+        p = ngx_cpymem(p, n->data, n->group_len + n->name_len);
+    }
+    return buf;
+}
+
+
+ngx_int_t
+write_file(ngx_str_t *path, u_char *buf, size_t size, ngx_log_t *log)
+{
+    u_char tmp[NGX_MAX_PATH];
+    u_char *last = ngx_snprintf(tmp, sizeof(tmp) - 1, "%V.%P.tmp", path,
+                                ngx_pid);
+    *last = '\0';
+
+    ngx_fd_t fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE,
+                                NGX_FILE_DEFAULT_ACCESS);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "vhost_traffic_status: cannot open \"%s\"", tmp);
+        return NGX_ERROR;
+    }
+    ssize_t n = write(fd, buf, size);
+    ngx_close_file(fd);
+
+    const char *failed = nullptr;
+    if (n != (ssize_t) size) {
+        failed = "write";
+    } else if (ngx_rename_file(tmp, path->data) == NGX_FILE_ERROR) {
+        failed = "rename";
+    }
+    if (failed) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "vhost_traffic_status: cannot %s \"%s\"", failed, tmp);
+        ngx_delete_file(tmp);
+        return NGX_ERROR;
+    }
+    return NGX_OK;
+}
+
+
+/* the whole file in a heap buffer; nullptr when missing or unreadable */
+u_char *
+read_file(ngx_str_t *path, ngx_log_t *log, ssize_t *size)
+{
+    ngx_fd_t fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                          "vhost_traffic_status: cannot open dump \"%V\"",
+                          path);
+        }
+        return nullptr;
+    }
+
+    ngx_file_info_t fi;
+    u_char *buf = nullptr;
+    *size = 0;
+    if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR) {
+        *size = (ssize_t) ngx_file_size(&fi);
+        buf = (u_char *) ngx_alloc(*size ? *size : 1, log);
+    }
+    if (buf == nullptr || read(fd, buf, *size) != *size) {
+        ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                      "vhost_traffic_status: cannot read dump \"%V\"", path);
+        ngx_close_file(fd);
+        if (buf) {
+            ngx_free(buf);
+        }
+        return nullptr;
+    }
+    ngx_close_file(fd);
+    return buf;
+}
+
+
+/* the entries of a dump into the store; false when the file is not valid */
+bool
+restore(ngx_http_vts_store_t *store, u_char *p, u_char *end,
+    ngx_uint_t *restored)
+{
+    uint64_t hdr[3];
+
+    if ((size_t) (end - p) < sizeof(hdr)) {
+        return false;
+    }
+    ngx_memcpy(hdr, p, sizeof(hdr));
+    p += sizeof(hdr);
+    if (hdr[0] != NGX_HTTP_VTS_DUMP_MAGIC || hdr[1] != sizeof(stats_t)) {
+        return false;
+    }
+    ngx_http_vts_store_set_start(store, hdr[2]);
+
+    while (p < end) {
+        uint32_t rec[3];   /* kind, group_len, name_len */
+        stats_t st;
+
+        if ((size_t) (end - p) < sizeof(rec) + sizeof(st)) {
+            return false;
+        }
+        ngx_memcpy(rec, p, sizeof(rec));
+        p += sizeof(rec);
+        ngx_memcpy(&st, p, sizeof(st));
+        p += sizeof(st);
+        if (rec[1] > 65535 || rec[2] > NGX_HTTP_VTS_NAME_MAX
+            || (size_t) (end - p) < (size_t) rec[1] + rec[2]
+            || st.nbuckets > NGX_HTTP_VTS_BUCKET_MAX)
+        {
+            return false;
+        }
+        ngx_str_t group = { rec[1], p };
+        ngx_str_t name = { rec[2], p + rec[1] };
+        p += rec[1] + rec[2];
+
+        if (!ngx_http_vts_store_restore(store, (uint8_t) rec[0], &group, &name,
+                                        &st))
+        {
+            break;                      /* the zone is full */
+        }
+        (*restored)++;
+    }
+    return true;
+}
+
+
+void
+dump_handler(ngx_event_t *ev)
+{
+    ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) ev->data;
+
+    ngx_http_vts_dump_save(vmcf, ev->log);
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(ev, vmcf->dump_period);
+    }
+}
+
+} // namespace
+
+
+ngx_int_t
+ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf, ngx_log_t *log)
+{
+    ngx_pool_t *pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, log);
+    if (pool == nullptr) {
+        return NGX_ERROR;
+    }
+    size_t size;
+    u_char *buf = serialize(&vmcf->store, pool, log, &size);
+    ngx_destroy_pool(pool);
+    if (buf == nullptr) {
+        return NGX_ERROR;
+    }
+    ngx_int_t rc = write_file(&vmcf->dump_path, buf, size, log);
+    ngx_free(buf);
+    return rc;
+}
+
+
+void
+ngx_http_vts_dump_restore(ngx_http_vts_store_t *store, void *data,
+    ngx_log_t *log)
+{
+    ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) data;
+    ssize_t size;
+    ngx_uint_t restored = 0;
+
+    u_char *buf = read_file(&vmcf->dump_path, log, &size);
+    if (buf == nullptr) {
+        return;
+    }
+    if (restore(store, buf, buf + size, &restored)) {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "vhost_traffic_status: restored %ui entries from \"%V\"",
+                      restored, &vmcf->dump_path);
+    } else {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "vhost_traffic_status: dump \"%V\" is not valid, ignored",
+                      &vmcf->dump_path);
+    }
+    ngx_free(buf);
+}
+
+
+void
+ngx_http_vts_dump_start_timer(ngx_http_vts_main_conf_t *vmcf,
+    ngx_cycle_t *cycle)
+{
+    ngx_memzero(&dump_event, sizeof(dump_event));
+    dump_event.handler = dump_handler;
+    dump_event.data = vmcf;
+    dump_event.log = cycle->log;
+    dump_event.cancelable = 1;
+    ngx_add_timer(&dump_event, vmcf->dump_period);
+}

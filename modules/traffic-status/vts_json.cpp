@@ -1,0 +1,396 @@
+/*
+ * traffic-status: the JSON view (also JSONP, and the control endpoint's
+ * status answers, which are sections of the same document).
+ */
+
+#include "vts_display.h"
+
+namespace {
+
+typedef ngx_http_vts_stats_t  stats_t;
+
+
+void
+str(vts_out_t &o, ngx_str_t s)
+{
+    ngx_http_vts_json_str(o, s);
+}
+
+
+/* ,"key":value */
+void
+member(vts_out_t &o, const char *key, uint64_t v)
+{
+    o.put(",\"");
+    o.put(key);
+    o.put("\":");
+    o.u64(v);
+}
+
+
+void
+u64_array(vts_out_t &o, const uint64_t *v, size_t n)
+{
+    o.putc('[');
+    for (size_t k = 0; k < n; k++) {
+        if (k) {
+            o.putc(',');
+        }
+        o.u64(v[k]);
+    }
+    o.putc(']');
+}
+
+
+/* the samples of a moving average ring, oldest first */
+void
+samples(vts_out_t &o, const ngx_http_vts_sample_t *smp, uint64_t pos)
+{
+    uint64_t n = ngx_min(pos, (uint64_t) NGX_HTTP_VTS_AVG_SAMPLES);
+    uint64_t start = pos - n;
+
+    o.put("{\"times\":[");
+    for (uint64_t k = 0; k < n; k++) {
+        if (k) {
+            o.putc(',');
+        }
+        o.u64(smp[(start + k) % NGX_HTTP_VTS_AVG_SAMPLES].time);
+    }
+    o.put("],\"msecs\":[");
+    for (uint64_t k = 0; k < n; k++) {
+        if (k) {
+            o.putc(',');
+        }
+        o.u64(smp[(start + k) % NGX_HTTP_VTS_AVG_SAMPLES].msec);
+    }
+    o.put("]}");
+}
+
+
+void
+buckets(vts_out_t &o, const stats_t *st, const uint64_t *counters)
+{
+    o.put("{\"msecs\":");
+    u64_array(o, st->bucket_msec, st->nbuckets);
+    o.put(",\"counters\":");
+    u64_array(o, counters, st->nbuckets);
+    o.putc('}');
+}
+
+
+void
+responses(vts_out_t &o, const stats_t *st)
+{
+    o.put("\"responses\":{");
+    for (int k = 0; k < 5; k++) {
+        o.putc('"');
+        o.put(ngx_http_vts_class_names[k]);
+        o.put("\":");
+        o.u64(st->responses[k]);
+        o.putc(',');
+    }
+    for (int k = 0; k < NGX_HTTP_VTS_CACHE_N; k++) {
+        if (k) {
+            o.putc(',');
+        }
+        o.putc('"');
+        o.put(ngx_http_vts_cache_names[k]);
+        o.put("\":");
+        o.u64(st->cache[k]);
+    }
+    o.putc('}');
+}
+
+
+/* the members common to server, filter and upstream entries; the sum key
+   passes its own average and has no samples */
+void
+stats_body(vts_out_t &o, vts_render_t &rd, const stats_t *st, bool upstream,
+    const uint64_t *sum_avg)
+{
+    o.put("\"requestCounter\":");
+    o.u64(st->requests);
+    member(o, "inBytes", st->in_bytes);
+    member(o, "outBytes", st->out_bytes);
+    o.putc(',');
+    responses(o, st);
+    member(o, "requestMsecCounter", st->request_msec_total);
+    member(o, "requestMsec", sum_avg ? *sum_avg : ngx_http_vts_req_avg(rd, st));
+    o.put(",\"requestMsecs\":");
+    if (sum_avg) {
+        o.put("{\"times\":[],\"msecs\":[]}");
+    } else {
+        samples(o, st->req_samples, st->req_pos);
+    }
+    o.put(",\"requestBuckets\":");
+    buckets(o, st, st->req_buckets);
+
+    if (upstream) {
+        member(o, "responseMsecCounter", st->response_msec_total);
+        member(o, "responseMsec", ngx_http_vts_resp_avg(rd, st));
+        o.put(",\"responseMsecs\":");
+        samples(o, st->resp_samples, st->resp_pos);
+        o.put(",\"responseBuckets\":");
+        buckets(o, st, st->resp_buckets);
+    }
+}
+
+
+/* a live node of this kind, in the selected group and name */
+bool
+selected(ngx_http_vts_node_t *n, ngx_str_t *group, ngx_str_t *name)
+{
+    return !n->deleted
+           && (group == nullptr
+               || ngx_http_vts_str_eq(ngx_http_vts_node_group(n), group))
+           && (name == nullptr
+               || ngx_http_vts_str_eq(ngx_http_vts_node_name(n), name));
+}
+
+
+/* "NAME":{...} of one server or filter node */
+void
+entry(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n)
+{
+    stats_t st;
+
+    ngx_http_vts_read_stats(&st, &n->stats);
+    str(o, ngx_http_vts_node_name(n));
+    o.put(":{");
+    stats_body(o, rd, &st, false, nullptr);
+    o.putc('}');
+}
+
+
+void
+peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n,
+    ngx_http_vts_peer_t &pi)
+{
+    stats_t st;
+
+    if (n) {
+        ngx_http_vts_read_stats(&st, &n->stats);
+    } else {
+        ngx_memzero(&st, sizeof(st));
+    }
+    o.put("{\"server\":");
+    str(o, pi.name);
+    o.putc(',');
+    stats_body(o, rd, &st, true, nullptr);
+    member(o, "weight", pi.weight);
+    member(o, "maxFails", pi.max_fails);
+    member(o, "failTimeout", (uint64_t) pi.fail_timeout);
+    o.put(pi.backup ? ",\"backup\":true" : ",\"backup\":false");
+    o.put(pi.down ? ",\"down\":true}" : ",\"down\":false}");
+}
+
+
+bool
+peer_selected(vts_select_t &sel, ngx_str_t group, ngx_http_vts_peer_t &pi)
+{
+    bool alone = ngx_http_vts_is_nogroups(group);
+
+    if ((sel.upstreams == NGX_HTTP_VTS_UPSTREAMS_ALONE && !alone)
+        || (sel.upstreams == NGX_HTTP_VTS_UPSTREAMS_GROUPS && alone))
+    {
+        return false;
+    }
+    return (sel.group == nullptr || ngx_http_vts_str_eq(group, sel.group))
+           && (sel.name == nullptr || ngx_http_vts_str_eq(pi.name, sel.name));
+}
+
+
+/* hostName .. sharedZones: the members before the zone sections */
+void
+main_section(vts_out_t &o, vts_render_t &rd)
+{
+    o.put("\"hostName\":");
+    str(o, ((ngx_cycle_t *) ngx_cycle)->hostname);
+    o.put(",\"moduleVersion\":\"" NGX_HTTP_VTS_MODULE_VERSION "\"");
+    o.put(",\"nginxVersion\":\"" NGINX_VERSION "\"");
+    member(o, "loadMsec", rd.snap.start_msec);
+    member(o, "nowMsec", rd.now);
+
+    ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N];
+    ngx_http_vts_connections(c);
+    o.put(",\"connections\":{");
+    for (int k = 0; k < NGX_HTTP_VTS_CONN_N; k++) {
+        o.put(k ? ",\"" : "\"");
+        o.put(c[k].name);
+        o.put("\":");
+        o.u64(c[k].value);
+    }
+
+    o.put("},\"sharedZones\":{\"name\":");
+    str(o, rd.snap.zone_name);
+    member(o, "maxSize", rd.snap.max_size);
+    member(o, "usedSize", rd.snap.used_size);
+    member(o, "usedNode", rd.snap.used_node);
+    o.put(",\"droppedNodes\":{\"zoneFull\":");
+    o.u64(rd.snap.dropped_full);
+    member(o, "maxNode", rd.snap.dropped_limit);
+    o.put("}}");
+}
+
+} // namespace
+
+
+void
+ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
+{
+    ngx_uint_t first, last;
+    bool comma = false;
+
+    ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
+    o.put("\"serverZones\":{");
+    for (ngx_uint_t i = first; i < last; i++) {
+        ngx_http_vts_node_t *n = rd.snap.nodes[i];
+        if (!selected(n, nullptr, sel.name)) {
+            continue;
+        }
+        if (comma) {
+            o.putc(',');
+        }
+        comma = true;
+        entry(o, rd, n);
+    }
+
+    if (sel.name == nullptr) {
+        stats_t st;
+        uint64_t avg;
+        ngx_http_vts_sum_stats(rd, &st, &avg);
+        if (comma) {
+            o.putc(',');
+        }
+        str(o, rd.vlcf->sum_key);
+        o.put(":{");
+        stats_body(o, rd, &st, false, &avg);
+        o.putc('}');
+    }
+    o.putc('}');
+}
+
+
+void
+ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
+{
+    ngx_uint_t first, last;
+    ngx_str_t cur = ngx_null_string;
+    bool open = false;
+
+    ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_FILTER, &first, &last);
+    o.put("\"filterZones\":{");
+    for (ngx_uint_t i = first; i < last; i++) {
+        ngx_http_vts_node_t *n = rd.snap.nodes[i];
+        if (!selected(n, sel.group, sel.name)) {
+            continue;
+        }
+        ngx_str_t g = ngx_http_vts_node_group(n);
+        if (!open || !ngx_http_vts_str_eq(g, &cur)) {
+            if (open) {
+                o.put("},");
+            }
+            str(o, g);
+            o.put(":{");
+            cur = g;
+            open = true;
+        } else {
+            o.putc(',');
+        }
+        entry(o, rd, n);
+    }
+    if (open) {
+        o.putc('}');
+    }
+    o.putc('}');
+}
+
+
+void
+ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
+{
+    ngx_str_t cur = ngx_null_string;
+    bool open = false;
+    bool first_peer = true;
+
+    o.put("\"upstreamZones\":{");
+    ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi,
+                               ngx_http_vts_node_t *n)
+    {
+        if (!peer_selected(sel, group, pi)) {
+            return;
+        }
+        if (!open || !ngx_http_vts_str_eq(group, &cur)) {
+            if (open) {
+                o.put("],");
+            }
+            str(o, group);
+            o.put(":[");
+            cur = group;
+            open = true;
+            first_peer = true;
+        }
+        if (!first_peer) {
+            o.putc(',');
+        }
+        first_peer = false;
+        peer(o, rd, n, pi);
+    });
+    if (open) {
+        o.putc(']');
+    }
+    o.putc('}');
+}
+
+
+void
+ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
+{
+    ngx_http_vts_cache_row_t *rows;
+    ngx_uint_t n;
+    bool comma = false;
+
+    if (ngx_http_vts_cache_rows(rd, &rows, &n) != NGX_OK) {
+        o.failed = true;
+        return;
+    }
+    o.put("\"cacheZones\":{");
+    for (ngx_uint_t i = 0; i < n; i++) {
+        if (sel.name && !ngx_http_vts_str_eq(rows[i].name, sel.name)) {
+            continue;
+        }
+        if (comma) {
+            o.putc(',');
+        }
+        comma = true;
+        str(o, rows[i].name);
+        o.put(":{\"maxSize\":");
+        o.u64(rows[i].max);
+        member(o, "usedSize", rows[i].used);
+        member(o, "inBytes", rows[i].st.in_bytes);
+        member(o, "outBytes", rows[i].st.out_bytes);
+        o.putc(',');
+        responses(o, &rows[i].st);
+        o.putc('}');
+    }
+    o.putc('}');
+}
+
+
+void
+ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd)
+{
+    vts_select_t all;
+
+    o.putc('{');
+    main_section(o, rd);
+    o.putc(',');
+    ngx_http_vts_json_servers(o, rd, all);
+    o.putc(',');
+    ngx_http_vts_json_filters(o, rd, all);
+    o.putc(',');
+    ngx_http_vts_json_upstreams(o, rd, all);
+    o.putc(',');
+    ngx_http_vts_json_caches(o, rd, all);
+    o.putc('}');
+}

@@ -1,0 +1,73 @@
+/*
+ * traffic-status: the output every view writes into.  A chain of request
+ * pool buffers (64 KB or the size of one large piece), never reallocated,
+ * plus the escaping of JSON strings and Prometheus label values.
+ */
+#ifndef VTS_OUT_H
+#define VTS_OUT_H
+
+#include "ngx_cpp.h"
+
+#include <cstdint>
+
+struct ngx_http_vts_out_t {
+    ngx_pool_t   *pool;
+    ngx_chain_t  *head = nullptr;
+    ngx_chain_t **last = &head;
+    ngx_buf_t    *b = nullptr;
+    size_t        total = 0;
+    bool          failed = false;
+
+    explicit ngx_http_vts_out_t(ngx_pool_t *p) : pool(p) {}
+
+    bool reserve(size_t n) {
+        if (failed) {
+            return false;
+        }
+        if (b && (size_t) (b->end - b->last) >= n) {
+            return true;
+        }
+        return grow(n);
+    }
+
+    void put(const void *data, size_t len) {
+        if (len == 0 || !reserve(len)) {
+            return;
+        }
+        b->last = ngx_cpymem(b->last, data, len);
+        total += len;
+    }
+
+    void put(const char *s) { put(s, ngx_strlen(s)); }
+    void put(ngx_str_t s) { put(s.data, s.len); }
+
+    void putc(u_char c) {
+        if (!reserve(1)) {
+            return;
+        }
+        *b->last++ = c;
+        total++;
+    }
+
+    void u64(uint64_t v);
+    void secs(uint64_t ms);            /* milliseconds as seconds, 3 decimals */
+
+private:
+    bool grow(size_t n);
+};
+
+typedef ngx_http_vts_out_t  vts_out_t;
+
+/* a JSON string: escaped, control characters as \u00XX, invalid UTF-8
+   bytes as \ufffd */
+void ngx_http_vts_json_str(vts_out_t &o, const u_char *p, size_t len);
+void ngx_http_vts_json_str(vts_out_t &o, ngx_str_t s);
+
+/* a Prometheus label value (text format 0.0.4), without the quotes */
+void ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s);
+
+/* sends the chain as the whole response body */
+ngx_int_t ngx_http_vts_send(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, vts_out_t &o);
+
+#endif /* VTS_OUT_H */

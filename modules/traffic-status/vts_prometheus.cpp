@@ -1,0 +1,481 @@
+/*
+ * traffic-status: the Prometheus view (text format 0.0.4), VTS's metric
+ * families plus nginx_vts_upstream_peer_down and
+ * nginx_vts_main_shm_dropped_nodes_total.
+ *
+ * Server, filter and upstream entries are first collected with a private
+ * copy of their counters, then printed family by family (a family's
+ * series must be contiguous), driven by one table of families.
+ */
+
+#include "vts_display.h"
+
+namespace {
+
+typedef ngx_http_vts_stats_t  stats_t;
+
+/* the labels of one entry, e.g. host="x" or upstream="u",backend="b" */
+struct labels_t {
+    const char *k1;
+    ngx_str_t   v1;
+    const char *k2;      /* may be null */
+    ngx_str_t   v2;
+};
+
+struct entry_t {
+    labels_t   l;
+    stats_t   *st;
+    uint64_t   req_avg;
+    uint64_t   resp_avg;
+    bool       down;
+};
+
+/* one kind of entries: the family prefix and its quirks */
+struct kind_t {
+    const char *prefix;
+    const char *code_label;   /* VTS labels filter status classes "direction" */
+    bool        upstream;
+};
+
+const kind_t  servers = { "nginx_vts_server", "code", false };
+const kind_t  filters = { "nginx_vts_filter", "direction", false };
+const kind_t  upstreams = { "nginx_vts_upstream", "code", true };
+
+
+void
+family(vts_out_t &o, const char *name, const char *type, const char *help)
+{
+    o.put("# HELP ");
+    o.put(name);
+    o.putc(' ');
+    o.put(help);
+    o.put("\n# TYPE ");
+    o.put(name);
+    o.putc(' ');
+    o.put(type);
+    o.putc('\n');
+}
+
+
+void
+series_start(vts_out_t &o, const char *name, const char *suffix, labels_t &l)
+{
+    o.put(name);
+    if (suffix) {
+        o.put(suffix);
+    }
+    o.putc('{');
+    o.put(l.k1);
+    o.put("=\"");
+    ngx_http_vts_prom_label(o, l.v1);
+    o.putc('"');
+    if (l.k2) {
+        o.putc(',');
+        o.put(l.k2);
+        o.put("=\"");
+        ngx_http_vts_prom_label(o, l.v2);
+        o.putc('"');
+    }
+}
+
+
+/* name{labels[,extra_k="extra_v"]} v, v in seconds when secs */
+void
+value(vts_out_t &o, const char *name, labels_t &l, const char *extra_k,
+    const char *extra_v, uint64_t v, bool secs)
+{
+    series_start(o, name, nullptr, l);
+    if (extra_k) {
+        o.putc(',');
+        o.put(extra_k);
+        o.put("=\"");
+        o.put(extra_v);
+        o.putc('"');
+    }
+    o.put("} ");
+    if (secs) {
+        o.secs(v);
+    } else {
+        o.u64(v);
+    }
+    o.putc('\n');
+}
+
+
+/* cumulative _bucket series with +Inf, then _sum and _count */
+void
+histogram(vts_out_t &o, const char *name, labels_t &l, stats_t *st,
+    uint64_t *counters, uint64_t overflow, uint64_t sum_ms)
+{
+    uint64_t cum = 0;
+
+    for (uint32_t k = 0; k < st->nbuckets; k++) {
+        cum += counters[k];
+        series_start(o, name, "_bucket", l);
+        o.put(",le=\"");
+        o.secs(st->bucket_msec[k]);
+        o.put("\"} ");
+        o.u64(cum);
+        o.putc('\n');
+    }
+    cum += overflow;
+    series_start(o, name, "_bucket", l);
+    o.put(",le=\"+Inf\"} ");
+    o.u64(cum);
+    o.putc('\n');
+    series_start(o, name, "_sum", l);
+    o.put("} ");
+    o.secs(sum_ms);
+    o.putc('\n');
+    series_start(o, name, "_count", l);
+    o.put("} ");
+    o.u64(cum);
+    o.putc('\n');
+}
+
+
+/* the series of one entry in one family */
+typedef void (*series_pt)(vts_out_t &o, const char *name, const kind_t &k,
+    entry_t &e);
+
+void
+bytes(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, "direction", "in", e.st->in_bytes, false);
+    value(o, name, e.l, "direction", "out", e.st->out_bytes, false);
+}
+
+void
+requests(vts_out_t &o, const char *name, const kind_t &k, entry_t &e)
+{
+    for (int c = 0; c < 5; c++) {
+        value(o, name, e.l, k.code_label, ngx_http_vts_class_names[c],
+              e.st->responses[c], false);
+    }
+    value(o, name, e.l, k.code_label, "total", e.st->requests, false);
+}
+
+void
+request_total(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.st->request_msec_total, true);
+}
+
+void
+request_avg(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.req_avg, true);
+}
+
+void
+response_total(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.st->response_msec_total, true);
+}
+
+void
+response_avg(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.resp_avg, true);
+}
+
+void
+request_histogram(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    if (e.st->nbuckets) {
+        histogram(o, name, e.l, e.st, e.st->req_buckets, e.st->req_overflow,
+                  e.st->request_msec_total);
+    }
+}
+
+void
+response_histogram(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    if (e.st->nbuckets) {
+        histogram(o, name, e.l, e.st, e.st->resp_buckets, e.st->resp_overflow,
+                  e.st->response_msec_total);
+    }
+}
+
+void
+cache_total(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    for (int c = 0; c < NGX_HTTP_VTS_CACHE_N; c++) {
+        value(o, name, e.l, "status", ngx_http_vts_cache_names[c],
+              e.st->cache[c], false);
+    }
+}
+
+void
+peer_down(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.down ? 1 : 0, false);
+}
+
+
+/* which kinds of entries a family is printed for */
+enum {
+    F_ALL = 0,
+    F_UPSTREAM = 1,         /* upstream peers only */
+    F_OTHERS = 2,           /* servers and filters only */
+    F_HISTOGRAM = 4         /* only when some entry has buckets */
+};
+
+const struct {
+    const char  *suffix;
+    const char  *type;
+    const char  *help;
+    unsigned     only;
+    series_pt    series;
+} families[] = {
+    { "_bytes_total", "counter", "The request/response bytes", F_ALL, bytes },
+    { "_requests_total", "counter", "The requests counter", F_ALL, requests },
+    { "_request_seconds_total", "counter",
+      "The request processing time in seconds", F_ALL, request_total },
+    { "_request_seconds", "gauge",
+      "The average of request processing times in seconds", F_ALL,
+      request_avg },
+    { "_response_seconds_total", "counter",
+      "The only upstream response processing time in seconds", F_UPSTREAM,
+      response_total },
+    { "_response_seconds", "gauge",
+      "The average of only upstream response processing times in seconds",
+      F_UPSTREAM, response_avg },
+    { "_request_duration_seconds", "histogram",
+      "The histogram of request processing time", F_HISTOGRAM,
+      request_histogram },
+    { "_response_duration_seconds", "histogram",
+      "The histogram of the upstream response processing time",
+      F_HISTOGRAM|F_UPSTREAM, response_histogram },
+    { "_cache_total", "counter", "The requests cache counter", F_OTHERS,
+      cache_total },
+    { "_peer_down", "gauge", "1 when the peer is marked down (nginx-portable "
+      "addition, not in VTS)", F_UPSTREAM, peer_down },
+};
+
+
+void
+entries(vts_out_t &o, const kind_t &k, entry_t *e, ngx_uint_t n)
+{
+    char name[128];
+    bool any_buckets = false;
+
+    for (ngx_uint_t i = 0; i < n; i++) {
+        any_buckets = any_buckets || e[i].st->nbuckets;
+    }
+
+    for (auto &f : families) {
+        if (n == 0
+            || ((f.only & F_UPSTREAM) && !k.upstream)
+            || ((f.only & F_OTHERS) && k.upstream)
+            || ((f.only & F_HISTOGRAM) && !any_buckets))
+        {
+            continue;
+        }
+        ngx_sprintf((u_char *) name, "%s%s%Z", k.prefix, f.suffix);
+        family(o, name, f.type, f.help);
+        for (ngx_uint_t i = 0; i < n; i++) {
+            f.series(o, name, k, e[i]);
+        }
+    }
+}
+
+
+/* nginx_vts_info .. nginx_vts_main_shm_dropped_nodes_total */
+void
+main_families(vts_out_t &o, vts_render_t &rd)
+{
+    family(o, "nginx_vts_info", "gauge", "Nginx info");
+    o.put("nginx_vts_info{hostname=\"");
+    ngx_http_vts_prom_label(o, ((ngx_cycle_t *) ngx_cycle)->hostname);
+    o.put("\",module_version=\"" NGX_HTTP_VTS_MODULE_VERSION
+          "\",version=\"" NGINX_VERSION "\"} 1\n");
+
+    family(o, "nginx_vts_start_time_seconds", "gauge", "Nginx start time");
+    o.put("nginx_vts_start_time_seconds ");
+    o.secs(rd.snap.start_msec);
+    o.putc('\n');
+
+    family(o, "nginx_vts_main_connections", "gauge", "Nginx connections");
+#if (NGX_STAT_STUB)
+    /* alphabetical, as VTS: accepted active handled reading requests
+       waiting writing */
+    static const int order[NGX_HTTP_VTS_CONN_N] = { 4, 0, 5, 1, 6, 3, 2 };
+    ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N];
+    ngx_http_vts_connections(c);
+    for (int k : order) {
+        o.put("nginx_vts_main_connections{status=\"");
+        o.put(c[k].name);
+        o.put("\"} ");
+        o.u64(c[k].value);
+        o.putc('\n');
+    }
+#endif
+
+    family(o, "nginx_vts_main_shm_usage_bytes", "gauge",
+           "Shared memory [vhost_traffic_status] info");
+    o.put("nginx_vts_main_shm_usage_bytes{shared=\"max_size\"} ");
+    o.u64(rd.snap.max_size);
+    o.put("\nnginx_vts_main_shm_usage_bytes{shared=\"used_size\"} ");
+    o.u64(rd.snap.used_size);
+    o.put("\nnginx_vts_main_shm_usage_bytes{shared=\"used_node\"} ");
+    o.u64(rd.snap.used_node);
+    o.putc('\n');
+
+    family(o, "nginx_vts_main_shm_dropped_nodes_total", "counter",
+           "New entries not stored because the zone was full or a "
+           "filter_max_node cap was reached (nginx-portable addition)");
+    o.put("nginx_vts_main_shm_dropped_nodes_total{reason=\"zone_full\"} ");
+    o.u64(rd.snap.dropped_full);
+    o.put("\nnginx_vts_main_shm_dropped_nodes_total{reason=\"max_node\"} ");
+    o.u64(rd.snap.dropped_limit);
+    o.putc('\n');
+}
+
+
+/* room for every entry: the nodes, the sum key and every configured peer */
+ngx_uint_t
+max_entries(vts_render_t &rd)
+{
+    ngx_uint_t n = rd.snap.n + 1;
+    ngx_http_upstream_main_conf_t *umcf = (ngx_http_upstream_main_conf_t *)
+        ngx_http_get_module_main_conf(rd.r, ngx_http_upstream_module);
+
+    if (umcf == nullptr) {
+        return n;
+    }
+    ngx_http_upstream_srv_conf_t **u =
+        (ngx_http_upstream_srv_conf_t **) umcf->upstreams.elts;
+    for (ngx_uint_t i = 0; i < umcf->upstreams.nelts; i++) {
+        if (u[i]->servers) {
+            ngx_http_upstream_server_t *s =
+                (ngx_http_upstream_server_t *) u[i]->servers->elts;
+            for (ngx_uint_t j = 0; j < u[i]->servers->nelts; j++) {
+                n += s[j].naddrs;
+            }
+        }
+    }
+    return n;
+}
+
+
+/* the entries of the nodes of one kind (servers, filters) */
+ngx_uint_t
+node_entries(vts_render_t &rd, uint8_t kind, entry_t *e, stats_t *st)
+{
+    ngx_uint_t first, last, m = 0;
+
+    ngx_http_vts_snapshot_range(&rd.snap, kind, &first, &last);
+    for (ngx_uint_t i = first; i < last; i++, m++) {
+        ngx_http_vts_node_t *node = rd.snap.nodes[i];
+        ngx_http_vts_read_stats(&st[m], &node->stats);
+        if (kind == NGX_HTTP_VTS_SERVER) {
+            e[m].l = { "host", ngx_http_vts_node_name(node), nullptr,
+                       ngx_null_string };
+        } else {
+            e[m].l = { "filter", ngx_http_vts_node_group(node),
+                       "filter_name", ngx_http_vts_node_name(node) };
+        }
+        e[m].st = &st[m];
+        e[m].req_avg = ngx_http_vts_req_avg(rd, &st[m]);
+    }
+    return m;
+}
+
+
+ngx_uint_t
+peer_entries(vts_render_t &rd, entry_t *e, stats_t *st, ngx_uint_t n)
+{
+    ngx_uint_t m = 0;
+
+    ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi,
+                               ngx_http_vts_node_t *node)
+    {
+        if (m >= n) {
+            return;
+        }
+        if (node) {
+            ngx_http_vts_read_stats(&st[m], &node->stats);
+        } else {
+            ngx_memzero(&st[m], sizeof(st[m]));
+        }
+        e[m].l = { "upstream", group, "backend", pi.name };
+        e[m].st = &st[m];
+        e[m].down = pi.down;
+        e[m].req_avg = ngx_http_vts_req_avg(rd, &st[m]);
+        e[m].resp_avg = ngx_http_vts_resp_avg(rd, &st[m]);
+        m++;
+    });
+    return m;
+}
+
+
+ngx_int_t
+cache_families(vts_out_t &o, vts_render_t &rd)
+{
+    ngx_http_vts_cache_row_t *rows;
+    ngx_uint_t n;
+
+    if (ngx_http_vts_cache_rows(rd, &rows, &n) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    const char *name = "nginx_vts_cache_usage_bytes";
+    family(o, name, "gauge", "The cache zone capacity in bytes");
+    for (ngx_uint_t i = 0; i < n; i++) {
+        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
+        value(o, name, l, "cache_size", "max", rows[i].max, false);
+        value(o, name, l, "cache_size", "used", rows[i].used, false);
+    }
+    name = "nginx_vts_cache_bytes_total";
+    family(o, name, "counter", "The cache zone request/response bytes");
+    for (ngx_uint_t i = 0; i < n; i++) {
+        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
+        value(o, name, l, "direction", "in", rows[i].st.in_bytes, false);
+        value(o, name, l, "direction", "out", rows[i].st.out_bytes, false);
+    }
+    name = "nginx_vts_cache_requests_total";
+    family(o, name, "counter", "The cache requests counter");
+    for (ngx_uint_t i = 0; i < n; i++) {
+        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
+        for (int c = 0; c < NGX_HTTP_VTS_CACHE_N; c++) {
+            value(o, name, l, "status", ngx_http_vts_cache_names[c],
+                  rows[i].st.cache[c], false);
+        }
+    }
+    return NGX_OK;
+}
+
+} // namespace
+
+
+ngx_int_t
+ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd)
+{
+    main_families(o, rd);
+
+    ngx_uint_t n = max_entries(rd);
+    entry_t *e = (entry_t *) ngx_palloc(rd.r->pool, sizeof(entry_t) * n);
+    stats_t *st = (stats_t *) ngx_palloc(rd.r->pool, sizeof(stats_t) * n);
+    if (e == nullptr || st == nullptr) {
+        return NGX_ERROR;
+    }
+
+    /* servers, then the sum key */
+    ngx_uint_t m = node_entries(rd, NGX_HTTP_VTS_SERVER, e, st);
+    ngx_http_vts_sum_stats(rd, &st[m], &e[m].req_avg);
+    e[m].l = { "host", rd.vlcf->sum_key, nullptr, ngx_null_string };
+    e[m].st = &st[m];
+    entries(o, servers, e, m + 1);
+
+    m = node_entries(rd, NGX_HTTP_VTS_FILTER, e, st);
+    entries(o, filters, e, m);
+
+    m = peer_entries(rd, e, st, n);
+    entries(o, upstreams, e, m);
+
+    return cache_families(o, rd);
+}

@@ -1,0 +1,39 @@
+/*
+ * traffic-status: the store's private part, shared by its two files only
+ * (vts_store.cpp: the zone, node creation and the request path;
+ * vts_store_read.cpp: snapshots, reads, reset/delete, restore).  No other
+ * file includes this.
+ */
+#ifndef VTS_STORE_ZONE_H
+#define VTS_STORE_ZONE_H
+
+#include "vts_store.h"
+
+/* The shared part: lives at the start of the zone, after the slab pool. */
+struct ngx_http_vts_shctx_t {
+    ngx_rbtree_t          rbtree;
+    ngx_rbtree_node_t     sentinel;
+    ngx_queue_t           queue;
+    ngx_http_vts_node_t  *graveyard;
+    uint64_t              generation;   /* bumped when a node is unlinked */
+    uint64_t              nodes;
+    uint64_t              host_nodes;   /* server zones keyed by Host */
+    uint64_t              filter_nodes[NGX_HTTP_VTS_CAPS_MAX + 1];
+    uint64_t              dropped_full;
+    uint64_t              dropped_limit;
+    uint64_t              start_msec;
+    ngx_http_vts_stats_t  overflow;     /* requests whose server entry
+                                           could not be stored: in the sum */
+};
+
+uint32_t ngx_http_vts_key_hash(uint8_t kind, ngx_str_t *group,
+    ngx_str_t *name);
+ngx_http_vts_node_t *ngx_http_vts_lookup_locked(ngx_http_vts_shctx_t *sh,
+    uint8_t kind, ngx_str_t *group, ngx_str_t *name, uint32_t hash);
+ngx_http_vts_node_t *ngx_http_vts_create_locked(ngx_http_vts_store_t *store,
+    uint8_t kind, ngx_str_t *group, ngx_str_t *name, uint32_t hash,
+    ngx_array_t *buckets);
+void ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
+    ngx_http_vts_node_t *node);
+
+#endif /* VTS_STORE_ZONE_H */

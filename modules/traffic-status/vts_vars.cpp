@@ -1,0 +1,272 @@
+/*
+ * traffic-status: variables.  vhost_traffic_status_set_by_filter $VAR
+ * GROUP/ZONE/NAME makes $VAR read one stored statistic when it is used
+ * (not in the rewrite phase); an entry that does not exist yields 0.
+ * NAME is looked up in one field table (name -> counter or average).
+ */
+
+#include "vts_conf.h"
+
+namespace {
+
+typedef ngx_http_vts_stats_t  stats_t;
+
+enum average_e { AVG_NONE, AVG_REQUEST, AVG_RESPONSE };
+
+struct field_t {
+    ngx_str_t   name;
+    size_t      offset;          /* of a counter in stats_t */
+    average_e   average;         /* or a moving average */
+};
+
+#define COUNTER(name, member) \
+    { ngx_string(name), offsetof(stats_t, member), AVG_NONE }
+
+const field_t  fields[] = {
+    COUNTER("requestCounter", requests),
+    COUNTER("inBytes", in_bytes),
+    COUNTER("outBytes", out_bytes),
+    COUNTER("1xx", responses[0]),
+    COUNTER("2xx", responses[1]),
+    COUNTER("3xx", responses[2]),
+    COUNTER("4xx", responses[3]),
+    COUNTER("5xx", responses[4]),
+    COUNTER("cacheMiss", cache[NGX_HTTP_VTS_CACHE_MISS]),
+    COUNTER("cacheBypass", cache[NGX_HTTP_VTS_CACHE_BYPASS]),
+    COUNTER("cacheExpired", cache[NGX_HTTP_VTS_CACHE_EXPIRED]),
+    COUNTER("cacheStale", cache[NGX_HTTP_VTS_CACHE_STALE]),
+    COUNTER("cacheUpdating", cache[NGX_HTTP_VTS_CACHE_UPDATING]),
+    COUNTER("cacheRevalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED]),
+    COUNTER("cacheHit", cache[NGX_HTTP_VTS_CACHE_HIT]),
+    COUNTER("cacheScarce", cache[NGX_HTTP_VTS_CACHE_SCARCE]),
+    COUNTER("requestMsecCounter", request_msec_total),
+    { ngx_string("requestMsec"), 0, AVG_REQUEST },
+    COUNTER("responseMsecCounter", response_msec_total),
+    { ngx_string("responseMsec"), 0, AVG_RESPONSE },
+};
+
+#undef COUNTER
+
+
+uint64_t
+field_value(const field_t &f, const stats_t &st, ngx_http_vts_loc_conf_t *vlcf)
+{
+    switch (f.average) {
+    case AVG_REQUEST:
+        return ngx_http_vts_average(st.req_samples, st.req_pos,
+                                    vlcf->average_method,
+                                    vlcf->average_period,
+                                    ngx_http_vts_now_msec());
+    case AVG_RESPONSE:
+        return ngx_http_vts_average(st.resp_samples, st.resp_pos,
+                                    vlcf->average_method,
+                                    vlcf->average_period,
+                                    ngx_http_vts_now_msec());
+    default:
+        return *(const uint64_t *) ((const u_char *) &st + f.offset);
+    }
+}
+
+
+/* GROUP/ZONE/NAME; ZONE may contain '/', so split on the first and last */
+bool
+split_spec(ngx_str_t spec, ngx_str_t *group, ngx_str_t *zone, ngx_str_t *field)
+{
+    u_char *first =
+        (u_char *) ngx_strlchr(spec.data, spec.data + spec.len, '/');
+    u_char *last = nullptr;
+
+    for (u_char *p = spec.data + spec.len; p > spec.data; p--) {
+        if (p[-1] == '/') {
+            last = p - 1;
+            break;
+        }
+    }
+    if (first == nullptr || last == first) {
+        return false;
+    }
+    *group = { (size_t) (first - spec.data), spec.data };
+    *zone = { (size_t) (last - first - 1), first + 1 };
+    *field = { (size_t) (spec.data + spec.len - last - 1), last + 1 };
+    return true;
+}
+
+
+/* NGX_OK, NGX_DECLINED after logging a bad argument, NGX_ERROR */
+ngx_int_t
+parse_set(ngx_conf_t *cf, ngx_str_t spec, ngx_http_vts_set_t *s)
+{
+    ngx_str_t group, zone, field;
+
+    if (!split_spec(spec, &group, &zone, &field)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid statistic \"%V\", "
+                           "expected GROUP/ZONE/NAME", &spec);
+        return NGX_DECLINED;
+    }
+
+    s->scope = ngx_http_vts_scope_find(&group);
+    if (s->scope == nullptr || s->scope->kind == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid group \"%V\", "
+                           "expected server, filter, upstream@alone, "
+                           "upstream@group or cache", &group);
+        return NGX_DECLINED;
+    }
+
+    s->field = NGX_CONF_UNSET_UINT;
+    for (ngx_uint_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (ngx_http_vts_str_eq(field, &fields[i].name)) {
+            s->field = i;
+        }
+    }
+    if (s->field == NGX_CONF_UNSET_UINT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown statistic \"%V\"",
+                           &field);
+        return NGX_DECLINED;
+    }
+    return ngx_http_vts_compile(cf, &zone, &s->zone);
+}
+
+
+ngx_int_t set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data);
+
+} // namespace
+
+
+char *
+ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_array_t **sets = (ngx_array_t **) ((char *) conf + cmd->offset);
+    ngx_str_t *value = (ngx_str_t *) cf->args->elts;
+    ngx_str_t var = value[1];
+
+    if (var.len < 2 || var.data[0] != '$') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid variable name \"%V\"", &var);
+        return (char *) NGX_CONF_ERROR;
+    }
+    var.data++;
+    var.len--;
+
+    ngx_http_vts_set_t s;
+    ngx_memzero(&s, sizeof(s));
+    if (parse_set(cf, value[2], &s) != NGX_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
+
+    ngx_http_variable_t *v = ngx_http_add_variable(cf, &var,
+        NGX_HTTP_VAR_CHANGEABLE|NGX_HTTP_VAR_NOCACHEABLE);
+    if (v == nullptr) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    v->get_handler = set_variable;
+    s.index = ngx_http_get_variable_index(cf, &var);
+    if (s.index == NGX_ERROR) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    v->data = (uintptr_t) s.index;
+
+    if (*sets == nullptr) {
+        *sets = ngx_array_create(cf->pool, 2, sizeof(ngx_http_vts_set_t));
+        if (*sets == nullptr) {
+            return (char *) NGX_CONF_ERROR;
+        }
+    }
+    ngx_http_vts_set_t *p = (ngx_http_vts_set_t *) ngx_array_push(*sets);
+    if (p == nullptr) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    *p = s;
+    return NGX_CONF_OK;
+}
+
+
+namespace {
+
+/* this location's set_by_filter of the variable (the innermost wins) */
+ngx_http_vts_set_t *
+find_set(ngx_http_vts_loc_conf_t *vlcf, uintptr_t index)
+{
+    ngx_http_vts_set_t *s = (ngx_http_vts_set_t *) vlcf->sets->elts;
+
+    for (ngx_uint_t i = vlcf->sets->nelts; i > 0; i--) {
+        if ((uintptr_t) s[i - 1].index == index) {
+            return &s[i - 1];
+        }
+    }
+    return nullptr;
+}
+
+
+/* the stored key of ZONE in the set's group; false: ZONE names none */
+bool
+set_key(ngx_http_vts_set_t *set, ngx_str_t zone, ngx_str_t *group,
+    ngx_str_t *name)
+{
+    ngx_str_null(group);
+    *name = zone;
+
+    if (set->scope->upstreams == NGX_HTTP_VTS_UPSTREAMS_ALONE) {
+        *group = ngx_http_vts_nogroups;
+    } else if (set->scope->grouped) {
+        u_char *at =
+            (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
+        if (at == nullptr) {
+            return false;
+        }
+        group->data = zone.data;
+        group->len = at - zone.data;
+        name->data = at + 1;
+        name->len = zone.data + zone.len - at - 1;
+    }
+    return true;
+}
+
+
+ngx_int_t
+set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    ngx_http_vts_main_conf_t *vmcf = ngx_http_vts_main_conf(r);
+    ngx_http_vts_loc_conf_t *vlcf = ngx_http_vts_loc_conf(r);
+
+    v->not_found = 1;
+    if (!vmcf->enable || !ngx_http_vts_store_ready(&vmcf->store)
+        || vlcf->sets == nullptr)
+    {
+        return NGX_OK;
+    }
+    ngx_http_vts_set_t *set = find_set(vlcf, data);
+    if (set == nullptr) {
+        return NGX_OK;
+    }
+
+    ngx_str_t zone, group, name;
+    if (ngx_http_complex_value(r, &set->zone, &zone) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (!set_key(set, zone, &group, &name)) {
+        return NGX_OK;
+    }
+
+    stats_t st;
+    uint64_t val = 0;
+    if (ngx_http_vts_store_read(&vmcf->store, set->scope->kind, &group, &name,
+                                &st))
+    {
+        val = field_value(fields[set->field], st, vlcf);
+    }
+
+    u_char *p = (u_char *) ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == nullptr) {
+        return NGX_ERROR;
+    }
+    v->len = ngx_sprintf(p, "%uL", val) - p;
+    v->data = p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+} // namespace
