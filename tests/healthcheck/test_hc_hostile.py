@@ -85,7 +85,12 @@ def kill_together(peers):
 
 
 def gone(pid):
-    return not os.path.exists('/proc/%d' % pid)
+    """Exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except OSError:
+        return True
 
 
 def start_mix(nginx_factory, backends, hostile, certs, tls, n_healthy=3, **opts):
