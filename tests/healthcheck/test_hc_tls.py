@@ -70,8 +70,9 @@ def test_verify_failure_untrusted_chain(nginx_factory, backends, certs):
     b = tls_backend(backends, certs, leaf='evilleaf')
     n, port = start(nginx_factory, b, extra_http=trusted(certs), host='good.test')
     wait_state(port, b.addr, 'DOWN')
-    assert re.search(r'turned down after 1 failure.*SSL handshake failed: .*(certificate|issuer)',
-                     n.error_log), n.error_log[-1500:]
+    assert re.search(r'turned down after 1 failure.*failed to ssl handshake to %s: '
+                     r'.*(certificate|issuer)' % re.escape(b.addr), n.error_log), \
+        n.error_log[-1500:]
     assert b.health == 0     # never got as far as the request
 
 
@@ -79,7 +80,8 @@ def test_name_mismatch(nginx_factory, backends, certs):
     b = tls_backend(backends, certs)
     n, port = start(nginx_factory, b, extra_http=trusted(certs), host='other.test')
     wait_state(port, b.addr, 'DOWN')
-    assert re.search(r'SSL handshake failed: certificate host mismatch', n.error_log)
+    assert re.search(r'\[error\].*healthcheck: failed to ssl handshake to %s: '
+                     r'certificate host mismatch' % re.escape(b.addr), n.error_log)
     assert 'other.test' in b.sni          # SNI follows `host`
 
 

@@ -377,7 +377,9 @@ function _M.failed(ctx, peer, reason, msg)
         clear(dict, ks:peer("consecutive_successes", peer.role, peer.name))
         return
     end
-    errlog(msg, " for peer ", peer.name, " of upstream \"", ctx.upstream, "\"")
+    -- msg starts with the spec's prefix ("failed to connect to ADDR: ...")
+    errlog(msg, " (upstream \"", ctx.upstream, "\"",
+           peer.role == BACKUP and ", backup)" or ")")
     count_streak(ctx, peer, "consecutive_failures", ctx.fall, true, msg)
 end
 
