@@ -144,7 +144,16 @@ local function safe_incr(dict, key, n)
 end
 
 local function new_key_cache()
-    return { st = {}, cf = {}, cs = {}, n = {}, d = {}, fr = {} }
+    return { st = {}, cf = {}, cs = {}, n = {}, d = {}, fr = {},
+             lc = {}, ch = {}, tr = {}, lf = {} }
+end
+
+-- What the status pages show beside the state, written best effort (not
+-- reserved: when the shm is full it stays unrecorded, the checks go on):
+-- lc = time of the last check, ch = time of the last state change, tr =
+-- number of state changes, lf = the last failure as "TIME REASON MESSAGE".
+local function record(ctx, peer, kind, value)
+    ctx.dict:safe_set(peer_key(ctx, kind, peer.role, peer.name), value)
 end
 
 -- "127.0.0.1:80" -> "127.0.0.1", 80; "[::1]:80" -> "[::1]", 80;
@@ -329,6 +338,8 @@ local function set_state(ctx, peer, down, n, reason)
         return
     end
     ctx.changed = true
+    record(ctx, peer, "ch", now())
+    safe_incr(ctx.dict, peer_key(ctx, "tr", peer.role, peer.name), 1)
 
     local sok, serr = set_peer_down(ctx.upstream, is_backup, peer.id, down)
     if not sok then
@@ -381,6 +392,7 @@ local function peer_fail(ctx, peer, reason, msg)
     local fr_key = peer_key(ctx, "fr", peer.role, peer.name .. ":" .. reason)
     -- best effort (not reserved): when the shm is full it stays uncounted
     safe_incr(dict, fr_key, 1)
+    record(ctx, peer, "lf", str_format("%.3f %s %s", now(), reason, msg))
 
     if is_down then
         local cs_key = peer_key(ctx, "cs", peer.role, peer.name)
@@ -492,6 +504,7 @@ local function check_peer(ctx, peer)
     update_time()
     local dict = ctx.dict
     dict:safe_set(peer_key(ctx, "d", peer.role, peer.name), now() - t0)
+    record(ctx, peer, "lc", now())
     safe_incr(dict, peer_key(ctx, "n", peer.role, peer.name), 1)
 
     if not ok then
