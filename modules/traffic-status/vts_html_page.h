@@ -10,7 +10,7 @@ static const char ngx_http_vts_html[] =
     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
     "<title>nginx traffic status</title>\n"
     "<link rel=\"icon\" href=\"data:,\">\n"
-    "<!-- gen_html.py inlines the stylesheet and the scripts: the served page is one self-contained file -->\n"
+    "<!-- gen_html.py inlines the CSS and the scripts: the served page is one self-contained file -->\n"
     "<style>\n"
     "/* status.css: one column on a phone, cards in a grid on wider screens;\n"
     " * wide tables scroll inside their box, never the page. */\n"
