@@ -194,6 +194,8 @@ def test_dashboard_of_the_default_config(default_nginx, browser, tmp_path):
     # readable at 1280x800 and on a phone: no horizontal page scroll
     shots = []
     for w, h, mobile, name, top in ((1280, 800, False, 'dashboard-1280x800.png', 'document.body'),
+                                    (1280, 800, False, 'dashboard-upstreams-1280x800.png',
+                                     "document.getElementById('upstreamZones').previousElementSibling"),
                                     (390, 844, True, 'dashboard-phone.png', CARD % ('foo', FOO[0]))):
         b.viewport(w, h, mobile=mobile)
         wait_for(lambda: b.eval('document.documentElement.scrollWidth') <= w, timeout=5,
