@@ -132,6 +132,7 @@ static const char ngx_http_vts_html[] =
     "      if (s.markers[i].to === to && Math.abs(s.markers[i].t - t) < 1500) { return; }\n"
     "    }\n"
     "    s.markers.push({ t: t, to: to, why: why || \"\" });\n"
+    "    s.seen = Math.max(s.seen, t);     // (a peer with no traffic counters)\n"
     "    s.markers.sort(function (a, b) { return a.t - b.t; });\n"
     "  }\n"
     "\n"

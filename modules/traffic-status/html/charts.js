@@ -50,6 +50,7 @@ var Charts = (function () {
       if (s.markers[i].to === to && Math.abs(s.markers[i].t - t) < 1500) { return; }
     }
     s.markers.push({ t: t, to: to, why: why || "" });
+    s.seen = Math.max(s.seen, t);     // (a peer with no traffic counters)
     s.markers.sort(function (a, b) { return a.t - b.t; });
   }
 
