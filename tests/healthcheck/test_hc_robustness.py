@@ -92,7 +92,11 @@ def test_frequent_reloads_do_not_starve_the_rounds(nginx_factory, backends):
     assert reloads >= 8, reloads
     assert len(times) >= 0.7 * expected, (len(times), expected, reloads)
     # waiting a whole interval after a reload gives gaps up to 1.75 intervals
-    assert max(gaps) <= interval + 0.25, gaps
+    # after most reloads; a busy machine may run one timer late now and then
+    # (issue 19), which is no starvation: at most one gap in ten may be slow
+    slow = [g for g in gaps if g > interval + 0.25]
+    assert len(slow) <= max(1, len(gaps) // 10), gaps
+    assert max(gaps) <= 2 * interval, gaps
     # still one round at a time; the only back-to-back rounds are those after
     # a reload abandoned a round whose probe result the exiting worker dropped
     # (the new worker re-runs it at once: see test_round_interrupted_by_reload)
