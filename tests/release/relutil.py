@@ -1,7 +1,7 @@
-"""Helpers for the release tests: a private network namespace (the default
-config listens on fixed ports 8080/18080, so each test gets its own loopback),
-root filesystems run with chroot as an unprivileged user, HTTP through curl
-inside the namespace."""
+"""Helpers for the release tests: root filesystems run with chroot as an
+unprivileged user inside a private network namespace (support.namespaces.NetNS:
+the default config listens on fixed ports 8080/18080, so each test gets its
+own loopback), HTTP through curl inside the namespace, ELF checks."""
 import pathlib
 import re
 import shutil
@@ -9,7 +9,9 @@ import signal
 import subprocess
 
 
-from conftest import CRASH_MARKERS, ROOT, wait_for
+from support.bundle import CRASH_MARKERS, ROOT
+from support.net import wait_for
+from support.probes import status_peers
 
 RELEASE = ROOT / 'release'
 NOBODY = 65534
@@ -17,56 +19,6 @@ NOBODY = 65534
 
 def have(tool):
     return shutil.which(tool) is not None
-
-
-class NetNS:
-    """A network namespace with only `lo` (up), kept alive by a bounded sleep."""
-
-    def __init__(self):
-        self.holder = subprocess.Popen(
-            ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs = []
-        wait_for(self._lo_up, timeout=10, what='loopback up in the new namespace')
-
-    @property
-    def path(self):
-        return '/proc/%d/ns/net' % self.holder.pid
-
-    def _lo_up(self):
-        r = subprocess.run(['nsenter', '--net=' + self.path, 'ip', '-o', 'link', 'show', 'lo'],
-                           capture_output=True, text=True)
-        return r.returncode == 0 and 'UP' in r.stdout.split('>')[0]
-
-    def popen(self, cmd, **kw):
-        kw.setdefault('stdin', subprocess.DEVNULL)
-        kw.setdefault('stdout', subprocess.PIPE)
-        kw.setdefault('stderr', subprocess.STDOUT)
-        p = subprocess.Popen(['nsenter', '--net=' + self.path, *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, cmd, timeout=30):
-        return subprocess.run(['nsenter', '--net=' + self.path, *cmd], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def http(self, url, timeout=5):
-        """(status, body) of a GET inside the namespace; status 0 = no answer."""
-        r = self.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', str(timeout), url],
-                     timeout=timeout + 5)
-        body, _, code = r.stdout.rpartition('\n')
-        try:
-            return int(code), body.rstrip('\n')
-        except ValueError:
-            return 0, r.stdout
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-        self.holder.kill()
-        self.holder.wait(timeout=10)
 
 
 def chroot_cmd(rootfs, args, uid, gid):
@@ -140,20 +92,6 @@ def has_interp(path):
     return 'INTERP' in r.stdout
 
 
-def status_peers(text):
-    """{upstream: [(peer, state)]} from hc.status_page()."""
-    out, cur = {}, None
-    for line in text.splitlines():
-        m = re.match(r'^Upstream (\S+)', line)
-        if m:
-            cur = out.setdefault(m.group(1), [])
-            continue
-        m = re.match(r'^\s{8}(\S+) (UP|DOWN)\s*$', line)
-        if m and cur is not None:
-            cur.append((m.group(1), m.group(2)))
-    return out
-
-
 def check_default_config(ns, bundle_has_hc):
     """The default config answers on 8080 and 18080; health checks pass.
     Returns the reason when the health check part was skipped, else None."""
@@ -177,14 +115,6 @@ def check_default_config(ns, bundle_has_hc):
     assert st == 200, (st, metrics[:500])
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in metrics, metrics[-1500:]
     return None
-
-
-def copy_bundle(src, dest):
-    """Copy a bundle without its runtime state (logs, temp contents)."""
-    shutil.copytree(src, dest, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if pathlib.Path(d).name in ('logs', 'temp')
-                                             and n != '.keep'])
-    return pathlib.Path(dest)
 
 
 def run_script(args, cwd=None, env=None, timeout=600):

@@ -12,8 +12,10 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import BUNDLE, IS_ASAN, ROOT, wait_for
-from relutil import NOBODY, NetNS, have, copy_bundle
+from relutil import NOBODY, have
+from support.bundle import BUNDLE, IS_ASAN, ROOT, copy_bundle
+from support.namespaces import NetNS
+from support.net import wait_for
 
 DEPLOY = ROOT / 'deploy'
 K8S = DEPLOY / 'kubernetes'
@@ -87,7 +89,7 @@ BACKEND = textwrap.dedent('''
 @pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
 def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
     conf = k8s_docs()[('ConfigMap', 'nginx-portable')]['data']['nginx.conf']
-    prefix = copy_bundle(BUNDLE, tmp_path / 'prefix')
+    prefix = copy_bundle(tmp_path / 'prefix')
     conf = conf.replace('/opt/nginx-portable/conf/mime.types', str(prefix / 'conf' / 'mime.types'))
     # (not :8080, which nginx itself listens on for every address)
     conf = re.sub(r'server backend\.\S+:8080', 'server 127.0.1.21:9090', conf)
@@ -142,7 +144,7 @@ def test_systemd_unit_commands_start_reload_stop(tmp_path):
             keys.setdefault(m.group(1), []).append(m.group(2))
     assert keys['Type'] == ['forking'] and keys['KillSignal'] == ['SIGQUIT']
     assert any(re.search(r'kill -HUP \$MAINPID', c) for c in keys['ExecReload'])
-    prefix = copy_bundle(BUNDLE, tmp_path / 'opt')
+    prefix = copy_bundle(tmp_path / 'opt')
     for d in ('logs', 'temp'):
         os.chown(prefix / d, NOBODY, NOBODY)
     os.chmod(tmp_path, 0o755)

@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 from conftest import conf_wrap, free_port
-from vts_util import backend_conf, get, raw_request, req
+from support.net import raw_request
+from vts_util import backend_conf, get, req
 
 CHROMIUM = shutil.which('chromium')
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium')
