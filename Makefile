@@ -1,5 +1,5 @@
 # Convenience wrappers; the real steps are the scripts in build/ and tests/.
-.PHONY: all bundle run stop test asan test-asan bench bench-report clean
+.PHONY: all bundle run stop test asan test-asan test-stress bench bench-report clean
 
 PREFIX_DIR := $(CURDIR)/dist/nginx-portable
 
@@ -27,6 +27,12 @@ ASAN_SUITES := tests/build tests/upstream tests/traffic-status tests/healthcheck
 
 test-asan: asan
 	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh $(ASAN_SUITES)
+
+# Both tiers with the CPU contended (a niced busy loop per core): what a busy
+# CI machine does to timing (tests/stress.sh).
+test-stress:
+	bash tests/stress.sh
+	NP_STRESS_TIER=asan bash tests/stress.sh
 
 # Tarball, OCI image, SBOM and SHA256SUMS in dist/ (release/README.md).
 .PHONY: release

@@ -6,6 +6,8 @@ The image is scratch-style: nothing but the bundle under /opt/nginx-portable,
 `nginx` 65532:65532 that the image runs as), /etc/nsswitch.conf (`files dns`:
 the static glibc needs no NSS modules), /etc/hosts, a CA bundle and /tmp.
 logs/ and temp/ belong to the runtime user; everything else to root.
+The image's conf/nginx.conf is the bundle's with the error log on stderr and
+the access log on /dev/stdout, so `docker logs` and `kubectl logs` show them.
 
 Output is byte-reproducible: sorted tar members with fixed owners, modes and
 mtimes (SOURCE_DATE_EPOCH of the lock), gzip without name or time, JSON with
@@ -25,6 +27,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import stat
 import sys
 import tarfile
@@ -50,6 +53,26 @@ hosts:  files dns
 HOSTS = """127.0.0.1\tlocalhost
 ::1\tlocalhost ip6-localhost ip6-loopback
 """
+# The default config's log files become the container's stderr/stdout.
+# `error_log stderr` writes to fd 2 as inherited; `/dev/stdout` is opened
+# (through /proc/self/fd/1), which the container runtime lets the image's user
+# do by giving it the stdio pipes (runc: fixStdioPermissions).
+CONTAINER_LOGS = (
+    (re.compile(rb'^error_log logs/error\.log( \w+)?;$', re.M),
+     rb"error_log stderr\1;  # the image: the container's stderr (release/oci-image.py)"),
+    (re.compile(rb'^([ \t]+)access_log logs/access\.log;$', re.M),
+     rb"\1access_log /dev/stdout;  # the image: the container's stdout (release/oci-image.py)"),
+)
+
+
+def container_config(conf):
+    """conf/nginx.conf of the bundle -> the image's (each log line found once)."""
+    for pattern, repl in CONTAINER_LOGS:
+        conf, found = pattern.subn(repl, conf)
+        if found != 1:
+            sys.exit('conf/nginx.conf: %d lines match %s (want 1): update release/oci-image.py'
+                     % (found, pattern.pattern.decode()))
+    return conf
 
 
 class Entry:
@@ -108,7 +131,10 @@ def bundle_entries(bundle, uid, gid):
             elif stat.S_ISDIR(st.st_mode):
                 out.append(Entry(path, 'dir', norm_mode(st.st_mode, True), *owner))
             elif stat.S_ISREG(st.st_mode):
-                out.append(Entry(path, 'file', norm_mode(st.st_mode, False), *owner, data=p.read_bytes()))
+                data = p.read_bytes()
+                if rel == 'conf/nginx.conf':
+                    data = container_config(data)
+                out.append(Entry(path, 'file', norm_mode(st.st_mode, False), *owner, data=data))
     return out
 
 
@@ -197,7 +223,9 @@ def build(a):
             'User': '%d:%d' % (UID, GID),
             'ExposedPorts': {p: {} for p in PORTS},
             'Env': ['PATH=%s/sbin' % prefix],
-            'Entrypoint': [prefix + '/sbin/nginx', '-p', prefix + '/', '-g', 'daemon off;'],
+            # -e stderr: what nginx logs before the config's error_log applies
+            # (startup notices) goes to the container's stderr too.
+            'Entrypoint': [prefix + '/sbin/nginx', '-p', prefix + '/', '-e', 'stderr', '-g', 'daemon off;'],
             'WorkingDir': prefix,
             'StopSignal': 'SIGQUIT',
             'Labels': labels,

@@ -15,6 +15,7 @@ from conftest import free_port, http_get, wait_for
 from hcutil import hc_conf, local_views
 from support.confs import checker_lua, upstream_block
 from support.probes import peer_states
+from support.hc_keys import hc_key
 
 
 def shm_get(port, key):
@@ -203,7 +204,7 @@ def test_checker_that_does_not_fit_fails_cleanly_and_evicts_nothing(nginx_factor
     n = nginx_factory(conf(False), workers=2, wait_ports=[('127.0.0.1', port)])
     b[1].status, b[1].mode = 500, 'status'
     wait_for(lambda: peer_states(port).get(small[1]) == 'DOWN', what='DOWN')
-    assert shm_get(port, 'st:foo:p:' + small[1]) == '1'
+    assert shm_get(port, hc_key('state', 'foo', 'primary', small[1])) == '1'
 
     # the same shm (same size: kept across HUP) now also has to hold `big`
     (n.prefix / 'conf' / 'nginx.conf').write_text(conf(True))
@@ -217,11 +218,12 @@ def test_checker_that_does_not_fit_fails_cleanly_and_evicts_nothing(nginx_factor
 
     # nothing of `big` left behind
     assert http_get('127.0.0.1', kport, '/keys')[2].decode().strip() == '0'
-    for key in ('peers:big', 'ver:big', 'lock:big', 'next:big', 'st:big:p:' + big[0]):
+    for key in [hc_key(kind, 'big') for kind in ('peer_list', 'version', 'round_lock', 'next_round')] \
+            + [hc_key('state', 'big', 'primary', big[0])]:
         assert shm_get(port, key) == 'nil', key
 
     # foo's DOWN state survived and is enforced by every worker
-    assert shm_get(port, 'st:foo:p:' + small[1]) == '1'
+    assert shm_get(port, hc_key('state', 'foo', 'primary', small[1])) == '1'
     assert peer_states(port)[small[1]] == 'DOWN'
     for v in local_views(port, 'foo', 2).values():
         assert v == {small[0]: 'up', small[1]: 'down'}, v

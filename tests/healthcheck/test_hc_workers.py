@@ -12,6 +12,7 @@ from conftest import free_port, http_get, wait_for
 from hcutil import hc_conf, local_views, wait_state
 from support.confs import checker_lua, upstream_block
 from support.probes import peer_states
+from support.hc_keys import hc_key
 
 WORKERS = 4
 
@@ -77,8 +78,8 @@ def test_killed_worker_rounds_are_taken_over(nginx_factory, backends):
     n = nginx_factory(conf_for([x.addr for x in b], port, interval=100, timeout=400),
                       workers=WORKERS, wait_ports=[('127.0.0.1', port)])
     wait_for(lambda: b[0].health >= 3)
-    runner = int(wait_for(lambda: shm_get(port, 'lock:foo').isdigit()
-                          and shm_get(port, 'lock:foo'), timeout=5))
+    runner = int(wait_for(lambda: shm_get(port, hc_key('round_lock', 'foo')).isdigit()
+                          and shm_get(port, hc_key('round_lock', 'foo')), timeout=5))
     assert runner in n.worker_pids()
     os.kill(runner, signal.SIGTERM)            # abrupt: the lock is not released
     t0 = time.monotonic()
@@ -88,7 +89,7 @@ def test_killed_worker_rounds_are_taken_over(nginx_factory, backends):
     wait_for(lambda: b[0].health >= seen + 3, timeout=8, what='rounds to resume')
     assert time.monotonic() - t0 < 2.6 + 0.1 + 2.0
     def holder():
-        for key in ('lock:foo', 'next:foo'):
+        for key in (hc_key('round_lock', 'foo'), hc_key('next_round', 'foo')):
             v = shm_get(port, key)
             if v.isdigit():
                 return int(v)
@@ -107,7 +108,7 @@ def test_reload_keeps_down_peers_down_by_address(nginx_factory, backends):
                       workers=2, wait_ports=[('127.0.0.1', port)])
     b[1].status, b[1].mode = 500, 'status'     # health fails, clients would get 200
     wait_state(port, b[1].addr, 'DOWN')
-    assert shm_get(port, 'st:foo:p:' + b[2].addr) == '0'
+    assert shm_get(port, hc_key('state', 'foo', 'primary', b[2].addr)) == '0'
 
     # new config: b1 moves to the front, b2 removed, b3 added (the reference keys
     # state by position and would mark the wrong peer down)
@@ -124,7 +125,7 @@ def test_reload_keeps_down_peers_down_by_address(nginx_factory, backends):
     assert b[1].clients == before
     assert peer_states(port) == {b[1].addr: 'DOWN', b[0].addr: 'UP', b[3].addr: 'UP'}
     # removed peers are forgotten
-    assert shm_get(port, 'st:foo:p:' + b[2].addr) == 'nil'
+    assert shm_get(port, hc_key('state', 'foo', 'primary', b[2].addr)) == 'nil'
     time.sleep(0.5)
     assert 'is turned up' not in n.error_log
     b[1].mode = 'ok'

@@ -2,38 +2,29 @@
 (health, readiness following the health checks, metrics), the systemd unit's
 commands start/reload/stop the bundle, and the logrotate snippet rotates logs
 with nginx reopening them."""
+import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
-import yaml
 
-from relutil import NOBODY, have
+from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, have, k8s_docs, k8s_test_conf
 from support.bundle import BUNDLE, IS_ASAN, ROOT, copy_bundle
 from support.namespaces import NetNS
 from support.net import wait_for
+from support.probes import status_peers
 
 DEPLOY = ROOT / 'deploy'
-K8S = DEPLOY / 'kubernetes'
 HAS_HC = (BUNDLE / 'lualib' / 'resty' / 'upstream' / 'healthcheck.lua').is_file()
-
-
-def k8s_docs():
-    docs = {}
-    for f in sorted(K8S.glob('*.yaml')):
-        for d in yaml.safe_load_all(f.read_text()):
-            if d:
-                docs[(d['kind'], d['metadata']['name'])] = d
-    return docs
 
 
 def test_kubernetes_manifests_parse_and_agree():
     docs = k8s_docs()
-    assert {k for k, _ in docs} >= {'Deployment', 'Service', 'ConfigMap', 'PodMonitor'}
+    assert {k for k, _ in docs} >= {'Deployment', 'Service', 'ConfigMap', 'PodMonitor', 'ServiceMonitor',
+                                    'PodDisruptionBudget'}
     dep = docs[('Deployment', 'nginx-portable')]
     pod = dep['spec']['template']
     labels = pod['metadata']['labels']
@@ -66,6 +57,41 @@ def test_kubernetes_manifests_parse_and_agree():
     # read-only root: everything nginx writes is on an emptyDir
     assert c['securityContext']['readOnlyRootFilesystem'] is True
     assert {'/opt/nginx-portable/logs', '/opt/nginx-portable/temp'} <= set(mounts.values())
+    # kubectl logs: the error log on stderr, JSON access lines on stdout
+    assert re.search(r'^\s*error_log stderr \w+;', conf, re.M)
+    assert 'include /opt/nginx-portable/conf/log-json.conf;' in conf
+    assert re.search(r'^\s*access_log /dev/stdout json;', conf, re.M)
+    assert not re.search(r'^\s*(access|error)_log logs/', conf, re.M)
+
+
+def test_kubernetes_disruptions_and_monitoring():
+    docs = k8s_docs()
+    pod = docs[('Deployment', 'nginx-portable')]['spec']['template']
+    labels, c = pod['metadata']['labels'], pod['spec']['containers'][0]
+    replicas = docs[('Deployment', 'nginx-portable')]['spec']['replicas']
+    pdb = docs[('PodDisruptionBudget', 'nginx-portable')]
+    assert pdb['apiVersion'] == 'policy/v1'
+    assert pdb['spec']['selector']['matchLabels'].items() <= labels.items()
+    assert 0 < pdb['spec']['maxUnavailable'] < replicas
+    # preStop: the kubelet's sleep action (no shell in the image), then the stop signal;
+    # the grace period covers the sleep and nginx's graceful quit
+    pre = c['lifecycle']['preStop']
+    assert list(pre) == ['sleep'] and pre['sleep']['seconds'] > 0
+    assert pod['spec']['terminationGracePeriodSeconds'] >= pre['sleep']['seconds'] + 30
+    # ServiceMonitor -> the headless metrics Service only -> the pods' status port
+    sm = docs[('ServiceMonitor', 'nginx-portable')]
+    services = [d for (kind, _), d in docs.items() if kind == 'Service']
+    selected = [s for s in services if sm['spec']['selector']['matchLabels'].items()
+                <= s['metadata']['labels'].items()]
+    assert [s['metadata']['name'] for s in selected] == ['nginx-portable-metrics']
+    msvc = selected[0]
+    assert msvc['spec']['clusterIP'] == 'None' and msvc['spec']['selector'].items() <= labels.items()
+    ports = {p['name']: p for p in msvc['spec']['ports']}
+    assert [e['port'] for e in sm['spec']['endpoints']] == ['status'] and 'status' in ports
+    assert ports['status']['targetPort'] == 'status' in {p['name'] for p in c['ports']}
+    assert sm['spec']['endpoints'][0]['path'] == '/metrics'
+    # the client Service does not expose the status port
+    assert {p['targetPort'] for p in docs[('Service', 'nginx-portable')]['spec']['ports']} == {'http'}
 
 
 def test_readme_explains_scaling_out():
@@ -73,27 +99,11 @@ def test_readme_explains_scaling_out():
     assert 'replica' in text and 'load balancer' in text and 'own health checks' in text
 
 
-BACKEND = textwrap.dedent('''
-    import http.server, sys
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"backend " + self.path.encode() + b"\\n"
-            self.send_response(200); self.send_header("Content-Length", str(len(body)))
-            self.end_headers(); self.wfile.write(body)
-        def log_message(self, *a): pass
-    http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-''')
-
-
 @pytest.mark.skipif(IS_ASAN, reason='runs in a network namespace without the sanitizer setup')
 @pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
 def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
-    conf = k8s_docs()[('ConfigMap', 'nginx-portable')]['data']['nginx.conf']
     prefix = copy_bundle(tmp_path / 'prefix')
-    conf = conf.replace('/opt/nginx-portable/conf/mime.types', str(prefix / 'conf' / 'mime.types'))
-    # (not :8080, which nginx itself listens on for every address)
-    conf = re.sub(r'server backend\.\S+:8080', 'server 127.0.1.21:9090', conf)
-    conf = conf.replace('interval = 2000', 'interval = 200').replace('timeout = 1000', 'timeout = 300')
+    conf = k8s_test_conf().replace('/opt/nginx-portable/conf/', str(prefix / 'conf') + '/')
     cfile = tmp_path / 'nginx.conf'
     cfile.write_text(conf)
     nginx = [str(prefix / 'sbin' / 'nginx'), '-p', str(prefix) + '/', '-c', str(cfile)]
@@ -103,9 +113,11 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
     assert t.returncode == 0, t.stderr
     ns = NetNS()
     try:
-        backend = ns.popen([sys.executable, '-c', BACKEND, '127.0.1.21', '9090'])
+        backend = ns.popen([sys.executable, '-c', K8S_BACKEND, K8S_BACKEND_ADDR[0], str(K8S_BACKEND_ADDR[1])])
         wait_for(lambda: ns.http('http://127.0.1.21:9090/x')[0] == 200, what='backend')
-        n = ns.popen(nginx + ['-g', 'daemon off;'])
+        out, err = tmp_path / 'stdout', tmp_path / 'stderr'       # what kubectl logs shows
+        with open(out, 'wb') as o, open(err, 'wb') as e:
+            n = ns.popen(nginx + ['-g', 'daemon off;'], stdout=o, stderr=e)
         wait_for(lambda: ns.http('http://127.0.0.1:18080/healthz')[0] == 200, what='/healthz')
         assert ns.http('http://127.0.0.1:8080/hello') == (200, 'backend /hello')
         wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz') == (200, 'ready'), what='/readyz 200')
@@ -114,6 +126,13 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
         assert 'nginx_upstream_status_info{name="backend",endpoint="127.0.1.21:9090",status="UP",role="PRIMARY"} 1' \
             in metrics, metrics[:2000]
         assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in metrics
+        assert re.search(r'^nginx_portable_build_info\{version="[^"]+",nginx="[^"]+",openssl="[^"]+",'
+                         r'luajit="[^"]+",lua_nginx_module="\d+\.\d+\.\d+"\} 1$', metrics, re.M), metrics[-1500:]
+        # kubectl logs: a JSON line per proxied request on stdout, the error log on stderr
+        wait_for(lambda: b'"uri":"/hello"' in out.read_bytes(), what='JSON access line on stdout')
+        entry = json.loads(out.read_bytes().splitlines()[0])
+        assert (entry['uri'], entry['status'], entry['upstream_addr']) == ('/hello', 200, '127.0.1.21:9090')
+        assert b'[notice]' in err.read_bytes() and b'[notice]' not in out.read_bytes()
         # the backend dies: this replica's own checks turn it DOWN, readiness follows
         backend.kill()
         backend.wait(timeout=10)
@@ -219,3 +238,94 @@ def test_logrotate_snippet_rotates_and_nginx_reopens(tmp_path, nginx_factory):
         return new.exists() and sent[-1] in new.read_text()
     wait_for(logged_in_new_file, timeout=10, interval=0.1, what='nginx writing the new access.log')
     assert '/before' not in (logs / 'access.log').read_text()
+
+
+UNIT = DEPLOY / 'systemd' / 'nginx-portable.service'
+HARDENING = ('ProtectClock=yes', 'ProtectKernelLogs=yes', 'ProtectHostname=yes', 'RestrictNamespaces=yes',
+             'RestrictRealtime=yes', 'RestrictSUIDSGID=yes', 'SystemCallArchitectures=native',
+             'SystemCallFilter=@system-service', 'ProtectProc=invisible', 'UMask=0027')
+
+
+@pytest.mark.skipif(not have('systemd-analyze'), reason='systemd-analyze missing: bash build/install-deps.sh')
+def test_systemd_unit_exposure_is_below_the_old_score():
+    """`systemd-analyze security --offline` rated the unit 4.8 before these settings."""
+    lines = UNIT.read_text().splitlines()
+    assert all(h in lines for h in HARDENING), [h for h in HARDENING if h not in lines]
+    # LuaJIT and PCRE's JIT need writable+executable pages
+    assert not any(l.startswith('MemoryDenyWriteExecute=') for l in lines)
+    r = subprocess.run(['systemd-analyze', 'security', '--offline=yes', '--no-pager', str(UNIT)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r'Overall exposure level for nginx-portable\.service: (\d+\.\d+)', r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    assert float(m.group(1)) < 4.8, r.stdout
+
+
+def syscall_groups():
+    """{'@group': {names and @subgroups}} as systemd-analyze lists them."""
+    out = subprocess.run(['systemd-analyze', 'syscall-filter', '--no-pager'], capture_output=True, text=True,
+                         timeout=60).stdout
+    groups, cur = {}, None
+    for line in out.splitlines():
+        if line.startswith('@'):
+            cur = groups.setdefault(line.strip(), set())
+        elif cur is not None and line.strip() and not line.strip().startswith('#'):
+            cur.add(line.strip())
+    return groups
+
+
+def expand(groups, name):
+    out = set()
+    for item in groups[name]:
+        out |= expand(groups, item) if item.startswith('@') else {item}
+    return out
+
+
+@pytest.mark.skipif(IS_ASAN, reason='release bundle only')
+@pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
+@pytest.mark.skipif(not (have('strace') and have('systemd-analyze')), reason='strace/systemd-analyze missing')
+def test_systemd_syscall_filter_allows_what_nginx_calls(tmp_path):
+    """Every system call the unit's commands make (config test, start with the
+    default config, proxying over http and https, health checks, HUP, USR1,
+    QUIT), traced with strace, is in SystemCallFilter=@system-service."""
+    allowed = expand(syscall_groups(), '@system-service')
+    assert {'openat', 'epoll_wait', 'accept4', 'sendfile', 'mprotect'} <= allowed
+    prefix = copy_bundle(tmp_path / 'opt')
+    for d in ('logs', 'temp'):
+        os.chown(prefix / d, NOBODY, NOBODY)
+    os.chmod(tmp_path, 0o755)
+    nginx = [str(prefix / 'sbin' / 'nginx'), '-p', str(prefix) + '/']
+    as_service = ['setpriv', '--reuid=%d' % NOBODY, '--regid=%d' % NOBODY, '--clear-groups']
+    traces, trace_dir = [], tmp_path / 'traces'
+    trace_dir.mkdir()
+    os.chown(trace_dir, NOBODY, NOBODY)
+
+    def traced(args, name):
+        traces.append(trace_dir / name)
+        return as_service + ['strace', '-f', '-c', '-o', str(traces[-1])] + args
+    ns = NetNS()
+    try:
+        assert ns.run(traced(nginx + ['-t', '-q'], 'configtest')).returncode == 0
+        tracer = ns.popen(traced(nginx, 'run'))
+        pidfile = prefix / 'logs' / 'nginx.pid'
+        wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip(), timeout=30, what='PIDFile')
+        main = int(pidfile.read_text())
+        wait_for(lambda: [s for ps in status_peers(ns.http('http://127.0.0.1:18080/status')[1]).values()
+                          for _, s in ps] == ['UP'] * 4, timeout=30,
+                 what='every peer UP (health checks over http and https)')
+        assert ns.http('http://127.0.0.1:8080/')[0] == 200 and ns.http('http://127.0.0.1:8080/api/x')[0] == 200
+        assert ns.http('http://127.0.0.1:18080/metrics')[0] == 200
+        for sig in (1, 10):                                       # HUP (reload), USR1 (reopen logs)
+            os.kill(main, sig)
+            wait_for(lambda: ns.http('http://127.0.0.1:8080/')[0] == 200, what='serving after %d' % sig)
+        os.kill(main, 3)
+        assert tracer.wait(timeout=60) == 0
+    finally:
+        ns.close()
+    used = set()
+    for trace in traces:
+        for line in trace.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 5 and re.match(r'^\d+\.\d+$', f[0]) and f[-1] != 'total':
+                used.add(f[-1])
+    assert {'epoll_wait', 'accept4', 'clone'} & used and len(used) > 30, used
+    assert used <= allowed, sorted(used - allowed)

@@ -1,19 +1,23 @@
 """The OCI image: built without a daemon from the bundle, inspected with skopeo,
 unpacked with umoci, and its entrypoint run as the image's non-root user in a
-chroot (own network namespace): the default config answers, health checks pass.
+chroot set up the way a container runtime does (own network and mount
+namespace, /proc, /dev, stdio pipes): the default config answers, health checks
+pass, and the access and error logs come out on stdout and stderr (`docker logs`).
 """
 import hashlib
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
 
-from relutil import RELEASE, ChrootNginx, check_default_config, elf_kind, has_interp, have, \
-    proc_ids, children, run_script
+from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, RELEASE, ContainerNginx, check_default_config, \
+    elf_kind, has_interp, have, k8s_docs, k8s_test_conf, proc_ids, children, run_script
 from support.bundle import BUNDLE, IS_ASAN, copy_bundle
 from support.namespaces import NetNS
+from support.net import wait_for
 
 pytestmark = [
     pytest.mark.skipif(IS_ASAN, reason='the image ships the release build (the ASan one is dynamic)'),
@@ -59,7 +63,7 @@ def test_skopeo_inspect_archive_and_layout(image):
     cfg = skopeo_json('--config', 'oci-archive:%s' % archive)['config']
     assert cfg['User'] == '65532:65532'            # numeric: runAsNonRoot can verify it
     assert set(cfg['ExposedPorts']) == {'8080/tcp', '18080/tcp'}
-    assert cfg['Entrypoint'] == [PREFIX + '/sbin/nginx', '-p', PREFIX + '/', '-g', 'daemon off;']
+    assert cfg['Entrypoint'] == [PREFIX + '/sbin/nginx', '-p', PREFIX + '/', '-e', 'stderr', '-g', 'daemon off;']
     assert cfg['StopSignal'] == 'SIGQUIT'
 
 
@@ -98,13 +102,23 @@ def test_image_is_reproducible(image, tmp_path):
     assert hashlib.sha256(archive2.read_bytes()).hexdigest() == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope='module')
-def unpacked(image, tmp_path_factory):
-    _, layout, _ = image
-    dest = tmp_path_factory.mktemp('umoci') / 'bundle'
+def unpack(layout, dest):
     run_script(['umoci', 'unpack', '--image', '%s:%s' % (layout, VERSION), str(dest)], timeout=120)
     os.chmod(dest, 0o755)
     return dest
+
+
+@pytest.fixture(scope='module')
+def unpacked(image, tmp_path_factory):
+    """The image as umoci unpacks it (left untouched: compared with --rootfs)."""
+    return unpack(image[1], tmp_path_factory.mktemp('umoci') / 'bundle')
+
+
+@pytest.fixture
+def container(image, tmp_path):
+    """A fresh unpack for one run (the run adds mount points), and its process spec."""
+    dest = unpack(image[1], tmp_path / 'bundle')
+    return dest / 'rootfs', json.loads((dest / 'config.json').read_text())['process']
 
 
 def test_unpacked_root_is_scratch_style(unpacked):
@@ -124,32 +138,102 @@ def test_unpacked_root_is_scratch_style(unpacked):
     assert st.st_uid == 0 and not st.st_mode & 0o022           # the config is not the user's to change
 
 
-def test_entrypoint_runs_as_non_root_and_answers(unpacked):
-    """Run what umoci's runtime config says (args, uid, gid, cwd) in a chroot."""
-    proc = json.loads((unpacked / 'config.json').read_text())['process']
+def test_entrypoint_runs_as_non_root_and_answers(container):
+    """Run what umoci's runtime config says (args, uid, gid, cwd), as `docker run` would."""
+    rootfs, proc = container
     uid, gid = proc['user']['uid'], proc['user']['gid']
     assert uid != 0 and gid != 0
     assert proc['args'][0] == PREFIX + '/sbin/nginx'
     ns = NetNS()
     n = None
     try:
-        n = ChrootNginx(ns, unpacked / 'rootfs', proc['args'], uid, gid, PREFIX)
+        n = ContainerNginx(ns, rootfs, proc['args'], uid, gid, PREFIX)
         n.wait_ready(8080)
         master = n.proc.pid
         assert proc_ids(master) == (uid, uid)
         workers = children(master)
         assert workers and all(proc_ids(w) == (uid, uid) for w in workers)
         skipped = check_default_config(ns, HAS_HC)
+        assert ns.http('http://127.0.0.1:8080/docker-logs')[0] == 200
+        wait_for(lambda: b'"GET /docker-logs HTTP/1.1" 200 ' in n.out, what='access log line on stdout')
         rc = n.stop()
         assert rc == 0, n.error_log[-3000:]
         assert n.crash_report() is None, n.error_log[-3000:]
         assert '[emerg]' not in n.error_log and '[alert]' not in n.error_log, n.error_log[-3000:]
+        # `docker logs`: the error log is stderr, the access log stdout; no log files
+        err = n.err.decode(errors='replace')
+        assert '[notice]' in err and 'start worker processes' in err and 'exit' in err, err[-3000:]
+        assert b'[notice]' not in n.out and b'"GET / HTTP/1.1" 200 ' in n.out, bytes(n.out[-3000:])
+        logs = rootfs / PREFIX.lstrip('/') / 'logs'
+        assert sorted(p.name for p in logs.iterdir()) == ['.keep']
     finally:
         if n:
             n.stop()
         ns.close()
     if skipped:
         pytest.skip(skipped)
+
+
+def pod_volumes(pod, c, tmp_path):
+    """The Deployment's volumeMounts as (host dir, path, ro|rw): the ConfigMap
+    (backend address made local, k8s_test_conf) and emptyDirs, owned by fsGroup."""
+    out = []
+    sources = {v['name']: v for v in pod['spec']['volumes']}
+    for m in c['volumeMounts']:
+        host = tmp_path / 'volumes' / m['name']
+        host.mkdir(parents=True)
+        if 'configMap' in sources[m['name']]:
+            (host / 'nginx.conf').write_text(k8s_test_conf())
+        else:
+            assert 'emptyDir' in sources[m['name']], m
+        os.chown(host, 0, pod['spec']['securityContext']['fsGroup'])
+        os.chmod(host, 0o2775)
+        out.append((host, m['mountPath'], 'ro' if m.get('readOnly') else 'rw'))
+    return out
+
+
+@pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
+def test_kubernetes_pod_as_far_as_a_chroot_goes(container, tmp_path):
+    """The Deployment's container from this image: its args after the entrypoint,
+    its user, its volumes, a read-only root; probes answer and `kubectl logs`
+    (stdout/stderr) has the JSON access log and the error log."""
+    rootfs, proc = container
+    pod = k8s_docs()[('Deployment', 'nginx-portable')]['spec']['template']
+    c = pod['spec']['containers'][0]
+    sec = pod['spec']['securityContext']
+    assert c['securityContext']['readOnlyRootFilesystem'] is True
+    ns = NetNS()
+    n = None
+    try:
+        ns.popen([sys.executable, '-c', K8S_BACKEND, K8S_BACKEND_ADDR[0], str(K8S_BACKEND_ADDR[1])])
+        n = ContainerNginx(ns, rootfs, proc['args'] + c['args'], sec['runAsUser'], sec['runAsGroup'], PREFIX,
+                           volumes=pod_volumes(pod, c, tmp_path), read_only_root=True)
+        probe = lambda p: ns.http('http://127.0.0.1:%d%s' % (18080, c[p]['httpGet']['path']))  # noqa: E731
+        wait_for(lambda: n.proc.poll() is None and probe('startupProbe')[0] == 200, timeout=30,
+                 what='startup probe')
+        wait_for(lambda: probe('readinessProbe') == (200, 'ready'), timeout=15, what='readiness')
+        assert ns.http('http://127.0.0.1:8080/from-the-service') == (200, 'backend /from-the-service')
+        wait_for(lambda: b'"uri":"/from-the-service"' in n.out, what='JSON access line on stdout')
+        entries = [json.loads(line) for line in bytes(n.out).splitlines()]
+        assert [(e['uri'], e['status']) for e in entries] == [('/from-the-service', 200)]
+        assert n.stop() == 0, n.error_log[-3000:]
+        assert b'start worker processes' in n.err and b'[emerg]' not in n.err and b'[alert]' not in n.err, \
+            bytes(n.err[-3000:])
+        # no log files (-e stderr: not even the startup error log); the pid file is removed on exit
+        assert os.listdir(tmp_path / 'volumes' / 'logs') == []
+    finally:
+        if n:
+            n.stop()
+        ns.close()
+
+
+def test_image_config_is_the_bundle_config_logging_to_stdio(unpacked):
+    bundle = (BUNDLE / 'conf' / 'nginx.conf').read_text().splitlines()
+    image = (unpacked / 'rootfs' / PREFIX.lstrip('/') / 'conf' / 'nginx.conf').read_text().splitlines()
+    changed = [(a.split('#')[0].strip(), b.split('#')[0].strip()) for a, b in zip(bundle, image) if a != b]
+    assert len(bundle) == len(image)
+    assert changed == [('error_log logs/error.log notice;', 'error_log stderr notice;'),
+                       ('access_log logs/access.log;', 'access_log /dev/stdout;')], changed
 
 
 def tree_listing(root):
@@ -177,5 +261,5 @@ def test_rootfs_for_the_dockerfile_matches_the_image(unpacked, tmp_path):
     assert tree_listing(dest) == tree_listing(unpacked / 'rootfs')
     dockerfile = (RELEASE / 'Dockerfile').read_text()
     assert 'USER 65532:65532' in dockerfile and 'EXPOSE 8080 18080' in dockerfile
-    assert 'ENTRYPOINT ["/opt/nginx-portable/sbin/nginx", "-p", "/opt/nginx-portable/", "-g", "daemon off;"]' \
+    assert 'ENTRYPOINT ["/opt/nginx-portable/sbin/nginx", "-p", "/opt/nginx-portable/", "-e", "stderr", "-g", "daemon off;"]' \
         in dockerfile

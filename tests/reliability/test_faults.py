@@ -15,6 +15,7 @@ from conftest import Nginx, free_port, http_get, make_prefix, wait_for
 from faultutil import backends, checker, shm_get, stack_conf, vts_json
 from soakutil import bad_log_lines, workers_settled, wrk_result, wrk_start
 from support.probes import peer_states, promtool
+from support.hc_keys import hc_key
 
 
 def load(port, seconds, host='load.test', conns=4):
@@ -46,8 +47,9 @@ def test_worker_sigkilled_mid_round(tmp_path):
         assert before > 0
         # the worker holding the round lock while a probe of the slow peer is
         # in flight: killed mid-round, holding the lock (and maybe the shm mutex)
-        victim = int(wait_for(lambda: shm_get(port, 'lock:foo').isdigit()
-                              and shm_get(port, 'lock:foo'), timeout=5, what='round lock'))
+        victim = int(wait_for(lambda: shm_get(port, hc_key('round_lock', 'foo')).isdigit()
+                              and shm_get(port, hc_key('round_lock', 'foo')), timeout=5,
+                              what='round lock'))
         assert victim in n.worker_pids()
         os.kill(victim, signal.SIGKILL)
         t0 = time.monotonic()
@@ -180,7 +182,7 @@ def test_reload_changing_the_peer_list_under_load(nginx_factory, tmp_path):
         assert b[0].total() == b0_after_reload      # removed peer: no traffic
         assert b[3].total('/') > 0                  # new peer: traffic
         assert peer_states(port) == {a[1]: 'DOWN', a[2]: 'UP', a[3]: 'UP'}
-        assert shm_get(port, 'st:foo:p:' + a[0]) == 'nil'
+        assert shm_get(port, hc_key('state', 'foo', 'primary', a[0])) == 'nil'
         peers = {p['server']: p for p in vts_json(port)['upstreamZones']['foo']}
         assert set(peers) == {a[1], a[2], a[3]}
         wait_for(lambda: all(p['down'] == (p['server'] == a[1])

@@ -20,6 +20,7 @@ from conftest import wait_for
 from soakutil import (BAR, FOO, PEERS, PROXY, backend_of, bad_log_lines, hc_shm, hup, kill,
                       metrics, now, revive, start_default, status, vts, workers_settled,
                       wrk_result, wrk_start)
+from support.hc_keys import hc_key_prefix
 from support.probes import promtool
 
 SOAK_SECONDS = int(os.environ.get('SOAK_SECONDS', '150'))
@@ -203,10 +204,11 @@ def _soak(n, tmp_path):
         assert snap['hc_used'] <= warm['hc_used'], (warm['hc_used'], snap['hc_used'])
         # states, counters and locks: a fixed set; failure-reason counters may
         # appear for a reason first seen later (bounded: 7 reasons per peer)
-        fixed = lambda keys: sorted(k for k in keys if not k.startswith('fr:'))  # noqa: E731
+        failures = hc_key_prefix('failures')
+        fixed = lambda keys: sorted(k for k in keys if not k.startswith(failures))  # noqa: E731
         assert len(fixed(snap['hc_keys'])) <= len(fixed(warm['hc_keys'])), \
             set(fixed(snap['hc_keys'])) - set(fixed(warm['hc_keys']))
-        assert len([k for k in snap['hc_keys'] if k.startswith('fr:')]) <= 7 * len(PEERS)
+        assert len([k for k in snap['hc_keys'] if k.startswith(failures)]) <= 7 * len(PEERS)
 
     # final state matches reality: 127.0.1.11 killed, everything else alive
     assert status() == dict.fromkeys(PEERS, 'UP')

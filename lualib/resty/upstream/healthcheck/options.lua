@@ -1,0 +1,216 @@
+-- The options of spawn_checker (resty.upstream.healthcheck.options): one
+-- table of specs, in the order the contract checks them (the first error
+-- wins), and one walk over it that turns the user's table into a checker
+-- context or `nil, err`.
+--
+-- A spec: name; kind (which checker below); field (the context field, when
+-- not the name); required (error text when absent) or default (value, or a
+-- function of the context built so far); min/max bounds and integer for
+-- numbers; convert (applied to the value, checked or default).  Error texts
+-- are the contract's; the number ones name the option and its bounds.
+
+local state = require "resty.upstream.healthcheck.state"
+
+local ngx = ngx
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local math_floor = math.floor
+local math_huge = math.huge
+
+local fetch_peers = state.fetch_peers
+
+local _M = {}
+
+local function is_int(v)
+    return type(v) == "number" and v == math_floor(v) and v > -math_huge
+           and v < math_huge
+end
+
+local function bad(spec, what)
+    return "bad \"" .. spec.name .. "\" option: " .. what
+end
+
+
+-- kind -> function(spec, value, ctx) returning the value to store, or nil, err
+local CHECK = {}
+
+function CHECK.probe_type(spec, v)
+    if v ~= "http" and v ~= "https" then
+        return nil, spec.unsupported
+    end
+    return v
+end
+
+function CHECK.string(spec, v)
+    if type(v) ~= "string" or (spec.non_empty and v == "") then
+        return nil, bad(spec, spec.non_empty and "non-empty string expected"
+                              or "string expected")
+    end
+    return v
+end
+
+function CHECK.shm(spec, v)
+    local name, err = CHECK.string(spec, v)
+    if not name then
+        return nil, err
+    end
+    if not ngx.shared[name] then
+        return nil, "shm \"" .. name .. "\" not found"
+    end
+    return name
+end
+
+function CHECK.upstream(spec, v)
+    local name, err = CHECK.string(spec, v)
+    if not name then
+        return nil, err
+    end
+    local primary, perr = fetch_peers(name)
+    if not primary then
+        return nil, perr
+    end
+    return name
+end
+
+function CHECK.number(spec, v)
+    if type(v) ~= "number" or v ~= v then
+        return nil, bad(spec, "number expected, got " .. type(v))
+    end
+    if spec.integer and not is_int(v) then
+        return nil, bad(spec, "integer expected")
+    end
+    local min, max = spec.min, spec.max
+    if v < min or (max and v > max) or v == math_huge then
+        if max then
+            return nil, bad(spec, "must be between " .. min .. " and " .. max)
+        end
+        return nil, bad(spec, "must be at least " .. min)
+    end
+    return v
+end
+
+-- an array of HTTP status codes -> a set
+function CHECK.statuses(spec, v)
+    if type(v) ~= "table" then
+        return nil, bad(spec, "table expected")
+    end
+    local set = {}
+    for i, code in ipairs(v) do
+        if not is_int(code) or code < 100 or code > 999 then
+            return nil, bad(spec, "element " .. i .. " is not an HTTP status code")
+        end
+        set[code] = true
+    end
+    for k in pairs(v) do
+        if not is_int(k) or k < 1 or k > #v then
+            return nil, bad(spec, "array expected")
+        end
+    end
+    return set
+end
+
+function CHECK.boolean(spec, v)
+    if type(v) ~= "boolean" then
+        return nil, bad(spec, "boolean expected")
+    end
+    return v
+end
+
+-- extension: where peer states are saved for a new master (false: nowhere)
+function CHECK.path_or_false(spec, v)
+    if v == false then
+        return false
+    end
+    if type(v) == "string" and v ~= "" then
+        return v
+    end
+    return nil, bad(spec, "path or false expected")
+end
+
+
+local function interval_seconds(ms)
+    if ms < 2 then
+        ms = 2           -- the contract: under 2 ms is raised to 2 ms
+    end
+    return ms / 1000
+end
+
+local function default_state_file(ctx)
+    return state.default_file(ctx.shm, ctx.upstream)
+end
+
+local function no_state_file(v)
+    return v or nil
+end
+
+-- the contract's order: the first error wins
+local SPECS = {
+    { name = "type", kind = "probe_type",
+      required = "\"type\" option required",
+      unsupported = "only \"http\" and \"https\" type are supported right now" },
+    { name = "http_req", kind = "string", non_empty = true,
+      required = "\"http_req\" option required" },
+    { name = "shm", kind = "shm", required = "\"shm\" option required" },
+    { name = "upstream", kind = "upstream", required = "no upstream specified" },
+    { name = "timeout", kind = "number", default = 1000, min = 1 },
+    { name = "interval", kind = "number", default = 1000, min = 0,
+      convert = interval_seconds },
+    { name = "fall", kind = "number", integer = true, default = 5, min = 1 },
+    { name = "rise", kind = "number", integer = true, default = 2, min = 1 },
+    { name = "valid_statuses", kind = "statuses", field = "statuses" },
+    { name = "concurrency", kind = "number", integer = true, default = 1,
+      min = 1 },
+    { name = "port", kind = "number", integer = true, min = 1, max = 65535 },
+    { name = "ssl_verify", kind = "boolean", default = true },
+    { name = "host", kind = "string", non_empty = true },
+    { name = "state_file", kind = "path_or_false",
+      default = default_state_file, convert = no_state_file },
+}
+_M.SPECS = SPECS
+
+local function option_value(spec, opts, ctx)
+    local v = opts[spec.name]
+    if v == nil then
+        if spec.required then
+            return nil, spec.required
+        end
+        v = spec.default
+        if type(v) == "function" then
+            v = v(ctx)
+        end
+    else
+        local err
+        v, err = CHECK[spec.kind](spec, v, ctx)
+        if v == nil then
+            return nil, err
+        end
+    end
+    if v ~= nil and spec.convert then
+        v = spec.convert(v)
+    end
+    return v
+end
+
+-- returns the checker context { type =, https =, http_req =, shm =, dict =,
+-- upstream =, timeout = (ms), interval = (s), fall =, rise =, statuses =,
+-- concurrency =, port =, ssl_verify =, host =, state_file = }, or nil, err
+function _M.validate(opts)
+    if type(opts) ~= "table" then
+        return nil, "options table expected"
+    end
+    local ctx = {}
+    for i = 1, #SPECS do
+        local spec = SPECS[i]
+        local v, err = option_value(spec, opts, ctx)
+        if err then
+            return nil, err
+        end
+        ctx[spec.field or spec.name] = v
+    end
+    ctx.https = ctx.type == "https"
+    ctx.dict = ngx.shared[ctx.shm]
+    return ctx
+end
+
+return _M

@@ -1,0 +1,322 @@
+-- Rounds (resty.upstream.healthcheck.round): every worker runs one timer
+-- chain per checked upstream, but only the worker that wins the round lock
+-- (shm safe_add with an expiry, refreshed while the round runs, so a crashed
+-- worker's rounds are taken over) runs a round, and only when the "next
+-- round" marker set at the end of the previous round has expired: one round
+-- per interval for the whole nginx instance.  A round checks every peer
+-- with `concurrency` light threads (probe.lua) and records the results
+-- (state.lua).
+--
+-- A worker that finds the round held off retries when the marker expires
+-- (not a full interval later), and a worker that is exiting (reload)
+-- abandons its round, releasing the lock without setting the marker, so
+-- frequent reloads do not starve the checks.
+
+local probe = require "resty.upstream.healthcheck.probe"
+local state = require "resty.upstream.healthcheck.state"
+local keys = require "resty.upstream.healthcheck.keys"
+
+local ngx = ngx
+local pcall = pcall
+local tonumber = tonumber
+local str_sub = string.sub
+local str_match = string.match
+
+local log = ngx.log
+local ERR = ngx.ERR
+local now = ngx.now
+local update_time = ngx.update_time
+local timer_at = ngx.timer.at
+local spawn = ngx.thread.spawn
+local wait = ngx.thread.wait
+local worker_exiting = ngx.worker.exiting
+
+local run_probe = probe.run
+local fetch_peers = state.fetch_peers
+local apply_states = state.apply
+local sync_states = state.sync
+
+local PRIMARY = keys.PRIMARY
+local BACKUP = keys.BACKUP
+
+-- seconds: the shortest wait before retrying a held-off round
+local MIN_RETRY = 0.005
+-- seconds: how often a worker looks again while another one holds the lock
+local LOCK_POLL = 0.1
+
+local _M = {}
+
+local function errlog(...)
+    log(ERR, "healthcheck: ", ...)
+end
+
+
+------------------------------------------------------------------------
+-- one round
+------------------------------------------------------------------------
+
+local function check_peer(ctx, peer)
+    update_time()
+    local t0 = now()
+    local ok, reason, msg = pcall(run_probe, ctx, peer)
+    if worker_exiting() then
+        -- reload or shutdown while probing: the new workers take over, and
+        -- this worker's (old) peer list must not write to the shm any more
+        return
+    end
+    update_time()
+    state.checked(ctx, peer, now() - t0)
+
+    if not ok then
+        errlog("checker error for peer ", peer.name, ": ", reason)
+        return
+    end
+    if reason then
+        state.failed(ctx, peer, reason, msg)
+    else
+        state.succeeded(ctx, peer)
+    end
+end
+
+local function lock_ttl(ctx)
+    -- connect + handshake + send + receive, plus slack (seconds)
+    return 4 * ctx.timeout / 1000 + 1
+end
+
+local function refresh_lock(ctx)
+    local t = now()
+    if t - ctx.lock_refreshed >= 0.5 then
+        ctx.lock_refreshed = t
+        ctx.dict:safe_set(ctx.keys.round_lock, ctx.pid, lock_ttl(ctx))
+    end
+end
+
+-- "127.0.0.1:80" -> "127.0.0.1", 80; "[::1]:80" -> "[::1]", 80;
+-- "unix:/path" -> "unix:/path", nil
+local function split_addr(name)
+    if str_sub(name, 1, 5) == "unix:" then
+        return name, nil
+    end
+    local host, port = str_match(name, "^(.*):(%d+)$")
+    if not host then
+        return name, nil
+    end
+    return host, tonumber(port)
+end
+
+-- what a round checks: { name =, id =, role =, down =, host =, port = }
+local function build_targets(ctx, primary, backup)
+    local targets = {}
+    local function add(peers, role)
+        for i = 1, #peers do
+            local p = peers[i]
+            local host, port = split_addr(p.name)
+            if ctx.port and port then
+                port = ctx.port
+            end
+            targets[#targets + 1] = {
+                name = p.name, id = p.id, role = role, down = p.down,
+                host = host, port = port,
+            }
+        end
+    end
+    add(primary, PRIMARY)
+    add(backup, BACKUP)
+    return targets
+end
+
+local function worker_loop(ctx, targets, next_index)
+    while true do
+        if worker_exiting() then
+            return
+        end
+        local i = next_index()
+        if not i then
+            return
+        end
+        check_peer(ctx, targets[i])
+        refresh_lock(ctx)
+    end
+end
+
+-- checks every target with up to ctx.concurrency light threads
+local function check_all(ctx, targets)
+    local n = #targets
+    local idx = 0
+    local function next_index()
+        if idx >= n then
+            return nil
+        end
+        idx = idx + 1
+        return idx
+    end
+
+    local nthreads = ctx.concurrency
+    if nthreads > n then
+        nthreads = n
+    end
+    local threads = {}
+    for t = 1, nthreads - 1 do
+        local th, err = spawn(worker_loop, ctx, targets, next_index)
+        if not th then
+            errlog("failed to spawn a light thread: ", err)
+            break
+        end
+        threads[t] = th
+    end
+    worker_loop(ctx, targets, next_index)
+    for t = 1, #threads do
+        wait(threads[t])
+    end
+end
+
+local function run_round(ctx)
+    local primary, backup = fetch_peers(ctx.upstream)
+    if not primary then
+        return nil, backup
+    end
+    -- make sure this worker's peers reflect the shm before judging
+    apply_states(ctx, primary, backup)
+
+    ctx.changed = false
+    check_all(ctx, build_targets(ctx, primary, backup))
+    if ctx.changed then
+        state.publish(ctx, primary, backup)
+    end
+    return true
+end
+
+
+------------------------------------------------------------------------
+-- the lock, the "next round" marker and the timer
+------------------------------------------------------------------------
+
+local function release_lock(ctx)
+    local dict, key = ctx.dict, ctx.keys.round_lock
+    if dict:get(key) == ctx.pid then
+        dict:delete(key)
+    end
+end
+
+-- seconds until the round held off by another worker's marker is due
+local function throttle_wait(ctx)
+    local ttl = ctx.dict:ttl(ctx.keys.next_round)
+    if not ttl or ttl < MIN_RETRY then
+        -- expired (or deleted) meanwhile, or about to: ttl() says 0 in the
+        -- last millisecond (the marker is always set with an expiry)
+        return MIN_RETRY
+    end
+    if ttl > ctx.interval then
+        -- set by a worker with a longer interval (old config): look again
+        -- after our own interval at the latest
+        return ctx.interval
+    end
+    return ttl
+end
+
+local function lock_wait(ctx)
+    local d = ctx.interval
+    if d > LOCK_POLL then
+        d = LOCK_POLL
+    end
+    return d
+end
+
+-- another worker ran a round less than an interval ago? (the round must
+-- not be skipped just because this worker's timer is out of phase, e.g. a
+-- new worker after a reload: it retries when the marker expires)
+local function held_off(ctx)
+    local th = ctx.dict:get(ctx.keys.next_round)
+    return th and th ~= ctx.pid
+end
+
+-- takes the round lock: true, or nil and the delay of the next tick
+local function take_lock(ctx)
+    local added, err = ctx.dict:safe_add(ctx.keys.round_lock, ctx.pid,
+                                         lock_ttl(ctx))
+    if not added then
+        if err ~= "exists" then
+            errlog("failed to take the round lock of upstream \"",
+                   ctx.upstream, "\": ", err)
+            return nil, ctx.interval
+        end
+        -- a round is running elsewhere (or its worker died: the lock expires)
+        return nil, lock_wait(ctx)
+    end
+    update_time()
+    ctx.lock_refreshed = now()
+
+    -- a round may have finished between our marker check and the lock
+    if held_off(ctx) then
+        release_lock(ctx)
+        return nil, throttle_wait(ctx)
+    end
+    return true
+end
+
+-- runs a round when due; returns the delay of the next tick, or nil to stop
+local function do_tick(ctx)
+    local ok, err = sync_states(ctx)
+    if not ok then
+        errlog("failed to sync upstream \"", ctx.upstream, "\": ", err)
+    end
+    if held_off(ctx) then
+        return throttle_wait(ctx)
+    end
+    local locked, delay = take_lock(ctx)
+    if not locked then
+        return delay
+    end
+
+    local rok, rres, rerr = pcall(run_round, ctx)
+    if not rok then
+        errlog("round failed for upstream \"", ctx.upstream, "\": ", rres)
+    elseif not rres then
+        errlog("round failed for upstream \"", ctx.upstream, "\": ", rerr)
+    end
+
+    if worker_exiting() then
+        -- reload/shutdown during the round: abandon it without a marker and
+        -- free the lock, so a new worker runs the next round now
+        release_lock(ctx)
+        return nil
+    end
+
+    local sok, serr = ctx.dict:safe_set(ctx.keys.next_round, ctx.pid,
+                                        ctx.interval)
+    if not sok then
+        errlog("failed to save the round time of upstream \"", ctx.upstream,
+               "\": ", serr)
+    end
+    release_lock(ctx)
+    return ctx.interval
+end
+
+local function tick(premature, ctx)
+    if premature or ctx.cancelled or worker_exiting() then
+        return
+    end
+    local ok, delay = pcall(do_tick, ctx)
+    if not ok then
+        errlog("checker failed for upstream \"", ctx.upstream, "\": ", delay)
+        delay = ctx.interval
+    end
+    if not delay or worker_exiting() then
+        return
+    end
+    local tok, terr = timer_at(delay, tick, ctx)
+    if not tok and terr ~= "process exiting" then
+        errlog("failed to create the timer for upstream \"", ctx.upstream,
+               "\": ", terr)
+    end
+end
+
+-- starts the checker's timer chain: the first tick runs after the current
+-- handler returns (set ctx.cancelled to stop it before it does anything)
+function _M.start(ctx)
+    ctx.pid = ngx.worker.pid()
+    ctx.lock_refreshed = 0
+    return timer_at(0, tick, ctx)
+end
+
+return _M
