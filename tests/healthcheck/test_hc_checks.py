@@ -8,8 +8,9 @@ import time
 import pytest
 
 from conftest import free_port, http_get, wait_for
-from hcutil import (Backend, Blackhole, backends, blackhole, checker_lua, hc_conf,
-                    peer_states, status, upstream_block, wait_state)
+from hcutil import hc_conf, wait_state
+from support.confs import checker_lua, upstream_block
+from support.probes import peer_states
 
 INTERVAL, TIMEOUT, FALL, RISE = 100, 300, 2, 2
 # fall x interval + timeout + one interval, plus slack for scheduling and polling
@@ -86,7 +87,7 @@ def test_connect_timeout(nginx_factory, backends, blackhole):
     n, port = start(nginx_factory, [x.addr for x in b])
     wait_for(lambda: b[1].health >= 2, what='first checks')
     b[1].stop()
-    hole = blackhole(b[1].ip, b[1].port)
+    hole = blackhole(b[1].host, b[1].port)
     took = time_until(port, b[1].addr, 'DOWN', DOWN_BOUND)
     assert took <= DOWN_BOUND
     assert re.search(r'peer %s is turned down after 2 failure\(s\).*failed to connect to %s: timeout'
@@ -159,7 +160,7 @@ def test_valid_statuses_absent_accepts_any_status(nginx_factory, backends):
 def test_port_option_and_concurrency(nginx_factory, backends):
     b = backends(4)
     # the configured port (9) is closed; the checker probes 8080 instead
-    addrs = ['%s:9' % x.ip for x in b]
+    addrs = ['%s:9' % x.host for x in b]
     for x in b:
         x.mode, x.delay = 'slow', 0.25
     n, port = start(nginx_factory, addrs, workers=1, port=b[0].port, concurrency=4,

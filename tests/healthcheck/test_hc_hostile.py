@@ -14,9 +14,11 @@ import time
 import pytest
 
 from conftest import free_port, wait_for
-from hcutil import (backends, checker_lua, hc_conf, make_certs, peer_states, server_tls,
-                    upstream_block)
+from hcutil import hc_conf
+from support.confs import checker_lua, upstream_block
 from support.hostile import Hostile
+from support.pki import PKI, server_context
+from support.probes import peer_states
 
 INTERVAL, TIMEOUT, FALL = 0.5, 1.0, 2
 WORKERS = 2
@@ -42,7 +44,9 @@ HOSTILE = {
 
 @pytest.fixture(scope='module')
 def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp('certs'), names=('good.test',))
+    d = tmp_path_factory.mktemp('certs')
+    PKI(d, 'ca').issue('good.test', stem='leaf')
+    return str(d)
 
 
 @pytest.fixture
@@ -96,7 +100,7 @@ def gone(pid):
 def start_mix(nginx_factory, backends, hostile, certs, tls, n_healthy=3, **opts):
     """A hostile peer (in mode 'ok' for now) first in the upstream, then
     n_healthy backends; returns (nginx, status port, hostile, backends)."""
-    ctx = server_tls(certs) if tls else None
+    ctx = server_context('%s/leaf.crt' % certs, '%s/leaf.key' % certs) if tls else None
     b = backends(n_healthy, tls=ctx)
     net = b[0].ip.rsplit('.', 1)[0]
     h = hostile('%s.20:%d' % (net, b[0].port), tls=ctx)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import free_port, http_get
-from hcutil import conf_wrap
+from support.confs import conf_wrap
 
 CASES = [
     # (lua options table, expected error)

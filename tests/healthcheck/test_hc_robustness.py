@@ -12,8 +12,9 @@ import threading
 import time
 
 from conftest import free_port, http_get, wait_for
-from hcutil import (backends, checker_lua, hc_conf, local_views, peer_states,
-                    upstream_block)
+from hcutil import hc_conf, local_views
+from support.confs import checker_lua, upstream_block
+from support.probes import peer_states
 from support.hc_keys import hc_key
 
 
@@ -212,7 +213,7 @@ def test_checker_that_does_not_fit_fails_cleanly_and_evicts_nothing(nginx_factor
     # the same shm (same size: kept across HUP) now also has to hold `big`
     (n.prefix / 'conf' / 'nginx.conf').write_text(conf(True))
     n.reload()
-    wait_for(lambda: len(re.findall(r'failed to spawn health checker: .*no memory',
+    wait_for(lambda: len(re.findall(r'failed to spawn health checker for big: .*no memory',
                                     n.error_log)) >= 2,
              timeout=10, what='both new workers to report "no memory"')
     for line in n.error_log.splitlines():

@@ -7,8 +7,10 @@ import re
 import pytest
 
 from conftest import free_port, wait_for
-from hcutil import (backends, checker_lua, hc_conf, make_certs, peer_states, server_tls,
-                    upstream_block, wait_state)
+from hcutil import hc_conf, wait_state
+from support.confs import LuaExpr, checker_lua, upstream_block
+from support.pki import PKI, server_context
+from support.probes import peer_states
 
 # the checker's own fallback (Lua, loads into the cosocket SSL_CTX), or the
 # build's lua-nginx-module patch (C, at configuration time) when present
@@ -19,7 +21,16 @@ REQ = r'"GET /health HTTP/1.0\r\nHost: good.test\r\n\r\n"'
 
 @pytest.fixture(scope='module')
 def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp('certs'), names=('good.test',))
+    """ca.crt and a leaf for good.test signed by it (leaf.crt, leaf.key); evilca.crt,
+    a CA the checker does not trust, with its own leaf for the same name (evilleaf)."""
+    d = tmp_path_factory.mktemp('certs')
+    PKI(d, 'ca').issue('good.test', stem='leaf')
+    PKI(d, 'evilca').issue('good.test', stem='evilleaf')
+    return str(d)
+
+
+def server_tls(certs, leaf):
+    return server_context('%s/%s.crt' % (certs, leaf), '%s/%s.key' % (certs, leaf))
 
 
 def tls_backend(backends, certs, leaf='leaf'):
@@ -34,7 +45,6 @@ def tls_backend(backends, certs, leaf='leaf'):
 def start(nginx_factory, b, extra_http='', main='user root;', env=None, **opts):
     # user root: lua-nginx-module re-reads lua_ssl_trusted_certificate in each worker
     # (init_worker merges a fake location conf), and pytest's tmp dirs are 0700
-    from hcutil import LuaExpr
     port = free_port()
     opts.setdefault('interval', 100)
     opts.setdefault('timeout', 500)

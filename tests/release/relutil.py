@@ -1,8 +1,9 @@
-"""Helpers for the release tests: a private network namespace (the default
-config listens on fixed ports 8080/18080, so each test gets its own loopback),
-root filesystems run with chroot as an unprivileged user (optionally set up the
-way a container runtime does: /proc, /dev, volumes, read-only root, stdio pipes
-given to the user), HTTP through curl inside the namespace."""
+"""Helpers for the release tests: root filesystems run with chroot as an
+unprivileged user (optionally set up the way a container runtime does: /proc,
+/dev, volumes, read-only root, stdio pipes given to the user) inside a private
+network namespace (support.namespaces.NetNS: the default config listens on fixed
+ports 8080/18080, so each test gets its own loopback), HTTP through curl inside
+the namespace, the Kubernetes manifests, ELF checks."""
 import os
 import pathlib
 import re
@@ -13,7 +14,9 @@ import threading
 
 import yaml
 
-from conftest import CRASH_MARKERS, ROOT, wait_for
+from support.bundle import CRASH_MARKERS, ROOT
+from support.net import wait_for
+from support.probes import status_peers
 
 RELEASE = ROOT / 'release'
 K8S = ROOT / 'deploy' / 'kubernetes'
@@ -55,56 +58,6 @@ def k8s_test_conf():
 
 def have(tool):
     return shutil.which(tool) is not None
-
-
-class NetNS:
-    """A network namespace with only `lo` (up), kept alive by a bounded sleep."""
-
-    def __init__(self):
-        self.holder = subprocess.Popen(
-            ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs = []
-        wait_for(self._lo_up, timeout=10, what='loopback up in the new namespace')
-
-    @property
-    def path(self):
-        return '/proc/%d/ns/net' % self.holder.pid
-
-    def _lo_up(self):
-        r = subprocess.run(['nsenter', '--net=' + self.path, 'ip', '-o', 'link', 'show', 'lo'],
-                           capture_output=True, text=True)
-        return r.returncode == 0 and 'UP' in r.stdout.split('>')[0]
-
-    def popen(self, cmd, **kw):
-        kw.setdefault('stdin', subprocess.DEVNULL)
-        kw.setdefault('stdout', subprocess.PIPE)
-        kw.setdefault('stderr', subprocess.STDOUT)
-        p = subprocess.Popen(['nsenter', '--net=' + self.path, *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, cmd, timeout=30):
-        return subprocess.run(['nsenter', '--net=' + self.path, *cmd], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def http(self, url, timeout=5):
-        """(status, body) of a GET inside the namespace; status 0 = no answer."""
-        r = self.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', str(timeout), url],
-                     timeout=timeout + 5)
-        body, _, code = r.stdout.rpartition('\n')
-        try:
-            return int(code), body.rstrip('\n')
-        except ValueError:
-            return 0, r.stdout
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-        self.holder.kill()
-        self.holder.wait(timeout=10)
 
 
 def chroot_cmd(rootfs, args, uid, gid):
@@ -250,20 +203,6 @@ def has_interp(path):
     return 'INTERP' in r.stdout
 
 
-def status_peers(text):
-    """{upstream: [(peer, state)]} from hc.status_page()."""
-    out, cur = {}, None
-    for line in text.splitlines():
-        m = re.match(r'^Upstream (\S+)', line)
-        if m:
-            cur = out.setdefault(m.group(1), [])
-            continue
-        m = re.match(r'^\s{8}(\S+) (UP|DOWN)\s*$', line)
-        if m and cur is not None:
-            cur.append((m.group(1), m.group(2)))
-    return out
-
-
 def check_default_config(ns, bundle_has_hc):
     """The default config answers on 8080 and 18080; health checks pass.
     Returns the reason when the health check part was skipped, else None."""
@@ -287,14 +226,6 @@ def check_default_config(ns, bundle_has_hc):
     assert st == 200, (st, metrics[:500])
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in metrics, metrics[-1500:]
     return None
-
-
-def copy_bundle(src, dest):
-    """Copy a bundle without its runtime state (logs, temp contents)."""
-    shutil.copytree(src, dest, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if pathlib.Path(d).name in ('logs', 'temp')
-                                             and n != '.keep'])
-    return pathlib.Path(dest)
 
 
 def run_script(args, cwd=None, env=None, timeout=600):

@@ -16,7 +16,8 @@ import pytest
 
 from cdp import Browser
 from conftest import ROOT, conf_wrap, free_port, wait_for
-from vts_util import backend_conf, get, raw_request, req
+from support.net import raw_request
+from vts_util import backend_conf, get, req
 
 CHROMIUM = shutil.which('chromium')
 

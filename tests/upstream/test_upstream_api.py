@@ -6,9 +6,9 @@ import pathlib
 import pytest
 
 from conftest import conf_wrap, http_get, wait_for
-from upstream_helpers import (EVAL_LOCATION, NamespacedNginx, backend_servers,
-                              can_namespace_hosts, free_ports, front_server,
-                              get, hits, lua, lua_ok)
+from support.namespaces import NamespacedNginx, can_namespace_hosts
+from upstream_helpers import (EVAL_LOCATION, backend_servers, free_ports, front_server, get, hits,
+                              lua, lua_ok)
 
 
 @pytest.fixture
