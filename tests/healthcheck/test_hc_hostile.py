@@ -102,7 +102,7 @@ def start_mix(nginx_factory, backends, hostile, certs, tls, n_healthy=3, **opts)
     n_healthy backends; returns (nginx, status port, hostile, backends)."""
     ctx = server_context('%s/leaf.crt' % certs, '%s/leaf.key' % certs) if tls else None
     b = backends(n_healthy, tls=ctx)
-    net = b[0].ip.rsplit('.', 1)[0]
+    net = b[0].host.rsplit('.', 1)[0]
     h = hostile('%s.20:%d' % (net, b[0].port), tls=ctx)
     port = free_port()
     opts.setdefault('valid_statuses', [200])
@@ -260,7 +260,7 @@ def test_second_checker_for_an_upstream_is_refused(nginx_factory, backends):
     b[0].reset_counts()
     time.sleep(2.0)
     gaps = [y - x for x, y in zip(b[0].health_times, b[0].health_times[1:])]
-    assert 'failed to spawn health checker: checker already spawned for upstream foo' \
+    assert 'failed to spawn health checker for foo: checker already spawned for upstream foo' \
         in n.error_log
     assert 7 <= b[0].health <= 11, b[0].health
     assert min(gaps) > 0.15, gaps
