@@ -235,3 +235,28 @@ def run_script(args, cwd=None, env=None, timeout=600):
     return r
 
 
+# The CycloneDX JSON schemas come from an npm package, pinned by its sha256.
+SCHEMA_PKG = '@cyclonedx/cyclonedx-library@10.3.0'
+SCHEMA_PKG_SHA256 = '9833bd949052eb18218dd64b13ad62d9246f7395eef01c66dad08fcbacf74f01'
+
+
+def cyclonedx_schemas(tmp_path):
+    """{file name: schema} of the npm package (cached in .build/); skips offline."""
+    import hashlib, io, json, tarfile
+    import pytest
+    if not have('npm'):
+        pytest.skip('npm not installed (the schema comes from an npm package)')
+    tgz = ROOT / '.build' / 'cyclonedx-schema' / 'package.tgz'
+    if not tgz.is_file():
+        tgz.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(['npm', 'pack', '--silent', '--pack-destination', str(tmp_path), SCHEMA_PKG],
+                           capture_output=True, text=True, timeout=180)
+        packed = list(pathlib.Path(tmp_path).glob('*.tgz'))
+        if r.returncode != 0 or not packed:
+            pytest.skip('npm registry not reachable: %s' % r.stderr[-300:])
+        shutil.move(str(packed[0]), tgz)
+    data = tgz.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == SCHEMA_PKG_SHA256
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        return {m.name.rsplit('/', 1)[1]: json.load(t.extractfile(m)) for m in t.getmembers()
+                if m.name.startswith('package/res/schema/') and m.name.endswith('.schema.json')}
