@@ -31,6 +31,15 @@ def served_by(port, n=20):
     return seen
 
 
+def routed_around(port, backend, n=20):
+    """n requests in a row, all 200, none answered by `backend`."""
+    for _ in range(n):
+        st, h, _ = http_get('127.0.0.1', port, '/')
+        if st != 200 or h.get('x-backend') == backend:
+            return False
+    return True
+
+
 def test_worker_sigkilled_mid_round(tmp_path):
     b = backends(3)
     b[2].mode, b[2].delay = 'slow', 0.3    # rounds take >= 0.3 s: the lock is held long
@@ -67,7 +76,10 @@ def test_worker_sigkilled_mid_round(tmp_path):
         # the checker still works: a backend failure is detected and routed around
         b[0].status, b[0].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(addrs[0]) == 'DOWN', timeout=10, what='DOWN')
-        time.sleep(0.3)
+        # every worker applies the DOWN within one sync period (0.2 s) plus
+        # scheduling delay (lualib/README.md): wait for that, generously, on a
+        # busy machine, then no client request may reach b0 any more
+        wait_for(lambda: routed_around(port, 'b0'), timeout=5, what='every worker routes around b0')
         assert 'b0' not in served_by(port)
         b[0].mode = 'ok'
         wait_for(lambda: peer_states(port).get(addrs[0]) == 'UP', timeout=10, what='UP')
