@@ -112,12 +112,14 @@ def test_round_interrupted_by_reload_does_not_block_the_next(nginx_factory, back
     """A reload in the middle of a round: the old worker finishes its probe in
     flight, then abandons the round without marking it done, so a new worker
     starts the next round at once instead of a whole interval later."""
-    interval, delay = 1.0, 0.8
+    # the slow probe lasts long enough for the reload to land inside it even
+    # when starting new workers is slow (a busy machine, the ASan build)
+    interval, delay = 1.0, 2.0
     b = backends(2)
     b[1].mode, b[1].delay = 'slow', delay      # second in the round, slow
     port = free_port()
     conf = hc_conf([upstream_block('foo', [x.addr for x in b])],
-                   [checker_lua('foo', interval=int(interval * 1000), timeout=2000,
+                   [checker_lua('foo', interval=int(interval * 1000), timeout=4000,
                                 fall=2, rise=2, valid_statuses=[200])],
                    port, workers=2)
     n = nginx_factory(conf, workers=2, wait_ports=[('127.0.0.1', port)])
