@@ -11,7 +11,6 @@ a state-change marker on its chart; no horizontal page scroll at 1280x800
 and at a phone width.  Screenshots are kept as test artifacts
 ($NP_ARTIFACTS, else dist/test-artifacts/)."""
 import ctypes
-import json
 import os
 import pathlib
 import shutil
@@ -23,6 +22,7 @@ import pytest
 
 from cdp import CHROMIUM, Browser, png_pixels
 from conftest import ROOT, Nginx, copy_bundle, http_get, port_open, wait_for
+from support.probes import parse_json
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium')
 
@@ -81,7 +81,7 @@ def browser(tmp_path):
 def health():
     st, headers, body = http_get('127.0.0.1', STATUS, '/traffic/health.json')
     assert st == 200 and headers['content-type'].startswith('application/json')
-    return json.loads(body)
+    return parse_json(body)
 
 
 def peer_health(doc, upstream, name):
