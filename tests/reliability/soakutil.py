@@ -54,7 +54,8 @@ def default_ports_free():
 
 
 def start_default(tmp_path, name='bundle'):
-    """A copy of the bundle started on its own conf/nginx.conf (plus the probe)."""
+    """A copy of the bundle started on its own conf/nginx.conf (plus the probe).
+    Callers take the own_network fixture, so the fixed ports are theirs."""
     if not default_ports_free():
         pytest.skip('the default ports (8080/18080/18081) are taken on this machine')
     dest = copy_bundle(tmp_path / name)

@@ -119,7 +119,7 @@ def test_healthcheck_shm_too_small(nginx_factory, tmp_path):
         # foo's checker still detects failures and recoveries
         b[1].status, b[1].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(small[1]) == 'DOWN', timeout=10, what='DOWN')
-        time.sleep(0.3)
+        wait_for(lambda: routed_around(port, 'b1'), timeout=5, what='every worker routes around b1')
         assert served_by(port) == {'b0'}
         b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(small[1]) == 'UP', timeout=10, what='UP')
@@ -180,7 +180,7 @@ def test_reload_changing_the_peer_list_under_load(nginx_factory, tmp_path):
     try:
         b[1].status, b[1].mode = 500, 'status'     # fails health checks and would fail clients
         wait_for(lambda: peer_states(port).get(a[1]) == 'DOWN', timeout=10, what='DOWN')
-        time.sleep(0.5)                    # every worker applied it
+        wait_for(lambda: routed_around(port, 'b1'), timeout=5, what='every worker applied the DOWN')
         w = load(port, 6)
         time.sleep(2)
         # new list: b0 removed, b1 (DOWN) moves first, b3 added
@@ -220,7 +220,7 @@ def test_binary_upgrade_under_load(nginx_factory, tmp_path):
     try:
         b[1].status, b[1].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(a[1]) == 'DOWN', timeout=10, what='DOWN')
-        time.sleep(0.5)
+        wait_for(lambda: routed_around(port, 'b1'), timeout=5, what='every worker applied the DOWN')
         w = load(port, 6)
         time.sleep(1.5)
         n.signal(signal.SIGUSR2)

@@ -117,7 +117,7 @@ def shm_snapshot():
 
 
 @pytest.mark.slow
-def test_soak(tmp_path):
+def test_soak(tmp_path, own_network):
     n = start_default(tmp_path)
     master = n.master_pid()
     try:
@@ -218,15 +218,24 @@ def _soak(n, tmp_path):
     expect = dict.fromkeys(PEERS, 'UP')
     expect[FOO[0]] = 'DOWN'
     assert status() == expect
-    time.sleep(2.5)      # one foo interval: every worker has applied the state
-    for _ in range(8):   # several workers answer: all must agree
-        text = metrics()
-        for peer, st in expect.items():
-            group = 'foo' if peer in FOO else 'bar'
-            assert ('nginx_upstream_status_info{name="%s",endpoint="%s",status="%s",'
-                    'role="PRIMARY"} 1' % (group, peer, st)) in text, (peer, st)
-            assert re.search(r'nginx_vts_upstream_peer_down\{upstream="%s",backend="%s"\} %d'
-                             % (group, re.escape(peer), st == 'DOWN'), text), (peer, st)
+
+    def every_worker_agrees():
+        """8 reads of /metrics (several workers answer) all show expect."""
+        for _ in range(8):
+            text = metrics()
+            for peer, st in expect.items():
+                group = 'foo' if peer in FOO else 'bar'
+                if ('nginx_upstream_status_info{name="%s",endpoint="%s",status="%s",'
+                        'role="PRIMARY"} 1' % (group, peer, st)) not in text:
+                    return None
+                if not re.search(r'nginx_vts_upstream_peer_down\{upstream="%s",backend="%s"\} %d'
+                                 % (group, re.escape(peer), st == 'DOWN'), text):
+                    return None
+        return text
+
+    # each worker applies the state within the documented bound (lualib/README.md),
+    # later on a busy CPU: wait for all of them rather than a fixed time
+    text = wait_for(every_worker_agrees, timeout=15, interval=0.25, what='every worker shows the state')
     ok, why = promtool(text)
     assert ok, why
     assert {backend_of('/api/final') for _ in range(12)} == {FOO[1]}

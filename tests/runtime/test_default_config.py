@@ -20,7 +20,9 @@ def metrics():
 
 
 @pytest.fixture
-def bundle_copy(tmp_path):
+def bundle_copy(tmp_path, own_network):
+    """start() runs a copy of the bundle on its default config; in the test's
+    own network namespace where possible, so its fixed ports are free."""
     if any(port_open('127.0.0.1', p) for p in (PROXY, METRICS, CONTROL)):
         pytest.skip('the default ports are taken on this machine')
     started = []

@@ -1,10 +1,18 @@
 """Private namespaces for tests that need fixed ports or their own
 /etc/hosts: NetNS (a network namespace with only loopback, used with
 nsenter) and NamespacedNginx (nginx in a mount namespace whose /etc/hosts
-is a file of the test's)."""
+is a file of the test's), and entered(): the calling thread itself moved
+into a NetNS for a while, so sockets, threads and programs it starts (wrk,
+curl, nginx) all live there and fixed ports never collide with anything
+else on the machine."""
+import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
+import threading
+
+import pytest
 
 from support.bundle import Nginx
 from support.net import wait_for
@@ -58,6 +66,59 @@ class NetNS:
             p.wait(timeout=10)
         self.holder.kill()
         self.holder.wait(timeout=10)
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, 'setns(%s): %s' % (path, os.strerror(err)))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def entered(ns):
+    """Run the with-block's thread inside ns (a NetNS); back home after.
+    A network namespace belongs to the thread, and whatever the thread
+    creates meanwhile (sockets, threads, child processes) stays in ns."""
+    home = '/proc/self/task/%d/ns/net' % threading.get_native_id()
+    back = os.open(home, os.O_RDONLY)
+    try:
+        _setns(ns.path)
+        try:
+            yield ns
+        finally:
+            if _libc.setns(back, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), 'could not return to the test\'s own namespace')
+    finally:
+        os.close(back)
+
+
+def can_enter_network():
+    return os.geteuid() == 0 and shutil.which('unshare') is not None
+
+
+@pytest.fixture
+def own_network():
+    """The test runs in a network namespace of its own (loopback only), when
+    the machine allows it (root, unshare): fixed ports such as the default
+    config's 8080/18080 are then the test's alone.  Yields the NetNS, or None
+    where the test stays on the machine's network."""
+    if not can_enter_network():
+        yield None
+        return
+    ns = NetNS()
+    try:
+        with entered(ns):
+            yield ns
+    finally:
+        ns.close()
 
 
 class NamespacedNginx(Nginx):
