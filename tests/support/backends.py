@@ -16,15 +16,17 @@ health_path; every other request then gets 200 and the backend's name):
   'garbage'  a line that is not a status line, then close
   'close'    close the connection without answering
 (ANSWERS maps each mode to its method: hostile modes go there.)  A health
-check's body is "ok", any other request's the backend's name; the
-X-Backend header always names it.  HTTP/1.1 requests keep the connection
+check's body is "ok" (or `health_body`), any other request's the backend's
+name; the X-Backend header always names it, and `headers` (a dict) adds
+chosen ones to every answer.  HTTP/1.1 requests keep the connection
 unless they say Connection: close.
 
 TLS: tls=SSLContext serves TLS only (it may be swapped while running); with
 dual=True the same port also answers plain HTTP (the first byte tells a TLS
 ClientHello from a request line), so a config that health-checks over https
 and proxies over http can reach it.  Blackhole is a listener that never
-completes a TCP handshake.
+completes a TCP handshake.  TcpService is a plain TCP service (echo, a
+banner on connect, silence) for `type = "tcp"` checks.
 """
 import collections
 import random
@@ -56,6 +58,7 @@ class Backend:
         self.tls, self.dual = tls, dual
         self.scope, self.health_path = scope, health_path
         self.mode, self.status, self.delay = 'ok', 200, 5.0
+        self.headers, self.health_body = {}, b'ok'
         self.lock = threading.Lock()
         self.reset_counts()
         self.sock = None
@@ -155,13 +158,15 @@ class Backend:
         self._count(path, health)
         mode = self.mode if health or self.scope == 'all' else 'ok'
         keep = version == 'HTTP/1.1' and headers.get('connection', '').lower() != 'close'
-        return ANSWERS[mode](self, conn, version, b'ok' if health else self.name.encode(), keep)
+        return ANSWERS[mode](self, conn, version, self.health_body if health else self.name.encode(),
+                             keep)
 
     def _reply(self, conn, version, status, body, keep):
         if version not in ('HTTP/1.0', 'HTTP/1.1'):
             version = 'HTTP/1.1'
-        conn.sendall(('%s %d X\r\nX-Backend: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n'
-                      % (version, status, self.name, len(body), 'keep-alive' if keep else 'close')
+        extra = ''.join('%s: %s\r\n' % kv for kv in self.headers.items())
+        conn.sendall(('%s %d X\r\nX-Backend: %s\r\n%sContent-Length: %d\r\nConnection: %s\r\n\r\n'
+                      % (version, status, self.name, extra, len(body), 'keep-alive' if keep else 'close')
                       ).encode() + body)
         return keep
 
@@ -210,6 +215,79 @@ def read_request(f):
     if n:
         f.read(n)
     return parts, headers
+
+
+class TcpService:
+    """A plain TCP service on loopback:
+
+        t = TcpService('127.0.1.11', 5432).start()
+        t.mode = 'echo'        # send back what arrives (the default)
+        t.mode = 'banner'      # send `banner` on connect, then echo
+        t.mode = 'silent'      # read, never answer
+        t.mode = 'close'       # close at once
+        t.connections          # connections accepted
+        t.stop(); t.start()    # refused while stopped
+    """
+
+    def __init__(self, host, port, banner=b'220 ready\r\n'):
+        self.host, self.port, self.banner = host, port, banner
+        self.mode, self.connections, self.received = 'echo', 0, b''
+        self.sock, self.stopped, self.thread = None, threading.Event(), None
+
+    @property
+    def addr(self):
+        return host_port(self.host, self.port)
+
+    def start(self):
+        s = socket.socket(socket.AF_INET6 if ':' in self.host else socket.AF_INET)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(128)
+        s.settimeout(0.2)
+        self.sock = s
+        self.stopped.clear()
+        self.thread = threading.Thread(target=self._accept_loop, args=(s,), daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopped.set()
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+        if self.thread:
+            self.thread.join(2)
+
+    def _accept_loop(self, s):
+        while not self.stopped.is_set():
+            try:
+                conn, _ = s.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        mode = self.mode
+        try:
+            conn.settimeout(5)
+            if mode == 'close':
+                return
+            if mode == 'banner':
+                conn.sendall(self.banner)
+            while not self.stopped.is_set():
+                data = conn.recv(4096)
+                if not data:
+                    return
+                self.received += data
+                if mode in ('echo', 'banner'):
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 class Blackhole:
