@@ -2,40 +2,16 @@
 `expect` (a Lua pattern in the first bytes read), each failure with its
 reason and log line, and the same bounds as http checks (a silent service
 fails by timeout within the deadline)."""
-import random
 import re
 import time
 
-import pytest
-
 from conftest import free_port, http_get, wait_for
 from hcutil import hc_conf, wait_state
-from support.backends import TcpService, subnet
+from support.backends import tcp_services  # noqa: F401 (fixture)
 from support.confs import LuaExpr, checker_lua, upstream_block
 from support.probes import peer_states, promtool
 
 INTERVAL, TIMEOUT = 100, 300
-
-
-@pytest.fixture
-def tcp_services():
-    made = []
-
-    def make(n, mode='echo'):
-        for _ in range(5):
-            net, port = subnet(), random.randint(20000, 30000)
-            try:
-                out = [TcpService('%s.%d' % (net, 11 + i), port).start() for i in range(n)]
-            except OSError:
-                continue
-            for t in out:
-                t.mode = mode
-            made.extend(out)
-            return out
-        raise AssertionError('no free subnet/port')
-    yield make
-    for t in made:
-        t.stop()
 
 
 def start(nginx_factory, services, **opts):

@@ -64,6 +64,7 @@ class Backend:
         self.sock = None
         self.stopped = threading.Event()
         self.threads = []
+        self.connections = 0                       # connections accepted
 
     @property
     def addr(self):
@@ -125,6 +126,7 @@ class Backend:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -217,8 +219,8 @@ def read_request(f):
     return parts, headers
 
 
-class TcpService:
-    """A plain TCP service on loopback:
+class TcpService(Backend):
+    """A plain TCP service on loopback (Backend's listener, its own answers):
 
         t = TcpService('127.0.1.11', 5432).start()
         t.mode = 'echo'        # send back what arrives (the default)
@@ -230,44 +232,8 @@ class TcpService:
     """
 
     def __init__(self, host, port, banner=b'220 ready\r\n'):
-        self.host, self.port, self.banner = host, port, banner
-        self.mode, self.connections, self.received = 'echo', 0, b''
-        self.sock, self.stopped, self.thread = None, threading.Event(), None
-
-    @property
-    def addr(self):
-        return host_port(self.host, self.port)
-
-    def start(self):
-        s = socket.socket(socket.AF_INET6 if ':' in self.host else socket.AF_INET)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.host, self.port))
-        s.listen(128)
-        s.settimeout(0.2)
-        self.sock = s
-        self.stopped.clear()
-        self.thread = threading.Thread(target=self._accept_loop, args=(s,), daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.stopped.set()
-        if self.sock:
-            self.sock.close()
-            self.sock = None
-        if self.thread:
-            self.thread.join(2)
-
-    def _accept_loop(self, s):
-        while not self.stopped.is_set():
-            try:
-                conn, _ = s.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(host, port)
+        self.banner, self.mode, self.received = banner, 'echo', b''
 
     def _serve(self, conn):
         mode = self.mode
@@ -336,35 +302,58 @@ class Blackhole:
         self.sock.close()
 
 
+def _on_free_subnet(cls, n, port, net=None, **kw):
+    """n started cls(host, port, **kw) on a fresh 127.x.y.0/24 subnet (.11,
+    .12, ...): `port` when free there (three tries), else a random one."""
+    for attempt in range(6):
+        net = net or subnet()
+        p = port if attempt < 3 else random.randint(20000, 30000)
+        out = []
+        try:
+            for i in range(n):
+                out.append(cls('%s.%d' % (net, 11 + i), p, **kw).start())
+        except OSError:
+            for b in out:
+                b.stop()
+            net = None
+            continue
+        return out
+    raise AssertionError('no free backend subnet/port')
+
+
 @pytest.fixture
 def backends():
     """backends(n, port=8080, tls=None, net=None, scope='health') -> n started
     Backends on a fresh 127.x.y.0/24 subnet (addresses .11, .12, ...); all
-    stopped at teardown.  Their modes fail health checks only, by default."""
+    stopped at teardown.  Their modes fail health checks only, by default.
+    The seed's port 8080 when free on the subnet, else a random port
+    (something on this host may listen on 0.0.0.0:8080)."""
     made = []
 
     def make(n, port=8080, tls=None, net=None, scope='health'):
-        """The seed's port 8080 when free on the subnet, else a random port
-        (something on this host may listen on 0.0.0.0:8080)."""
-        for attempt in range(6):
-            net = net or subnet()
-            p = port if attempt < 3 else random.randint(20000, 30000)
-            out = []
-            try:
-                for i in range(n):
-                    out.append(Backend('%s.%d' % (net, 11 + i), p, tls=tls,
-                                       scope=scope).start())
-            except OSError:
-                for b in out:
-                    b.stop()
-                net = None
-                continue
-            made.extend(out)
-            return out
-        raise AssertionError('no free backend subnet/port')
+        out = _on_free_subnet(Backend, n, port, net=net, tls=tls, scope=scope)
+        made.extend(out)
+        return out
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def tcp_services():
+    """tcp_services(n, mode='echo') -> n started TcpServices on a fresh
+    subnet and a random port; all stopped at teardown."""
+    made = []
+
+    def make(n, mode='echo'):
+        out = _on_free_subnet(TcpService, n, random.randint(20000, 30000))
+        for t in out:
+            t.mode = mode
+        made.extend(out)
+        return out
+    yield make
+    for t in made:
+        t.stop()
 
 
 @pytest.fixture
