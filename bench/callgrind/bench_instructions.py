@@ -16,8 +16,11 @@ Configurations (same binary):
 With --hc-report two more (the passive-check cost of issue 16):
   hc_passive  a health checker with `passive` on the proxied group (its one
               round at start-up cancels out), no hc.report()
+  hc_log      the same plus an empty log_by_lua_block (what any Lua log
+              handler costs)
   hc_report   the same plus log_by_lua_block { hc.report() }
-and the difference hc_report - hc_passive: what hc.report() costs a request.
+and the differences: hc_report - hc_passive (what adding hc.report() costs a
+request) and hc_report - hc_log (the share of the call itself).
 
 With --render-hosts N it also counts the instructions of one
 GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
@@ -59,6 +62,7 @@ HC_PASSIVE = r'''lua_shared_dict healthcheck 1m;
     }'''
 HC_CONFIGS = {
     'hc_passive': HC_PASSIVE,
+    'hc_log': HC_PASSIVE + '\n    log_by_lua_block { }',
     'hc_report': HC_PASSIVE + '\n    log_by_lua_block { require("resty.upstream.healthcheck").report() }',
 }
 
@@ -199,6 +203,7 @@ def main():
     result['ratio_on_off'] = round(result['on'] / result['off'], 4)
     if a.hc_report:
         result['hc_report_cost'] = result['hc_report'] - result['hc_passive']
+        result['hc_report_call_cost'] = result['hc_report'] - result['hc_log']
     line = json.dumps({'bench': 'instructions_per_request', **result})
     print(line)
     if a.json:

@@ -48,6 +48,9 @@ local by_upstream = {}
 -- peer address -> { ctx =, peer = } (the first group that has it), for
 -- requests whose group has no name (proxy_pass with variables)
 local by_addr = {}
+-- status -> true when some passive checker may count it: every listed one,
+-- and nginx's own 502/504 (connect errors, timeouts)
+local watched = { [502] = true, [504] = true }
 
 
 ------------------------------------------------------------------------
@@ -135,6 +138,9 @@ function _M.register(ctx, primary, backup)
     add(backup, "b")
     ctx.passive_peers = peers
     by_upstream[ctx.upstream] = ctx
+    for code in pairs(ctx.passive.statuses) do
+        watched[code] = true
+    end
 end
 
 
@@ -226,11 +232,20 @@ local function report_chain(ctx, addrs, statuses)
 end
 
 local function report(name)
+    local statuses = var.upstream_status
+    if not statuses then
+        return
+    end
+    -- the common case first: one attempt (a number) with a status no
+    -- passive checker counts
+    local code = tonumber(statuses)
+    if code and not watched[code] then
+        return
+    end
     local addrs = var.upstream_addr
     if not addrs then
         return
     end
-    local statuses = var.upstream_status
     -- the group: given, else the request's (nil for a proxy_pass with
     -- variables: each address then names its group)
     local u = name or current_upstream_name()
@@ -241,18 +256,11 @@ local function report(name)
             return
         end
     end
-    if str_find(addrs, ",", 1, true) or str_find(addrs, " : ", 1, true) then
-        -- several groups: each address is looked up on its own
+    if not code then
+        -- a chain of attempts, or several groups (" : "): then each address
+        -- is looked up on its own
         return report_chain(str_find(addrs, " : ", 1, true) and nil or ctx,
                             addrs, statuses)
-    end
-    -- the common case: one attempt; the times only when they matter
-    local code = tonumber(statuses)
-    local p = (ctx or by_addr[addrs] and by_addr[addrs].ctx or {}).passive
-    if not p or (code and not p.statuses[code] and code ~= 502
-                 and code ~= 504)
-    then
-        return
     end
     report_one(ctx, addrs, statuses, var.upstream_connect_time,
                var.upstream_header_time)

@@ -1,6 +1,8 @@
--- One check of one peer (resty.upstream.healthcheck.probe): TCP connect, TLS
--- handshake for https, send the request, read the status line, judge the
--- status.  Returns nil on success, or reason, message; the reasons are the
+-- One http/https check of one peer (resty.upstream.healthcheck.probe): TCP
+-- connect, TLS handshake for https (client certificate, SNI = `host` or the
+-- peer's server name), send the request, read the status line, judge the
+-- status, then the `match` option's headers and body (match.lua); tcp checks
+-- are probe_tcp.lua.  Returns nil on success, or reason, message; the reasons are the
 -- labels of the failure counters (REASONS), the messages start with the
 -- prefixes operators grep for (spec "Log lines").  Touches no shm: the
 -- caller records the result (state.lua).

@@ -24,6 +24,7 @@ local ipairs = ipairs
 local pcall = pcall
 local tonumber = tonumber
 local table_sort = table.sort
+local math_floor = math.floor
 local str_sub = string.sub
 local str_match = string.match
 
@@ -55,6 +56,8 @@ local LOCK_POLL = 0.1
 -- seconds: the longest sleep while waiting for a peer's jitter offset (the
 -- lock is refreshed and worker exit noticed in between)
 local JITTER_SLICE = 0.5
+-- seconds: the granularity of the jitter offsets
+local JITTER_SLOT = 0.01
 
 local _M = {}
 
@@ -140,13 +143,15 @@ local function server_hosts(u)
     return hosts
 end
 
--- seconds after the round's start at which the peer is checked (jitter)
+-- seconds after the round's start at which the peer is checked (jitter), in
+-- slots of JITTER_SLOT: the peers of a slot share one wake-up (1000 peers
+-- over 2 s wake the checker 200 times a round, not 1000)
 local function offset_of(ctx, name)
-    local ms = ctx.jitter * 1000
-    if ms < 1 then
+    local slots = math_floor(ctx.jitter / JITTER_SLOT)
+    if slots < 1 then
         return 0
     end
-    return (crc32(name) % ms) / 1000
+    return (crc32(name) % slots) * JITTER_SLOT
 end
 
 -- interval_unhealthy: is the peer's own rate due? (a check more than half a
