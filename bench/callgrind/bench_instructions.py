@@ -13,6 +13,14 @@ Configurations (same binary):
   off   no vhost_traffic_status_zone: the module does not count
   on    the default config's directives: the zone and filter_by_host on
   EXTRA more can be named with --config NAME=DIRECTIVES (http-level text)
+With --hc-report two more (the passive-check cost of issue 16):
+  hc_passive  a health checker with `passive` on the proxied group (its one
+              round at start-up cancels out), no hc.report()
+  hc_log      the same plus an empty log_by_lua_block (what any Lua log
+              handler costs)
+  hc_report   the same plus log_by_lua_block { hc.report() }
+and the differences: hc_report - hc_passive (what adding hc.report() costs a
+request) and hc_report - hc_log (the share of the call itself).
 
 With --render-hosts N it also counts the instructions of one
 GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
@@ -42,6 +50,20 @@ CONFIGS = {
     'off': '',
     'on': 'vhost_traffic_status_filter_by_host on;\n'
           '    vhost_traffic_status_zone shared:vhost_traffic_status:64m;',
+}
+
+
+HC_PASSIVE = r'''lua_shared_dict healthcheck 1m;
+    init_worker_by_lua_block {
+        local hc = require "resty.upstream.healthcheck"
+        assert(hc.spawn_checker{type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
+            shm = "healthcheck", upstream = "backend", interval = 600000,
+            passive = {fall = 5, statuses = {502, 503, 504}}})
+    }'''
+HC_CONFIGS = {
+    'hc_passive': HC_PASSIVE,
+    'hc_log': HC_PASSIVE + '\n    log_by_lua_block { }',
+    'hc_report': HC_PASSIVE + '\n    log_by_lua_block { require("resty.upstream.healthcheck").report() }',
 }
 
 
@@ -161,8 +183,12 @@ def main():
     ap.add_argument('--json', help='also write the result here')
     ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
     ap.add_argument('--render-hosts', type=int, default=0, metavar='N')
+    ap.add_argument('--hc-report', action='store_true',
+                    help='also measure hc.report() (passive health checks)')
     a = ap.parse_args()
     configs = dict(CONFIGS)
+    if a.hc_report:
+        configs.update(HC_CONFIGS)
     for c in a.config:
         name, _, text = c.partition('=')
         configs[name] = text
@@ -175,6 +201,9 @@ def main():
     finally:
         backend.stop()
     result['ratio_on_off'] = round(result['on'] / result['off'], 4)
+    if a.hc_report:
+        result['hc_report_cost'] = result['hc_report'] - result['hc_passive']
+        result['hc_report_call_cost'] = result['hc_report'] - result['hc_log']
     line = json.dumps({'bench': 'instructions_per_request', **result})
     print(line)
     if a.json:

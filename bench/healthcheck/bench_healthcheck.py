@@ -14,8 +14,12 @@ shm per peer: (capacity - free_space) of the checker's lua_shared_dict after a
 few rounds, minus the same figure for an empty dict, divided by the number of
 peers (healthy peers; a failing peer adds one counter per failure reason).
 
+With --jitter MS each peer's check starts at its own offset in [0, MS) after
+the round's start (issue 16): the same checks, spread instead of in bursts.
+
 Usage: NP_BUNDLE=<bundle> python3 bench/healthcheck/bench_healthcheck.py
-       [--peers 1000] [--interval 2000] [--window 20] [--workers 1] [--strict]
+       [--peers 1000] [--interval 2000] [--window 20] [--workers 1] [--jitter 0]
+       [--strict]
 Prints one JSON line.  Stops everything it started.
 """
 import argparse
@@ -52,7 +56,7 @@ def backend_conf(peers):
     }''' % listens, workers=1, affinity=False, main='worker_rlimit_nofile 8192;')
 
 
-def checker_conf(peers, port, interval, workers, with_checker, shm='64m'):
+def checker_conf(peers, port, interval, workers, with_checker, shm='64m', jitter=0):
     servers = '\n'.join('        server %s;' % a for a in peers)
     checker = '''
     init_worker_by_lua_block {
@@ -61,10 +65,10 @@ def checker_conf(peers, port, interval, workers, with_checker, shm='64m'):
             shm = "healthcheck", upstream = "big", type = "http",
             http_req = "GET /health HTTP/1.0\\r\\nHost: big.internal\\r\\n\\r\\n",
             interval = %d, timeout = 1000, fall = 3, rise = 2,
-            valid_statuses = {200, 204}, concurrency = 10,
+            valid_statuses = {200, 204}, concurrency = 10, jitter = %d,
         })
         if not ok then ngx.log(ngx.ERR, "failed to spawn health checker: ", err) end
-    }''' % interval if with_checker else ''
+    }''' % (interval, jitter) if with_checker else ''
     return main_conf('''
     lua_shared_dict healthcheck %s;
     lua_shared_dict empty %s;
@@ -131,12 +135,13 @@ def get(port, path):
     return body
 
 
-def measure(peers, interval, workers, with_checker, window):
+def measure(peers, interval, workers, with_checker, window, jitter=0):
     port = free_port()
-    s = Server(checker_conf(peers, port, interval, workers, with_checker)).start(port)
+    s = Server(checker_conf(peers, port, interval, workers, with_checker,
+                            jitter=jitter)).start(port)
     try:
         # warm up: the first rounds (and JIT) before the window
-        time.sleep(2 * interval / 1000 + 1)
+        time.sleep(2 * (interval + jitter) / 1000 + 1)
         checks0 = int(get(port, '/checks'))
         c0, t0 = proc_cpu(s.pid()), time.monotonic()
         time.sleep(window)
@@ -159,6 +164,7 @@ def main():
     ap.add_argument('--interval', type=int, default=2000)
     ap.add_argument('--window', type=float, default=20)
     ap.add_argument('--workers', type=int, default=1)
+    ap.add_argument('--jitter', type=int, default=0)
     ap.add_argument('--strict', action='store_true')
     a = ap.parse_args()
 
@@ -169,7 +175,7 @@ def main():
 
     try:
         base = measure(peers, a.interval, a.workers, False, a.window)
-        hc = measure(peers, a.interval, a.workers, True, a.window)
+        hc = measure(peers, a.interval, a.workers, True, a.window, jitter=a.jitter)
     finally:
         backend.stop()
 
@@ -178,6 +184,7 @@ def main():
     result = {
         'bench': 'healthcheck',
         'peers': a.peers, 'interval_ms': a.interval, 'workers': a.workers,
+        'jitter_ms': a.jitter,
         'window_s': round(hc['wall_s'], 1),
         'checker_cpu_pct_of_one_core': round(cpu_pct, 2),
         'baseline_cpu_s': round(base['cpu_s'], 3), 'checker_cpu_s': round(hc['cpu_s'], 3),

@@ -10,7 +10,8 @@ from support.confs import conf_wrap
 CASES = [
     # (lua options table, expected error)
     ('{}', '"type" option required'),
-    ('{type = "tcp", http_req = "x", shm = "hc", upstream = "foo"}',
+    # "tcp" is supported since issue 16: another unknown type keeps the contract's text
+    ('{type = "udp", http_req = "x", shm = "hc", upstream = "foo"}',
      'only "http" and "https" type are supported right now'),
     ('{type = "http", shm = "hc", upstream = "foo"}', '"http_req" option required'),
     ('{type = "http", http_req = 42, shm = "hc", upstream = "foo"}', '"http_req"'),
@@ -170,8 +171,9 @@ def test_module_table_and_missing_dependency(nginx_factory):
     n = nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
     st, _, body = http_get('127.0.0.1', port, '/module')
     keys, err = body.decode().splitlines()
-    assert keys == ('_VERSION:string prometheus_status_page:function spawn_checker:function '
-                    'status_page:function')
+    # the contract's four, then hc.report (passive checks) and hc.status_json (issue 16)
+    assert keys == ('_VERSION:string prometheus_status_page:function report:function '
+                    'spawn_checker:function status_json:function status_page:function')
     assert 'ngx_upstream_lua module required' in err
 
 

@@ -16,15 +16,17 @@ health_path; every other request then gets 200 and the backend's name):
   'garbage'  a line that is not a status line, then close
   'close'    close the connection without answering
 (ANSWERS maps each mode to its method: hostile modes go there.)  A health
-check's body is "ok", any other request's the backend's name; the
-X-Backend header always names it.  HTTP/1.1 requests keep the connection
+check's body is "ok" (or `health_body`), any other request's the backend's
+name; the X-Backend header always names it, and `headers` (a dict) adds
+chosen ones to every answer.  HTTP/1.1 requests keep the connection
 unless they say Connection: close.
 
 TLS: tls=SSLContext serves TLS only (it may be swapped while running); with
 dual=True the same port also answers plain HTTP (the first byte tells a TLS
 ClientHello from a request line), so a config that health-checks over https
 and proxies over http can reach it.  Blackhole is a listener that never
-completes a TCP handshake.
+completes a TCP handshake.  TcpService is a plain TCP service (echo, a
+banner on connect, silence) for `type = "tcp"` checks.
 """
 import collections
 import random
@@ -56,11 +58,13 @@ class Backend:
         self.tls, self.dual = tls, dual
         self.scope, self.health_path = scope, health_path
         self.mode, self.status, self.delay = 'ok', 200, 5.0
+        self.headers, self.health_body = {}, b'ok'
         self.lock = threading.Lock()
         self.reset_counts()
         self.sock = None
         self.stopped = threading.Event()
         self.threads = []
+        self.connections = 0                       # connections accepted
 
     @property
     def addr(self):
@@ -122,6 +126,7 @@ class Backend:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -155,13 +160,15 @@ class Backend:
         self._count(path, health)
         mode = self.mode if health or self.scope == 'all' else 'ok'
         keep = version == 'HTTP/1.1' and headers.get('connection', '').lower() != 'close'
-        return ANSWERS[mode](self, conn, version, b'ok' if health else self.name.encode(), keep)
+        return ANSWERS[mode](self, conn, version, self.health_body if health else self.name.encode(),
+                             keep)
 
     def _reply(self, conn, version, status, body, keep):
         if version not in ('HTTP/1.0', 'HTTP/1.1'):
             version = 'HTTP/1.1'
-        conn.sendall(('%s %d X\r\nX-Backend: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n'
-                      % (version, status, self.name, len(body), 'keep-alive' if keep else 'close')
+        extra = ''.join('%s: %s\r\n' % kv for kv in self.headers.items())
+        conn.sendall(('%s %d X\r\nX-Backend: %s\r\n%sContent-Length: %d\r\nConnection: %s\r\n\r\n'
+                      % (version, status, self.name, extra, len(body), 'keep-alive' if keep else 'close')
                       ).encode() + body)
         return keep
 
@@ -212,6 +219,43 @@ def read_request(f):
     return parts, headers
 
 
+class TcpService(Backend):
+    """A plain TCP service on loopback (Backend's listener, its own answers):
+
+        t = TcpService('127.0.1.11', 5432).start()
+        t.mode = 'echo'        # send back what arrives (the default)
+        t.mode = 'banner'      # send `banner` on connect, then echo
+        t.mode = 'silent'      # read, never answer
+        t.mode = 'close'       # close at once
+        t.connections          # connections accepted
+        t.stop(); t.start()    # refused while stopped
+    """
+
+    def __init__(self, host, port, banner=b'220 ready\r\n'):
+        super().__init__(host, port)
+        self.banner, self.mode, self.received = banner, 'echo', b''
+
+    def _serve(self, conn):
+        mode = self.mode
+        try:
+            conn.settimeout(5)
+            if mode == 'close':
+                return
+            if mode == 'banner':
+                conn.sendall(self.banner)
+            while not self.stopped.is_set():
+                data = conn.recv(4096)
+                if not data:
+                    return
+                self.received += data
+                if mode in ('echo', 'banner'):
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
 class Blackhole:
     """A listener whose accept queue is full and that never accepts: new
     connections never complete the TCP handshake (SYNs are dropped), so a
@@ -258,35 +302,58 @@ class Blackhole:
         self.sock.close()
 
 
+def _on_free_subnet(cls, n, port, net=None, **kw):
+    """n started cls(host, port, **kw) on a fresh 127.x.y.0/24 subnet (.11,
+    .12, ...): `port` when free there (three tries), else a random one."""
+    for attempt in range(6):
+        net = net or subnet()
+        p = port if attempt < 3 else random.randint(20000, 30000)
+        out = []
+        try:
+            for i in range(n):
+                out.append(cls('%s.%d' % (net, 11 + i), p, **kw).start())
+        except OSError:
+            for b in out:
+                b.stop()
+            net = None
+            continue
+        return out
+    raise AssertionError('no free backend subnet/port')
+
+
 @pytest.fixture
 def backends():
     """backends(n, port=8080, tls=None, net=None, scope='health') -> n started
     Backends on a fresh 127.x.y.0/24 subnet (addresses .11, .12, ...); all
-    stopped at teardown.  Their modes fail health checks only, by default."""
+    stopped at teardown.  Their modes fail health checks only, by default.
+    The seed's port 8080 when free on the subnet, else a random port
+    (something on this host may listen on 0.0.0.0:8080)."""
     made = []
 
     def make(n, port=8080, tls=None, net=None, scope='health'):
-        """The seed's port 8080 when free on the subnet, else a random port
-        (something on this host may listen on 0.0.0.0:8080)."""
-        for attempt in range(6):
-            net = net or subnet()
-            p = port if attempt < 3 else random.randint(20000, 30000)
-            out = []
-            try:
-                for i in range(n):
-                    out.append(Backend('%s.%d' % (net, 11 + i), p, tls=tls,
-                                       scope=scope).start())
-            except OSError:
-                for b in out:
-                    b.stop()
-                net = None
-                continue
-            made.extend(out)
-            return out
-        raise AssertionError('no free backend subnet/port')
+        out = _on_free_subnet(Backend, n, port, net=net, tls=tls, scope=scope)
+        made.extend(out)
+        return out
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def tcp_services():
+    """tcp_services(n, mode='echo') -> n started TcpServices on a fresh
+    subnet and a random port; all stopped at teardown."""
+    made = []
+
+    def make(n, mode='echo'):
+        out = _on_free_subnet(TcpService, n, random.randint(20000, 30000))
+        for t in out:
+            t.mode = mode
+        made.extend(out)
+        return out
+    yield make
+    for t in made:
+        t.stop()
 
 
 @pytest.fixture

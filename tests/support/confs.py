@@ -47,6 +47,8 @@ def lua_value(v):
         return repr(v)
     if isinstance(v, (list, tuple)):
         return '{' + ', '.join(lua_value(x) for x in v) + '}'
+    if isinstance(v, dict):
+        return '{' + ', '.join('[%s] = %s' % (lua_value(k), lua_value(x)) for k, x in v.items()) + '}'
     if isinstance(v, LuaExpr):
         return str(v)
     return '"%s"' % str(v).replace('\\', '\\\\').replace('"', '\\"')
@@ -54,10 +56,12 @@ def lua_value(v):
 
 def checker_lua(upstream, shm='healthcheck', **opts):
     """A spawn_checker call for init_worker_by_lua; opts are Python values or
-    LuaExpr.  A failure is logged as "failed to spawn health checker for
-    <upstream>: <err>"."""
+    LuaExpr; an option set to None is left out.  A failure is logged as
+    "failed to spawn health checker for <upstream>: <err>"."""
     opts.setdefault('type', 'http')
-    opts.setdefault('http_req', LuaExpr(HEALTH_REQUEST % 'hc'))
+    if opts['type'] != 'tcp':
+        opts.setdefault('http_req', LuaExpr(HEALTH_REQUEST % 'hc'))
+    opts = {k: v for k, v in opts.items() if v is not None}
     opts['shm'] = shm
     opts['upstream'] = upstream
     body = ',\n'.join('            %s = %s' % (k, lua_value(v)) for k, v in opts.items())

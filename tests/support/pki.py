@@ -3,6 +3,8 @@
     pki = PKI(tmp_path / 'pki')                  # ca.key, ca.crt
     ctx = pki.server_context('bar.internal')     # leaf signed by the CA
     crt, key = pki.issue('good.test', stem='leaf')
+    crt, key = pki.issue('checker', usage='clientAuth')   # a client certificate
+    ctx = pki.mtls_context('bar.internal')       # a server that wants a client cert of the CA
     PKI(tmp_path / 'pki', name='evilca')         # a second, untrusted CA beside it
 
 The CA says so (basicConstraints CA:TRUE, keyCertSign) and a leaf says it is
@@ -21,9 +23,14 @@ def openssl(*args, cwd=None):
                    timeout=60)
 
 
-def server_context(crt, key):
+def server_context(crt, key, client_ca=None):
+    """A server context; with client_ca, clients must present a certificate
+    that CA signed (mTLS)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(crt), str(key))
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(client_ca))
     return ctx
 
 
@@ -37,14 +44,15 @@ class PKI:
                 '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
                 '-keyout', self.ca_key, '-out', self.ca_crt)
 
-    def issue(self, name, sans=None, stem=None):
+    def issue(self, name, sans=None, stem=None, usage='serverAuth'):
         """A leaf for CN `name` (SANs: sans, else name) signed by this CA, in
-        <stem>.crt and <stem>.key (stem defaults to name): (crt, key)."""
+        <stem>.crt and <stem>.key (stem defaults to name): (crt, key).
+        usage: its extendedKeyUsage (serverAuth, clientAuth)."""
         stem = stem or name
         key, csr, crt, ext = (self.dir / (stem + x) for x in ('.key', '.csr', '.crt', '.ext'))
         ext.write_text('subjectAltName=%s\nbasicConstraints=CA:FALSE\n'
-                       'extendedKeyUsage=serverAuth\n'
-                       % ','.join('DNS:' + s for s in (sans or [name])))
+                       'extendedKeyUsage=%s\n'
+                       % (','.join('DNS:' + s for s in (sans or [name])), usage))
         openssl('req', *EC_KEY, '-subj', '/CN=' + name, '-keyout', key, '-out', csr)
         openssl('x509', '-req', '-in', csr, '-CA', self.ca_crt, '-CAkey', self.ca_key,
                 '-CAcreateserial', '-days', '2', '-extfile', ext, '-out', crt)
@@ -52,6 +60,10 @@ class PKI:
 
     def server_context(self, name, sans=None):
         return server_context(*self.issue(name, sans))
+
+    def mtls_context(self, name, sans=None):
+        """A server for `name` that rejects clients without a certificate of this CA."""
+        return server_context(*self.issue(name, sans), client_ca=self.ca_crt)
 
     def system_like_bundle(self, path):
         """The machine's CA bundle plus this CA: what SSL_CERT_FILE may point at."""

@@ -3,12 +3,18 @@
 -- Interface-compatible with OpenResty's lua-resty-upstream-healthcheck; the
 -- contract is the project's spec healthcheck.md (docs: lualib/README.md).
 -- This file is the public face; the parts live in healthcheck/:
---   options.lua  the option specs and their validation
---   keys.lua     every shm key
---   probe.lua    one check of one peer
---   round.lua    rounds: timer, round lock, concurrency
---   state.lua    fall/rise, transitions, every worker's peers, state file
---   render.lua   status page and Prometheus
+--   options.lua      the option specs and their validation
+--   keys.lua         every shm key
+--   sock.lua         bounded socket steps (deadlines, capped reads)
+--   probe.lua        one http/https check of one peer
+--   match.lua        the `match` option: status, headers, body
+--   probe_tcp.lua    one tcp check (connect, send, expect)
+--   client_cert.lua  ssl_cert/ssl_key for mTLS checks
+--   round.lua        rounds: timer, round lock, concurrency, jitter
+--   state.lua        fall/rise, transitions, every worker's peers, state file
+--   passive.lua      the `passive` option and hc.report()
+--   render.lua       status page and Prometheus
+--   status_json.lua  hc.status_json()
 
 local ok_up, upstream = pcall(require, "ngx.upstream")
 if not ok_up or type(upstream) ~= "table" then
@@ -17,6 +23,8 @@ end
 
 local keys = require "resty.upstream.healthcheck.keys"
 local options = require "resty.upstream.healthcheck.options"
+local passive = require "resty.upstream.healthcheck.passive"
+local status_json = require "resty.upstream.healthcheck.status_json"
 local render = require "resty.upstream.healthcheck.render"
 local round = require "resty.upstream.healthcheck.round"
 local state = require "resty.upstream.healthcheck.state"
@@ -71,10 +79,15 @@ function _M.spawn_checker(opts)
     ctx.version = ctx.dict:get(ctx.keys.version)
 
     state.register(ctx)
+    if ctx.passive then
+        passive.register(ctx, primary, backup)
+    end
     return true
 end
 
 _M.status_page = render.status_page
 _M.prometheus_status_page = render.prometheus_status_page
+_M.status_json = status_json.status_json
+_M.report = passive.report
 
 return _M

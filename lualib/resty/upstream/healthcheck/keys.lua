@@ -42,6 +42,8 @@ local TAGS = {
     state_changed = "ch",               -- time of the last state change
     transitions = "tr",                 -- number of state changes (counter)
     last_failure = "lf",                -- "TIME REASON MESSAGE" of the last failure
+    -- passive checks: live failures in the current window (expires)
+    passive_failures = "pf",
 }
 
 -- the counters reserved next to each peer's state by spawn_checker, so that
@@ -52,7 +54,8 @@ _M.RESERVED_COUNTERS = { "consecutive_failures", "consecutive_successes",
 -- every per-peer kind with one key per peer (not the failures by reason)
 _M.PEER_KINDS = { "state", "consecutive_failures", "consecutive_successes",
                   "checks", "last_check_duration",
-                  "last_check", "state_changed", "transitions", "last_failure" }
+                  "last_check", "state_changed", "transitions", "last_failure",
+                  "passive_failures" }
 
 local function tag_of(kind)
     local tag = TAGS[kind]

@@ -7,10 +7,16 @@
 -- not the name); required (error text when absent) or default (value, or a
 -- function of the context built so far); min/max bounds and integer for
 -- numbers (every number option has both); convert (applied to the value,
--- checked or default).  Error texts are the contract's; the number ones name
--- the option and its bounds.
+-- checked or default); types (the check types the option belongs to: given
+-- with another type it is an error, and `required` holds for these only).
+-- Error texts are the contract's; the number ones name the option and its
+-- bounds.  The options beyond the contract come after its table, so its
+-- order of errors is unchanged.
 
 local state = require "resty.upstream.healthcheck.state"
+local match = require "resty.upstream.healthcheck.match"
+local passive = require "resty.upstream.healthcheck.passive"
+local client_cert = require "resty.upstream.healthcheck.client_cert"
 
 local ngx = ngx
 local type = type
@@ -18,6 +24,9 @@ local pairs = pairs
 local ipairs = ipairs
 local math_floor = math.floor
 local math_huge = math.huge
+local pcall = pcall
+local concat = table.concat
+local str_find = string.find
 
 local fetch_peers = state.fetch_peers
 
@@ -37,7 +46,7 @@ end
 local CHECK = {}
 
 function CHECK.probe_type(spec, v)
-    if v ~= "http" and v ~= "https" then
+    if v ~= "http" and v ~= "https" and v ~= "tcp" then
         return nil, spec.unsupported
     end
     return v
@@ -118,6 +127,41 @@ function CHECK.boolean(spec, v)
     return v
 end
 
+-- a Lua pattern (string.find must accept it)
+function CHECK.pattern(spec, v)
+    if type(v) ~= "string" or v == "" or not pcall(str_find, "", v) then
+        return nil, bad(spec, "Lua pattern expected")
+    end
+    return v
+end
+
+-- one of spec.values
+function CHECK.enum(spec, v)
+    for i = 1, #spec.values do
+        if v == spec.values[i] then
+            return v
+        end
+    end
+    return nil, bad(spec, "one of \"" .. concat(spec.values, "\", \"")
+                          .. "\" expected")
+end
+
+-- a name (SNI and verification), or true: each peer's configured host name
+function CHECK.host(spec, v)
+    if v == true then
+        return true
+    end
+    return CHECK.string(spec, v)
+end
+
+function CHECK.match(spec, v)
+    return match.validate(spec, v)
+end
+
+function CHECK.passive(spec, v)
+    return passive.validate(spec, v)
+end
+
 -- extension: where peer states are saved for a new master (false: nowhere)
 function CHECK.path_or_false(spec, v)
     if v == false then
@@ -145,6 +189,14 @@ local function no_state_file(v)
     return v or nil
 end
 
+local function ms_to_seconds(ms)
+    return ms / 1000
+end
+
+local HTTP = { http = true, https = true }
+local HTTPS = { https = true }
+local TCP = { tcp = true }
+
 -- the contract's bounds (spec "Option bounds"): beyond them a timer delay
 -- or a socket timeout overflows, or the checker does nothing useful
 local MAX_MS = 2 ^ 31 - 1
@@ -156,7 +208,7 @@ local SPECS = {
     { name = "type", kind = "probe_type",
       required = "\"type\" option required",
       unsupported = "only \"http\" and \"https\" type are supported right now" },
-    { name = "http_req", kind = "string", non_empty = true,
+    { name = "http_req", kind = "string", non_empty = true, types = HTTP,
       required = "\"http_req\" option required" },
     { name = "shm", kind = "shm", required = "\"shm\" option required" },
     { name = "upstream", kind = "upstream", required = "no upstream specified" },
@@ -173,16 +225,33 @@ local SPECS = {
       min = 1, max = MAX_CONCURRENCY },
     { name = "port", kind = "number", integer = true, min = 1, max = 65535 },
     { name = "ssl_verify", kind = "boolean", default = true },
-    { name = "host", kind = "string", non_empty = true },
+    { name = "host", kind = "host", non_empty = true },
     { name = "state_file", kind = "path_or_false",
       default = default_state_file, convert = no_state_file },
+    -- beyond the contract (lualib/README.md)
+    { name = "send", kind = "string", non_empty = true, types = TCP },
+    { name = "expect", kind = "pattern", types = TCP },
+    { name = "match", kind = "match", types = HTTP },
+    { name = "jitter", kind = "number", integer = true, default = 0,
+      min = 0, max = MAX_MS, convert = ms_to_seconds },
+    { name = "interval_unhealthy", kind = "number", integer = true,
+      min = 1, max = MAX_MS, convert = interval_seconds },
+    { name = "initial_state", kind = "enum", values = { "up", "down" },
+      default = "up" },
+    { name = "ssl_cert", kind = "string", non_empty = true, types = HTTPS },
+    { name = "ssl_key", kind = "string", non_empty = true, types = HTTPS },
+    { name = "passive", kind = "passive" },
 }
 _M.SPECS = SPECS
 
 local function option_value(spec, opts, ctx)
     local v = opts[spec.name]
+    local applies = not spec.types or spec.types[ctx.type]
+    if v ~= nil and not applies then
+        return nil, bad(spec, "not used by \"" .. ctx.type .. "\" checks")
+    end
     if v == nil then
-        if spec.required then
+        if spec.required and applies then
             return nil, spec.required
         end
         v = spec.default
@@ -202,9 +271,12 @@ local function option_value(spec, opts, ctx)
     return v
 end
 
--- returns the checker context { type =, https =, http_req =, shm =, dict =,
--- upstream =, timeout = (ms), interval = (s), fall =, rise =, statuses =,
--- concurrency =, port =, ssl_verify =, host =, state_file = }, or nil, err
+-- returns the checker context { type =, https =, tcp =, http_req =, shm =,
+-- dict =, upstream =, timeout = (ms), interval = (s), fall =, rise =,
+-- statuses =, concurrency =, port =, ssl_verify =, host =, host_per_peer =,
+-- state_file =, send =, expect =, match =, jitter = (s),
+-- interval_unhealthy = (s), period = (s, the round period), initial_state =,
+-- client_cert =, client_key = (parsed), passive = }, or nil, err
 function _M.validate(opts)
     if type(opts) ~= "table" then
         return nil, "options table expected"
@@ -219,7 +291,23 @@ function _M.validate(opts)
         ctx[spec.field or spec.name] = v
     end
     ctx.https = ctx.type == "https"
+    ctx.tcp = ctx.type == "tcp"
     ctx.dict = ngx.shared[ctx.shm]
+    if ctx.host == true then
+        ctx.host, ctx.host_per_peer = nil, true
+    end
+    -- rounds run at the shorter rate; each peer is checked at its own
+    -- (round.lua)
+    ctx.period = ctx.interval
+    if ctx.interval_unhealthy and ctx.interval_unhealthy < ctx.period then
+        ctx.period = ctx.interval_unhealthy
+    end
+    local err
+    ctx.client_cert, ctx.client_key, err =
+        client_cert.load(ctx.ssl_cert, ctx.ssl_key)
+    if err then
+        return nil, err
+    end
     return ctx
 end
 

@@ -148,6 +148,11 @@ local EXTENDED = {
       "Duration of the last check of the peer", "last_check_duration" },
     { "nginx_upstream_peer_checks_total", "counter",
       "Checks of the peer", "checks" },
+    { "nginx_upstream_peer_transitions_total", "counter",
+      "State changes (UP to DOWN and back) of the peer", "transitions" },
+    { "nginx_upstream_peer_last_change_timestamp_seconds", "gauge",
+      "Time of the last state change of the peer (0: none seen)",
+      "state_changed" },
 }
 
 local function fmt_num(v)

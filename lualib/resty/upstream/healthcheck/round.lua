@@ -13,12 +13,18 @@
 -- frequent reloads do not starve the checks.
 
 local probe = require "resty.upstream.healthcheck.probe"
+local probe_tcp = require "resty.upstream.healthcheck.probe_tcp"
+local upstream = require "ngx.upstream"
 local state = require "resty.upstream.healthcheck.state"
 local keys = require "resty.upstream.healthcheck.keys"
 
 local ngx = ngx
+local type = type
+local ipairs = ipairs
 local pcall = pcall
 local tonumber = tonumber
+local table_sort = table.sort
+local math_floor = math.floor
 local str_sub = string.sub
 local str_match = string.match
 
@@ -30,8 +36,11 @@ local timer_at = ngx.timer.at
 local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
 local worker_exiting = ngx.worker.exiting
+local sleep = ngx.sleep
+local crc32 = ngx.crc32_short
 
-local run_probe = probe.run
+local run_http = probe.run
+local run_tcp = probe_tcp.run
 local ABANDONED = probe.ABANDONED
 local fetch_peers = state.fetch_peers
 local apply_states = state.apply
@@ -44,6 +53,11 @@ local BACKUP = keys.BACKUP
 local MIN_RETRY = 0.005
 -- seconds: how often a worker looks again while another one holds the lock
 local LOCK_POLL = 0.1
+-- seconds: the longest sleep while waiting for a peer's jitter offset (the
+-- lock is refreshed and worker exit noticed in between)
+local JITTER_SLICE = 0.5
+-- seconds: the granularity of the jitter offsets
+local JITTER_SLOT = 0.01
 
 local _M = {}
 
@@ -59,7 +73,7 @@ end
 local function check_peer(ctx, peer)
     update_time()
     local t0 = now()
-    local ok, reason, msg = pcall(run_probe, ctx, peer)
+    local ok, reason, msg = pcall(ctx.tcp and run_tcp or run_http, ctx, peer)
     if worker_exiting() or reason == ABANDONED then
         -- reload or shutdown while probing (the probe gave up at once): the
         -- new workers take over, and this worker's (old) peer list must not
@@ -107,9 +121,66 @@ local function split_addr(name)
     return host, tonumber(port)
 end
 
--- what a round checks: { name =, id =, role =, down =, host =, port = }
+-- "name:port" of a server line -> the host name (for `host = true`)
+local function host_of(server_name)
+    local host = str_match(server_name, "^%[(.*)%]") or
+                 str_match(server_name, "^(.*):%d+$") or server_name
+    return host
+end
+
+-- peer address -> the host name of its server line (`host = true`)
+local function server_hosts(u)
+    local servers = upstream.get_servers(u)
+    local hosts = {}
+    for _, srv in ipairs(servers or {}) do
+        if srv.name then
+            local addrs = type(srv.addr) == "table" and srv.addr or { srv.addr }
+            for i = 1, #addrs do
+                hosts[addrs[i]] = host_of(srv.name)
+            end
+        end
+    end
+    return hosts
+end
+
+-- seconds after the round's start at which the peer is checked (jitter), in
+-- slots of JITTER_SLOT: the peers of a slot share one wake-up (1000 peers
+-- over 2 s wake the checker 200 times a round, not 1000)
+local function offset_of(ctx, name)
+    local slots = math_floor(ctx.jitter / JITTER_SLOT)
+    if slots < 1 then
+        return 0
+    end
+    return (crc32(name) % slots) * JITTER_SLOT
+end
+
+-- interval_unhealthy: is the peer's own rate due? (a check more than half a
+-- round period early counts as due: rounds start on a timer)
+local function due(ctx, target, t)
+    if not ctx.interval_unhealthy then
+        return true
+    end
+    local last = ctx.dict:get(ctx.keys:peer("last_check", target.role,
+                                            target.name))
+    if not last then
+        return true
+    end
+    local down = state.is_down(ctx, target.role, target)
+    local rate = down and ctx.interval_unhealthy or ctx.interval
+    return t - last >= rate - ctx.period / 2
+end
+
+local function by_offset(a, b)
+    return a.offset < b.offset
+end
+
+-- what a round checks: { name =, id =, role =, down =, host =, port =,
+-- sni =, offset = }, in the order of their offsets
 local function build_targets(ctx, primary, backup)
     local targets = {}
+    local hosts = ctx.host_per_peer and server_hosts(ctx.upstream)
+    update_time()
+    local t = now()
     local function add(peers, role)
         for i = 1, #peers do
             local p = peers[i]
@@ -117,18 +188,42 @@ local function build_targets(ctx, primary, backup)
             if ctx.port and port then
                 port = ctx.port
             end
-            targets[#targets + 1] = {
+            local target = {
                 name = p.name, id = p.id, role = role, down = p.down,
-                host = host, port = port,
+                host = host, port = port, sni = hosts and hosts[p.name],
+                offset = offset_of(ctx, p.name),
             }
+            if due(ctx, target, t) then
+                targets[#targets + 1] = target
+            end
         end
     end
     add(primary, PRIMARY)
     add(backup, BACKUP)
+    if ctx.jitter > 0 then
+        table_sort(targets, by_offset)
+    end
     return targets
 end
 
-local function worker_loop(ctx, targets, next_index)
+-- waits until the target's offset after the round's start; false when the
+-- worker is exiting
+local function wait_offset(ctx, target, round_start)
+    while true do
+        if worker_exiting() then
+            return false
+        end
+        update_time()
+        local left = round_start + target.offset - now()
+        if left <= 0 then
+            return true
+        end
+        sleep(left < JITTER_SLICE and left or JITTER_SLICE)
+        refresh_lock(ctx)
+    end
+end
+
+local function worker_loop(ctx, targets, next_index, round_start)
     while true do
         if worker_exiting() then
             return
@@ -137,7 +232,11 @@ local function worker_loop(ctx, targets, next_index)
         if not i then
             return
         end
-        check_peer(ctx, targets[i])
+        local target = targets[i]
+        if target.offset > 0 and not wait_offset(ctx, target, round_start) then
+            return
+        end
+        check_peer(ctx, target)
         refresh_lock(ctx)
     end
 end
@@ -158,16 +257,19 @@ local function check_all(ctx, targets)
     if nthreads > n then
         nthreads = n
     end
+    update_time()
+    local round_start = now()
     local threads = {}
     for t = 1, nthreads - 1 do
-        local th, err = spawn(worker_loop, ctx, targets, next_index)
+        local th, err = spawn(worker_loop, ctx, targets, next_index,
+                              round_start)
         if not th then
             errlog("failed to spawn a light thread: ", err)
             break
         end
         threads[t] = th
     end
-    worker_loop(ctx, targets, next_index)
+    worker_loop(ctx, targets, next_index, round_start)
     for t = 1, #threads do
         wait(threads[t])
     end
@@ -209,16 +311,16 @@ local function throttle_wait(ctx)
         -- last millisecond (the marker is always set with an expiry)
         return MIN_RETRY
     end
-    if ttl > ctx.interval then
+    if ttl > ctx.period then
         -- set by a worker with a longer interval (old config): look again
         -- after our own interval at the latest
-        return ctx.interval
+        return ctx.period
     end
     return ttl
 end
 
 local function lock_wait(ctx)
-    local d = ctx.interval
+    local d = ctx.period
     if d > LOCK_POLL then
         d = LOCK_POLL
     end
@@ -241,7 +343,7 @@ local function take_lock(ctx)
         if err ~= "exists" then
             errlog("failed to take the round lock of upstream \"",
                    ctx.upstream, "\": ", err)
-            return nil, ctx.interval
+            return nil, ctx.period
         end
         -- a round is running elsewhere (or its worker died: the lock expires)
         return nil, lock_wait(ctx)
@@ -286,13 +388,13 @@ local function do_tick(ctx)
     end
 
     local sok, serr = ctx.dict:safe_set(ctx.keys.next_round, ctx.pid,
-                                        ctx.interval)
+                                        ctx.period)
     if not sok then
         errlog("failed to save the round time of upstream \"", ctx.upstream,
                "\": ", serr)
     end
     release_lock(ctx)
-    return ctx.interval
+    return ctx.period
 end
 
 local function tick(premature, ctx)
@@ -302,7 +404,7 @@ local function tick(premature, ctx)
     local ok, delay = pcall(do_tick, ctx)
     if not ok then
         errlog("checker failed for upstream \"", ctx.upstream, "\": ", delay)
-        delay = ctx.interval
+        delay = ctx.period
     end
     if not delay or worker_exiting() then
         return

@@ -338,10 +338,28 @@ local function transition(ctx, peer, down, n, reason)
         return
     end
     ctx.changed = true
+    if down and ctx.passive then
+        -- a new window of live failures once it is back up (passive.lua)
+        ctx.dict:delete(ctx.keys:peer("passive_failures", peer.role, peer.name))
+    end
     -- best effort records for the dashboard (keys.lua)
     record_peer(ctx, peer, "state_changed", ngx_now())
     safe_incr(ctx.dict, ctx.keys:peer("transitions", peer.role, peer.name), 1)
     set_down(ctx, peer, is_backup, down)
+end
+
+-- passive checks (passive.lua): live traffic turned the peer DOWN; the
+-- streaks restart, the other workers follow (version), active checks bring
+-- it back after `rise` successes
+function _M.passive_down(ctx, peer, n, reason)
+    local dict, ks = ctx.dict, ctx.keys
+    dict:safe_set(ks:peer("consecutive_failures", peer.role, peer.name), 0)
+    dict:safe_set(ks:peer("consecutive_successes", peer.role, peer.name), 0)
+    transition(ctx, peer, true, n, reason)
+    local primary, backup = fetch_peers(ctx.upstream)
+    if primary then
+        _M.publish(ctx, primary, backup)
+    end
 end
 
 -- sets a counter back to 0 unless it is already
@@ -442,7 +460,8 @@ local function reserve_peers(ctx, reservation, primary, backup, saved)
         end
         local st = saved and saved[role .. peer.name]
         if st == nil then
-            st = peer.down and 1 or 0
+            -- new to the checker: `initial_state = "down"` waits for `rise`
+            st = (peer.down or ctx.initial_state == "down") and 1 or 0
         end
         local ok, err = reservation.add(ks:peer("state", role, peer.name), st)
         for k = 1, #RESERVED_COUNTERS do

@@ -1,0 +1,125 @@
+-- Bounded socket steps shared by every kind of check
+-- (resty.upstream.healthcheck.sock): the clock, the one place that sets a
+-- step's time limit (`arm`), the TCP connect, and a bounded read that
+-- gathers bytes until a caller's test is satisfied.  Used by probe.lua
+-- (http/https), probe_tcp.lua and match.lua; touches no shm.
+
+local ngx = ngx
+local tostring = tostring
+local math_ceil = math.ceil
+
+local tcp = ngx.socket.tcp
+local now = ngx.now
+local update_time = ngx.update_time
+local worker_exiting = ngx.worker.exiting
+
+-- seconds: the longest single wait of a read, so that an exiting worker
+-- (reload, quit) notices it and abandons the check
+local READ_SLICE = 0.1
+
+local _M = { READ_SLICE = READ_SLICE }
+
+-- what a check returns when the worker started exiting: nothing to record
+_M.ABANDONED = "abandoned"
+
+function _M.clock()
+    update_time()
+    return now()
+end
+local clock = _M.clock
+
+-- reason and message of a failed step: step = { reason =, prefix = }; a
+-- timeout is always reason "timeout"
+function _M.step_failed(step, peer, err)
+    local reason = step.reason
+    if err == "timeout" then
+        reason = "timeout"
+    elseif step.too_long and err == step.too_long then
+        reason = step.too_long_reason or reason
+    end
+    return reason, step.prefix .. peer.name .. ": " .. tostring(err)
+end
+local step_failed = _M.step_failed
+
+-- The one place that decides how long a step may take: `timeout` (ms), but
+-- never past `deadline` (seconds, the end of the whole check or of the
+-- current read).  Returns false when no time is left.
+function _M.arm(sock, ctx, deadline, slice)
+    local left = math_ceil((deadline - clock()) * 1000)
+    if left < 1 then
+        return false
+    end
+    local ms = ctx.timeout
+    if left < ms then
+        ms = left
+    end
+    if slice and ms > slice * 1000 then
+        ms = slice * 1000
+    end
+    sock:settimeout(ms)      -- >= 1: 0 would mean the lua_socket_* defaults
+    return true
+end
+local arm = _M.arm
+
+local CONNECT = { reason = "connect", prefix = "failed to connect to " }
+_M.CONNECT = CONNECT
+
+-- sock, or nil, reason, message
+function _M.connect(ctx, peer, check_end)
+    local sock, err = tcp()
+    if not sock then
+        return nil, "connect", CONNECT.prefix .. peer.name
+                    .. ": failed to create socket: " .. tostring(err)
+    end
+    arm(sock, ctx, check_end)
+    local ok
+    if peer.port then
+        ok, err = sock:connect(peer.host, peer.port)
+    else
+        ok, err = sock:connect(peer.host)
+    end
+    if not ok then
+        return nil, step_failed(CONNECT, peer, err)
+    end
+    return sock
+end
+
+-- Reads until done(data_so_far) returns a non-nil result, the peer closes,
+-- `max` bytes were read in all (err "too long") or `deadline` passes (err
+-- "timeout"), however slowly the bytes trickle in; `buffered` are bytes
+-- already read.  Returns done's result and the data, or nil, err, data
+-- (err ABANDONED when the worker is exiting).  Never buffers more than max
+-- bytes (beyond `buffered`).
+function _M.read_until(ctx, sock, deadline, max, done, buffered)
+    local data = buffered or ""
+    local got = #data
+    local r = done(data)
+    if r ~= nil then
+        return r, nil, data
+    end
+    while true do
+        if got >= max then
+            return nil, "too long", data
+        end
+        if worker_exiting() then
+            return nil, _M.ABANDONED, data
+        end
+        if not arm(sock, ctx, deadline, READ_SLICE) then
+            return nil, "timeout", data
+        end
+        local chunk, err = sock:receiveany(max - got)
+        if chunk then
+            got = got + #chunk
+            data = data .. chunk
+            r = done(data)
+            if r ~= nil then
+                return r, nil, data
+            end
+        elseif err ~= "timeout" then
+            return nil, err, data
+        end
+        -- a slice ran out (the read timeout leaves the socket usable)
+    end
+end
+
+return _M

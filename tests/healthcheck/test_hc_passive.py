@@ -1,0 +1,153 @@
+"""Passive checks: hc.report() in log_by_lua feeds live traffic's results into
+the checker's state.  A peer failing live requests (listed statuses, connect
+errors, timeouts, each attempt of a proxy_next_upstream chain) is DOWN after
+`passive.fall` failures, with no further client errors once DOWN
+(proxy_next_upstream off), long before the next active check; active checks
+bring it back."""
+import time
+
+import pytest
+
+from conftest import free_port, http_get, wait_for
+from hcutil import hc_conf, wait_state
+from support.confs import LuaExpr, checker_lua, upstream_block
+from support.hc_keys import hc_key
+from support.probes import peer_states
+
+PROXY_SERVER = r'''
+    server {
+        listen 127.0.0.1:%(proxy)d;
+        proxy_connect_timeout 1s;
+        proxy_read_timeout 400ms;
+        log_by_lua_block { require("resty.upstream.healthcheck").report() }
+        location / {
+            proxy_pass http://foo;
+            proxy_next_upstream off;
+        }
+        location /retry/ {
+            proxy_pass http://foo;
+            proxy_next_upstream error timeout http_503;
+        }
+        location /var/ {
+            # no group name for the request: each address names its group
+            proxy_pass http://$arg_u;
+            proxy_next_upstream off;
+        }
+    }
+'''
+
+
+def start(nginx_factory, addrs, passive='{fall = 3, window = 10000}', **opts):
+    """max_fails=0: nginx's own failure accounting would route around a
+    refusing peer for fail_timeout by itself and hide the checker's work."""
+    port, proxy = free_port(), free_port()
+    for k, v in (('interval', 4000), ('timeout', 500), ('fall', 2), ('rise', 1),
+                 ('valid_statuses', [200])):
+        opts.setdefault(k, v)
+    conf = hc_conf([upstream_block('foo', [a + ' max_fails=0' for a in addrs])],
+                   [checker_lua('foo', passive=LuaExpr(passive), **opts)], port,
+                   extra_http=PROXY_SERVER % {'proxy': proxy})
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port), ('127.0.0.1', proxy)])
+    return n, port, proxy
+
+
+def get(proxy, path='/x'):
+    try:
+        return http_get('127.0.0.1', proxy, path)[0]
+    except OSError:
+        return 'error'
+
+
+def shm(port, key):
+    return http_get('127.0.0.1', port, '/shm?key=' + key)[2].decode().strip()
+
+
+def until_down(port, proxy, addr, path='/x', limit=40):
+    """Requests until addr is DOWN: (statuses before, seconds)."""
+    seen, t0 = [], time.monotonic()
+    while peer_states(port).get(addr) != 'DOWN':
+        assert len(seen) < limit, ('not DOWN after %d requests' % limit, seen)
+        seen.append(get(proxy, path))
+    return seen, time.monotonic() - t0
+
+
+@pytest.mark.parametrize('how', ['status', 'refused', 'timeout'])
+def test_down_after_fall_live_failures(nginx_factory, backends, how):
+    good, bad = backends(2, scope='all')
+    # the failures come after the first (passed) active round; the next one is 4 s away
+    n, port, proxy = start(nginx_factory, [good.addr, bad.addr],
+                           passive='{fall = 3, statuses = {503}, window = 10000}')
+    wait_for(lambda: good.health >= 1 and bad.health >= 1, what='first round')
+    if how == 'status':
+        bad.status, bad.mode = 503, 'status'
+    elif how == 'refused':
+        bad.stop()                     # 502 from nginx: not listed, a connect error
+    else:
+        bad.mode, bad.delay = 'slow', 2.0          # 504 after proxy_read_timeout
+    t0 = time.monotonic()
+    seen, took = until_down(port, proxy, bad.addr)
+    errors = [s for s in seen if s != 200]
+    assert len(errors) == 3, seen                  # exactly passive.fall failing requests
+    assert took < 3.0, took                        # long before the next active round
+    print('\npassive detection (%s): %.3f s, %d requests' % (how, took, len(seen)))
+    assert 'peer %s is turned down after 3 failure(s)' % bad.addr in n.error_log
+    # once DOWN: no client errors (proxy_next_upstream off)
+    assert all(get(proxy) == 200 for _ in range(20))
+    # the active checks bring it back once it is healthy again
+    if how == 'refused':
+        bad.start()
+    bad.mode = 'ok'
+    wait_state(port, bad.addr, 'UP', timeout=10)
+    assert 'peer %s is turned up after 1 success(es)' % bad.addr in n.error_log
+
+
+def test_every_attempt_of_a_next_upstream_chain(nginx_factory, backends):
+    good, bad = backends(2, scope='all')
+    n, port, proxy = start(nginx_factory, [good.addr, bad.addr])
+    wait_for(lambda: good.health >= 1, what='first round')
+    bad.status, bad.mode = 503, 'status'
+    seen, took = until_down(port, proxy, bad.addr, path='/retry/x')
+    # every client request succeeded (retried on good), yet bad's attempts counted
+    assert set(seen) == {200}, seen
+    assert bad.clients == 3, bad.clients
+
+
+def test_group_from_the_address(nginx_factory, backends):
+    good, bad = backends(2, scope='all')
+    n, port, proxy = start(nginx_factory, [good.addr, bad.addr])
+    wait_for(lambda: good.health >= 1, what='first round')
+    bad.status, bad.mode = 502, 'status'
+    seen, took = until_down(port, proxy, bad.addr, path='/var/x?u=foo')
+    assert len([s for s in seen if s != 200]) == 3, seen
+
+
+def test_window_forgets_old_failures(nginx_factory, backends):
+    good, bad = backends(2, scope='all')
+    n, port, proxy = start(nginx_factory, [good.addr, bad.addr],
+                           passive='{fall = 2, window = 300}')
+    wait_for(lambda: good.health >= 1, what='first round')
+    bad.status, bad.mode = 502, 'status'
+    # one failure per window: never 2 within 300 ms
+    key = hc_key('passive_failures', 'foo', 'primary', bad.addr)
+    for _ in range(4):
+        before = bad.clients
+        wait_for(lambda: get(proxy) and bad.clients > before, what='a request to bad')
+        assert peer_states(port)[bad.addr] == 'UP'
+        assert shm(port, key) == '1'
+        wait_for(lambda: shm(port, key) == 'nil', what='the window to expire')
+    assert peer_states(port)[bad.addr] == 'UP'
+    # two within the window: DOWN
+    seen, took = until_down(port, proxy, bad.addr)
+    assert len([s for s in seen if s != 200]) == 2, seen
+
+
+def test_report_without_passive_checkers_is_a_no_op(nginx_factory, backends):
+    (b,) = backends(1, scope='all')
+    port, proxy = free_port(), free_port()
+    conf = hc_conf([upstream_block('foo', [b.addr])], [checker_lua('foo', interval=4000)], port,
+                   extra_http=PROXY_SERVER % {'proxy': proxy})
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', proxy)])
+    b.status, b.mode = 503, 'status'
+    assert all(get(proxy) == 503 for _ in range(10))
+    assert peer_states(port)[b.addr] == 'UP'
+    assert '[error]' not in n.error_log
