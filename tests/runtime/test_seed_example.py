@@ -62,7 +62,9 @@ def pki(tmp_path):
 
 
 @pytest.fixture
-def backends(pki):
+def backends(pki, own_network):
+    """The seed's four backends on their fixed addresses: in the test's own
+    network namespace where possible, so port 8080 is free there."""
     bar_ctx = pki.server_context('bar.internal')
     foo = [Backend(h, p, name='foo%d' % i).start() for i, (h, p) in enumerate(FOO, 1)]
     bar = [Backend(h, p, name='bar%d' % i, tls=bar_ctx, dual=True).start()
