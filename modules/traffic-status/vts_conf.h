@@ -35,6 +35,8 @@ struct ngx_http_vts_main_conf_t {
     ngx_str_t             dump_path;
     ngx_msec_t            dump_period;
     ngx_flag_t            enable;       /* a zone is configured */
+    ngx_str_t             display_file; /* the first display directive: */
+    ngx_uint_t            display_line; /* it needs a zone */
 };
 
 struct ngx_http_vts_loc_conf_t {

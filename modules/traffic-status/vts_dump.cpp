@@ -5,13 +5,19 @@
  *
  * File: header { magic, sizeof(stats), start_msec } (3 x u64), then per
  * entry { kind, group_len, name_len } (3 x u32), the stats as they are in
- * memory, the group and name bytes.  Written to PATH.<pid>.tmp, then
- * renamed over PATH.
+ * memory, the group and name bytes.  Written to a new PATH.<random>.tmp
+ * (O_EXCL|O_NOFOLLOW), fsync'ed, then renamed over PATH; PATH itself must
+ * be a regular file or absent (never followed, never opened to write).
  */
 
 #include "vts_conf.h"
 
 #define NGX_HTTP_VTS_DUMP_MAGIC  0x3153545650474e4eULL  /* "NNGPVTS1" */
+
+/* in a record's kind word: a server zone keyed by server_name, not by a
+   Host (dumps without the flag restore every server zone under the Host
+   cap, which errs on the safe side) */
+#define NGX_HTTP_VTS_DUMP_NOT_HOST  0x100
 
 namespace {
 
@@ -52,7 +58,13 @@ serialize(ngx_http_vts_store_t *store, ngx_pool_t *pool, ngx_log_t *log,
 
     for (ngx_uint_t i = 0; i < snap.n; i++) {
         ngx_http_vts_node_t *n = snap.nodes[i];
-        uint32_t rec[3] = { n->kind, n->group_len, n->name_len };
+        uint32_t kind = n->kind;
+        if (n->kind == NGX_HTTP_VTS_SERVER
+            && n->cap_class != NGX_HTTP_VTS_CAP_HOST)
+        {
+            kind |= NGX_HTTP_VTS_DUMP_NOT_HOST;
+        }
+        uint32_t rec[3] = { kind, n->group_len, n->name_len };
         stats_t st;
         ngx_http_vts_read_stats(&st, &n->stats);
         p = ngx_cpymem(p, rec, sizeof(rec));
@@ -63,28 +75,102 @@ serialize(ngx_http_vts_store_t *store, ngx_pool_t *pool, ngx_log_t *log,
 }
 
 
+/* refuses a PATH that exists and is not a regular file (a symlink, a FIFO,
+   a device): lstat never opens it, so it cannot block */
+bool
+path_is_regular_or_absent(ngx_str_t *path, ngx_log_t *log)
+{
+    struct stat sb;
+
+    if (lstat((const char *) path->data, &sb) == -1) {
+        return ngx_errno == NGX_ENOENT;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "vhost_traffic_status: dump \"%V\" is not a regular "
+                      "file, not written", path);
+        return false;
+    }
+    return true;
+}
+
+
+/* PATH.<16 random hex digits>.tmp, created O_EXCL|O_NOFOLLOW in PATH's
+   directory: a name another user can neither predict nor pre-create, and
+   never a file reached through a symlink */
+ngx_fd_t
+create_temp(ngx_str_t *path, u_char *tmp, size_t size, ngx_log_t *log)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        uint64_t rnd;
+        if (getentropy(&rnd, sizeof(rnd)) != 0) {
+            rnd = ((uint64_t) ngx_random() << 32) ^ (uint64_t) ngx_random()
+                  ^ (uint64_t) ngx_pid;
+        }
+        u_char *last = ngx_snprintf(tmp, size - 1, "%V.%016xL.tmp", path,
+                                    rnd);
+        *last = '\0';
+        ngx_fd_t fd = open((const char *) tmp,
+                           O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600);
+        if (fd != NGX_INVALID_FILE || ngx_errno != NGX_EEXIST) {
+            if (fd == NGX_INVALID_FILE) {
+                ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                              "vhost_traffic_status: cannot create \"%s\"",
+                              tmp);
+            }
+            return fd;
+        }
+    }
+    ngx_log_error(NGX_LOG_ERR, log, 0,
+                  "vhost_traffic_status: cannot create a temporary file "
+                  "next to \"%V\"", path);
+    return NGX_INVALID_FILE;
+}
+
+
+bool
+write_all(ngx_fd_t fd, u_char *buf, size_t size)
+{
+    while (size > 0) {
+        ssize_t n = write(fd, buf, size);
+        if (n == -1 && ngx_errno == NGX_EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        buf += n;
+        size -= n;
+    }
+    return true;
+}
+
+
+/* temp file -> write -> fsync -> rename over PATH: a reader sees the old
+   dump or the new one, never a part */
 ngx_int_t
 write_file(ngx_str_t *path, u_char *buf, size_t size, ngx_log_t *log)
 {
     u_char tmp[NGX_MAX_PATH];
-    u_char *last = ngx_snprintf(tmp, sizeof(tmp) - 1, "%V.%P.tmp", path,
-                                ngx_pid);
-    *last = '\0';
 
-    ngx_fd_t fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE,
-                                NGX_FILE_DEFAULT_ACCESS);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "vhost_traffic_status: cannot open \"%s\"", tmp);
+    if (!path_is_regular_or_absent(path, log)) {
         return NGX_ERROR;
     }
-    ssize_t n = write(fd, buf, size);
-    ngx_close_file(fd);
+    ngx_fd_t fd = create_temp(path, tmp, sizeof(tmp), log);
+    if (fd == NGX_INVALID_FILE) {
+        return NGX_ERROR;
+    }
 
     const char *failed = nullptr;
-    if (n != (ssize_t) size) {
+    if (!write_all(fd, buf, size)) {
         failed = "write";
-    } else if (ngx_rename_file(tmp, path->data) == NGX_FILE_ERROR) {
+    } else if (fsync(fd) == -1) {
+        failed = "fsync";
+    }
+    ngx_close_file(fd);
+    if (failed == nullptr
+        && ngx_rename_file(tmp, path->data) == NGX_FILE_ERROR)
+    {
         failed = "rename";
     }
     if (failed) {
@@ -101,7 +187,10 @@ write_file(ngx_str_t *path, u_char *buf, size_t size, ngx_log_t *log)
 u_char *
 read_file(ngx_str_t *path, ngx_log_t *log, ssize_t *size)
 {
-    ngx_fd_t fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* O_NONBLOCK: a FIFO at PATH must not block the start; it is then
+       refused, like anything that is not a regular file */
+    ngx_fd_t fd = open((const char *) path->data,
+                       O_RDONLY|O_NONBLOCK|O_NOFOLLOW|O_CLOEXEC);
     if (fd == NGX_INVALID_FILE) {
         if (ngx_errno != NGX_ENOENT) {
             ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
@@ -114,6 +203,13 @@ read_file(ngx_str_t *path, ngx_log_t *log, ssize_t *size)
     ngx_file_info_t fi;
     u_char *buf = nullptr;
     *size = 0;
+    if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR && !S_ISREG(fi.st_mode)) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "vhost_traffic_status: dump \"%V\" is not a regular "
+                      "file, ignored", path);
+        ngx_close_file(fd);
+        return nullptr;
+    }
     if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR) {
         *size = (ssize_t) ngx_file_size(&fi);
         buf = (u_char *) ngx_alloc(*size ? *size : 1, log);
@@ -129,6 +225,22 @@ read_file(ngx_str_t *path, ngx_log_t *log, ssize_t *size)
     }
     ngx_close_file(fd);
     return buf;
+}
+
+
+/* the cap a restored entry counts against, as if it were created now */
+uint8_t
+restore_class(ngx_http_vts_store_t *store, uint32_t kind, ngx_str_t *group)
+{
+    switch (kind & 0xff) {
+    case NGX_HTTP_VTS_SERVER:
+        return (kind & NGX_HTTP_VTS_DUMP_NOT_HOST) ? NGX_HTTP_VTS_CAP_NONE
+                                                   : NGX_HTTP_VTS_CAP_HOST;
+    case NGX_HTTP_VTS_FILTER:
+        return ngx_http_vts_store_filter_class(store, group);
+    default:
+        return NGX_HTTP_VTS_CAP_NONE;
+    }
 }
 
 
@@ -170,12 +282,16 @@ restore(ngx_http_vts_store_t *store, u_char *p, u_char *end,
         ngx_str_t name = { rec[2], p + rec[1] };
         p += rec[1] + rec[2];
 
-        if (!ngx_http_vts_store_restore(store, (uint8_t) rec[0], &group, &name,
-                                        &st))
-        {
-            break;                      /* the zone is full */
+        ngx_int_t rc = ngx_http_vts_store_restore(store, (uint8_t) rec[0],
+                                                  &group, &name, &st,
+                                                  restore_class(store, rec[0],
+                                                                &group));
+        if (rc == NGX_ABORT) {
+            break;                      /* the rest is for new keys */
         }
-        (*restored)++;
+        if (rc == NGX_OK) {
+            (*restored)++;
+        }
     }
     return true;
 }

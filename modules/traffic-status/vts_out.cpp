@@ -180,6 +180,62 @@ ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s)
 }
 
 
+/* a byte of a node name as the four characters \xHH (in either format a
+   backslash is written \\) */
+static void
+put_name_hex(vts_out_t &o, u_char c)
+{
+    static const char upper[] = "0123456789ABCDEF";
+    u_char esc[5] = { '\\', '\\', 'x', (u_char) upper[c >> 4],
+                      (u_char) upper[c & 0xf] };
+
+    o.put(esc, 5);
+}
+
+
+void
+ngx_http_vts_put_name(vts_out_t &o, ngx_str_t s, const ngx_str_t *reserved)
+{
+    const u_char *p = s.data, *end = s.data + s.len;
+
+    if (reserved && reserved->len && s.len == reserved->len
+        && ngx_memcmp(s.data, reserved->data, s.len) == 0)
+    {
+        put_name_hex(o, *p++);
+    }
+    while (p < end) {
+        u_char c = *p;
+        if (c == '"') {
+            o.put("\\\"");
+            p++;
+        } else if (c == '\\') {
+            o.put("\\\\\\\\");          /* decoded: \\ */
+            p++;
+        } else if (c < 0x20 || c == 0x7f) {
+            put_name_hex(o, c);
+            p++;
+        } else if (c < 0x80) {
+            const u_char *run = p;
+            while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"'
+                   && *p != '\\')
+            {
+                p++;
+            }
+            o.put(run, p - run);
+        } else {
+            size_t n = utf8_len(p, end);
+            if (n == 0) {
+                put_name_hex(o, c);
+                p++;
+            } else {
+                o.put(p, n);
+                p += n;
+            }
+        }
+    }
+}
+
+
 ngx_int_t
 ngx_http_vts_send(ngx_http_request_t *r, ngx_uint_t status, const char *type,
     vts_out_t &o)

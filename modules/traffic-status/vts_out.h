@@ -66,6 +66,14 @@ void ngx_http_vts_json_str(vts_out_t &o, ngx_str_t s);
 /* a Prometheus label value (text format 0.0.4), without the quotes */
 void ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s);
 
+/* a node name (a Host, a filter group or key: client input) inside a JSON
+   string or a Prometheus label value, without the quotes; reversible, so
+   distinct names never render alike: in the decoded text a backslash is
+   \\, control characters and invalid UTF-8 bytes are \xHH, and a name
+   equal to reserved (the sum key) has its first byte as \xHH */
+void ngx_http_vts_put_name(vts_out_t &o, ngx_str_t s,
+    const ngx_str_t *reserved);
+
 /* sends the chain as the whole response body */
 ngx_int_t ngx_http_vts_send(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, vts_out_t &o);

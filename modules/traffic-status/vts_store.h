@@ -185,9 +185,14 @@ typedef bool (*ngx_http_vts_match_pt)(ngx_http_vts_node_t *n, void *data);
 ngx_uint_t ngx_http_vts_store_apply(ngx_http_vts_store_t *store,
     ngx_http_vts_op_e op, ngx_http_vts_match_pt match, void *data);
 
-/* dump restore: runs in on_create, before any worker exists */
-bool ngx_http_vts_store_restore(ngx_http_vts_store_t *store, uint8_t kind,
-    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st);
+/* dump restore: runs in on_create, before any worker exists.  The caps
+   hold for restored entries (NGX_DECLINED: over its cap, counted as a
+   max_node drop), and a restore leaves a quarter of the zone's pages free
+   for new keys (NGX_ABORT: stop) */
+#define NGX_HTTP_VTS_RESTORE_RESERVE  4     /* keep 1/4 of the pages free */
+ngx_int_t ngx_http_vts_store_restore(ngx_http_vts_store_t *store,
+    uint8_t kind, ngx_str_t *group, ngx_str_t *name,
+    const ngx_http_vts_stats_t *st, uint8_t cap_class);
 void ngx_http_vts_store_set_start(ngx_http_vts_store_t *store,
     uint64_t start_msec);
 

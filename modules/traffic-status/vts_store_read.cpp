@@ -168,22 +168,31 @@ ngx_http_vts_store_apply(ngx_http_vts_store_t *store, ngx_http_vts_op_e op,
 }
 
 
-bool
+ngx_int_t
 ngx_http_vts_store_restore(ngx_http_vts_store_t *store, uint8_t kind,
-    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st)
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class)
 {
+    ngx_slab_pool_t *pool = store->shpool;
+    ngx_uint_t pages = (pool->end - pool->start) >> ngx_pagesize_shift;
+
+    if (pool->pfree * NGX_HTTP_VTS_RESTORE_RESERVE < pages) {
+        return NGX_ABORT;
+    }
+
     uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
     ngx_http_vts_node_t *n =
         ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
 
     if (n == nullptr) {
-        n = ngx_http_vts_create_locked(store, kind, group, name, hash, nullptr);
-    }
-    if (n == nullptr) {
-        return false;
+        n = ngx_http_vts_create_capped_locked(store, kind, group, name, hash,
+                                              cap_class);
+        if (n == nullptr) {
+            return NGX_DECLINED;
+        }
     }
     n->stats = *st;
-    return true;
+    return NGX_OK;
 }
 
 

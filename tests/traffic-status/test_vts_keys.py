@@ -1,0 +1,107 @@
+"""traffic-status: rendered keys are unique and reversible (issue 13, case 2).
+
+A Host header can hold `*` (the sum key), invalid UTF-8 bytes, control
+characters and backslashes; no two distinct hosts may render alike, and none
+may render as the sum key, in JSON or in Prometheus."""
+import json
+import re
+
+import pytest
+
+from conftest import conf_wrap, free_port
+from vts_util import get, many_requests, promtool
+
+# (nginx lower-cases a Host and refuses control characters in it: 400)
+HOSTS = [b'*', b'\xff.t', b'\xfe.t', b'\xc0.t', b'\\xff.t', b'\\\\xff.t', b'\xef\xbf\xbd.t', b'?.t',
+         b'ok.t', b'caf\xc3\xa9.t', b'q"uote.t', b'\\x2a', b'%2a']
+PER_HOST = 3
+
+
+def no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    dup = {k for k in keys if keys.count(k) > 1}
+    assert not dup, 'duplicate JSON keys: %r' % dup
+    return dict(pairs)
+
+
+def decode_name(s):
+    """The module's reversible rendering back to the Host's bytes."""
+    out, i = bytearray(), 0
+    while i < len(s):
+        if s.startswith('\\\\', i):
+            out += b'\\'
+            i += 2
+        elif s.startswith('\\x', i):
+            out.append(int(s[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += s[i].encode()
+            i += 1
+    return bytes(out)
+
+
+def series(text):
+    """{(name, labels): value} of a text-format page, asserting no series twice."""
+    seen = {}
+    for line in text.splitlines():
+        if not line or line.startswith('#'):
+            continue
+        key, value = line.rsplit(' ', 1)
+        assert key not in seen, 'duplicate series: ' + key
+        seen[key] = float(value)
+    return seen
+
+
+@pytest.fixture
+def hostile(nginx_factory):
+    fport, sport = free_port(), free_port()
+    nginx_factory(conf_wrap(f"""
+    vhost_traffic_status_zone shared:vts:4m;
+    vhost_traffic_status_filter_by_host on;
+    server {{
+        listen 127.0.0.1:{fport};
+        server_name default.test;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}
+"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    raws = [b'GET / HTTP/1.1\r\nHost: ' + h + b'\r\n\r\n' for h in HOSTS for _ in range(PER_HOST)]
+    assert many_requests(fport, raws) == len(raws)
+    return sport, len(raws)
+
+
+def test_json_keys_are_unique_and_reversible(hostile):
+    sport, sent = hostile
+    st, _, body = get(sport, '/status/format/json')
+    assert st == 200
+    doc = json.loads(body.decode('utf-8'), object_pairs_hook=no_duplicates)
+    zones = doc['serverZones']
+    assert zones['*']['requestCounter'] == sent
+    hosts = {decode_name(k): z['requestCounter'] for k, z in zones.items() if k != '*'}
+    assert hosts == {h: PER_HOST for h in HOSTS}
+    assert sum(hosts.values()) == sent
+
+
+def test_prometheus_series_are_unique_and_sum_is_total(hostile):
+    sport, sent = hostile
+    st, _, body = get(sport, '/status/format/prometheus')
+    assert st == 200
+    text = body.decode('utf-8')
+    rc, out = promtool(text)
+    assert rc == 0, out[:2000]
+    s = series(text)
+    assert s['nginx_vts_server_requests_total{host="*",code="total"}'] == sent
+    per_host = {}
+    for key, v in s.items():
+        m = re.fullmatch(r'nginx_vts_server_requests_total\{host="((?:[^"\\]|\\.)*)",code="total"\}', key)
+        if m and m.group(1) != '*':
+            # the text format's own escapes first, then ours
+            label = re.sub(r'\\(.)', lambda x: {'n': '\n'}.get(x.group(1), x.group(1)), m.group(1))
+            per_host[decode_name(label)] = v
+    assert per_host == {h: PER_HOST for h in HOSTS}
+
