@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Build the static C dependencies (zlib, PCRE with JIT, OpenSSL 3, LuaJIT) from
-# the Debian-patched trees fetch.sh unpacked (build.sh runs it first), into one cached prefix keyed by
-# the lock file and the flags (np_depsdir).  A finished prefix is never rebuilt.
+# Build the static C dependencies (zlib, PCRE2 with JIT, OpenSSL 3.5, LuaJIT)
+# from the Debian-patched trees fetch.sh unpacked (build.sh runs it first),
+# into one cached prefix keyed by the lock file and the flags (np_depsdir).
+# The prefix also gets bin/openssl, the CLI of the same OpenSSL tree (a test
+# client: the bundle's TLS against the very library it links).  A finished
+# prefix is never rebuilt.
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
 
 D=$(np_depsdir)
 [ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
 
-np_need_src zlib pcre openssl luajit2
+np_need_src zlib pcre2 openssl luajit2
 np_cache_lock deps
 [ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
 # Compiled in a fixed directory whatever the cache's location: source paths
@@ -33,16 +36,15 @@ build_zlib() {
     run zlib make install
 }
 
-build_pcre() {
-    cp -a "$(np_srcdir pcre)" "$work/pcre" && cd "$work/pcre"
-    # PCRE1 (8.x): lua-nginx-module 0.10.23 includes pcre.h and has no PCRE2 support.
-    # Debian's patches touch configure.ac/Makefile.am; regenerate as Debian does.
-    run pcre autoreconf -fi
-    run pcre ./configure --prefix="$D" --disable-shared --enable-static --enable-jit \
-        --enable-utf --enable-unicode-properties --disable-cpp \
-        --disable-pcregrep-libz --disable-pcregrep-libbz2 CFLAGS="$NP_CFLAGS"
-    run pcre make -j"$NP_JOBS" libpcre.la
-    run pcre make install-libLTLIBRARIES install-includeHEADERS install-nodist_includeHEADERS
+build_pcre2() {
+    cp -a "$(np_srcdir pcre2)" "$work/pcre2" && cd "$work/pcre2"
+    # The 8-bit library only (nginx and lua-nginx-module use no other), with JIT.
+    # Debian's diff touches sources only: the shipped configure stays valid.
+    run pcre2 ./configure --prefix="$D" --disable-shared --enable-static --enable-jit \
+        --enable-unicode --enable-pcre2-8 --disable-pcre2-16 --disable-pcre2-32 \
+        --disable-pcre2grep-libz --disable-pcre2grep-libbz2 CFLAGS="$NP_CFLAGS"
+    run pcre2 make -j"$NP_JOBS" libpcre2-8.la libpcre2-posix.la
+    run pcre2 make install-libLTLIBRARIES install-includeHEADERS install-nodist_includeHEADERS
 }
 
 build_openssl() {
@@ -55,8 +57,10 @@ build_openssl() {
     run openssl ./Configure linux-x86_64 no-shared no-module no-dso no-engine no-tests \
         --prefix=/usr/local --libdir=lib --openssldir=/etc/ssl $NP_CFLAGS
     run openssl make -j"$NP_JOBS" build_libs
+    run openssl make -j"$NP_JOBS" apps/openssl
     run openssl make install_dev DESTDIR="$work/openssl-root"
     cp -r "$work/openssl-root/usr/local/include" "$work/openssl-root/usr/local/lib" "$D/"
+    mkdir -p "$D/bin" && cp apps/openssl "$D/bin/openssl"
 }
 
 build_luajit() {
@@ -74,7 +78,7 @@ build_luajit() {
 
 mkdir -p "$D"
 start=$SECONDS
-for dep in zlib pcre openssl luajit; do
+for dep in zlib pcre2 openssl luajit; do
     np_log "building $dep"
     ( "build_$dep" )
 done

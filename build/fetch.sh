@@ -1,55 +1,14 @@
 #!/usr/bin/env bash
 # Fetch every component of deps.lock through Debian's archive, verify each file
-# against its pinned SHA-256 and unpack it with Debian's patch series applied.
-#
-# apt is pointed at a private source list (deb + deb-src) derived from this
-# machine's own apt sources (no archive host is written anywhere in the repo)
-# and at private state and cache directories, so the host's apt configuration
-# and its (maybe never updated) package lists are not touched.
+# against its pinned SHA-256 and unpack it: a whole source package with Debian's
+# patch series applied (dpkg-source -x), an orig-only input as the upstream
+# tarball it is, a binary package with dpkg-deb.  apt runs with the private
+# configuration of build/apt.sh (derived from this machine's apt sources).
 . "$(dirname "$0")/common.sh"
+. "$NP_ROOT/build/apt.sh"
 
 np_cache_lock fetch
-apt_dir=$NP_CACHE/apt
-mkdir -p "$NP_DOWNLOADS" "$apt_dir/sources.list.d" "$apt_dir/lists/partial" \
-         "$apt_dir/archives/partial" "$NP_CACHE/src"
-
-derive_deb_src() {
-    local out=$apt_dir/sources.list.d/deb-src.sources tmp
-    tmp=$(mktemp)
-    : > "$tmp"
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        # deb822 stanzas: keep only "deb" ones, as "deb deb-src"
-        awk 'BEGIN { RS = ""; ORS = "\n\n" }
-             {
-                 n = split($0, line, "\n"); keep = 0; out = ""
-                 for (i = 1; i <= n; i++) {
-                     if (line[i] ~ /^Types:/) {
-                         if ((" " line[i] " ") ~ / deb /) keep = 1
-                         line[i] = "Types: deb deb-src"
-                     }
-                     if (line[i] ~ /^Enabled: *no/) keep = 0
-                     out = out line[i] "\n"
-                 }
-                 if (keep) print out
-             }' "$f" >> "$tmp"
-    done
-    {
-        [ -f /etc/apt/sources.list ] && cat /etc/apt/sources.list
-        cat /etc/apt/sources.list.d/*.list 2>/dev/null || true
-    } | awk '$1 == "deb" { print; $1 = "deb-src"; print }' > "$apt_dir/sources.list.d/deb-src.list"
-    [ -s "$tmp" ] || [ -s "$apt_dir/sources.list.d/deb-src.list" ] \
-        || np_die "no Debian apt source found in /etc/apt to derive a source list from"
-    mv "$tmp" "$out"
-}
-
-apt_private() {
-    "$@" -o Dir::Etc::SourceList=/dev/null \
-         -o Dir::Etc::SourceParts="$apt_dir/sources.list.d" \
-         -o Dir::State::Lists="$apt_dir/lists" \
-         -o Dir::Cache::archives="$apt_dir/archives" \
-         -o APT::Sandbox::User=root -qq
-}
+mkdir -p "$NP_DOWNLOADS" "$NP_CACHE/src"
 
 verify() {  # verify COMPONENT -> 0 when every pinned file is present and right
     local c=$1 name sum ok=0
@@ -64,45 +23,54 @@ verify() {  # verify COMPONENT -> 0 when every pinned file is present and right
     return $ok
 }
 
-download() {  # download COMPONENT
-    local c=$1 kind pkg ver
+download() {  # download COMPONENT: exactly the pinned files, each checked by apt
+    local c=$1 kind pkg ver name sum uri
     read -r kind pkg ver < <(np_lock_field "$c" debian)
     np_log "fetching $c ($kind $pkg=$ver)"
-    if [ "$(cat "$apt_dir/lists.stamp" 2>/dev/null)" != "deb+deb-src" ]; then
-        derive_deb_src
-        apt_private apt-get update || np_die "apt-get update of the private source list failed"
-        echo "deb+deb-src" > "$apt_dir/lists.stamp"
+    np_apt_ready
+    if [ "$kind" = binary ]; then
+        (cd "$NP_DOWNLOADS" && np_apt apt-get download "$pkg=$ver") \
+            || np_die "$c: apt could not download $pkg=$ver (the archive may no longer serve it)"
+        return 0
     fi
-    local rc=0
-    if [ "$kind" = source ]; then
-        (cd "$NP_DOWNLOADS" && apt_private apt-get source --download-only "$pkg=$ver") || rc=$?
-    else
-        (cd "$NP_DOWNLOADS" && apt_private apt-get download "$pkg=$ver") || rc=$?
-    fi
-    [ $rc -eq 0 ] || np_die "$c: apt could not download $pkg=$ver (the archive may no longer serve it).
-  Pick a version that downloads ('apt-cache showsrc $pkg'), then update build/deps.lock,
-  or fetch the upstream release listed there by hand into $NP_DOWNLOADS."
+    local uris
+    uris=$(np_apt_uris "$pkg=$ver")
+    [ -n "$uris" ] || np_die "$c: apt knows no source package $pkg=$ver (build/check-updates lists what it serves)"
+    while read -r name sum; do
+        [ -f "$NP_DOWNLOADS/$name" ] && continue
+        uri=$(awk -v n="$name" '$2 == n { print $1 }' <<< "$uris")
+        [ -n "$uri" ] || np_die "$c: $pkg=$ver has no file $name"
+        np_apt_download_file "$uri" "$NP_DOWNLOADS/$name" "$sum" \
+            || np_die "$c: $name did not download (the archive may no longer serve it).
+  build/check-updates lists the versions that download; build/bump pins one.
+  Or fetch the upstream release listed in build/deps.lock by hand into $NP_DOWNLOADS."
+    done < <(np_lock_field "$c" file)
 }
 
-unpack() {  # unpack COMPONENT -> the patched tree at np_srcdir
-    local c=$1 dest kind pkg ver
+unpack() {  # unpack COMPONENT -> the tree at np_srcdir
+    local c=$1 dest kind pkg ver first
     dest=$(np_srcdir "$c")
     [ -d "$dest" ] && return 0
     read -r kind pkg ver < <(np_lock_field "$c" debian)
-    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
-    if [ "$kind" = source ]; then
-        local dsc
-        dsc=$(np_lock_field "$c" file | awk '$1 ~ /\.dsc$/ { print $1 }')
-        # dpkg-source applies debian/patches/series (the security fixes).
-        dpkg-source --no-check -x "$NP_DOWNLOADS/$dsc" "$dest.tmp/tree" >/dev/null \
-            || np_die "$c: dpkg-source could not unpack $dsc"
-        mv "$dest.tmp/tree" "$dest"
-    else
-        local deb
-        deb=$(np_lock_field "$c" file | awk '{ print $1 }')
-        dpkg-deb -x "$NP_DOWNLOADS/$deb" "$dest.tmp/tree"
-        mv "$dest.tmp/tree" "$dest"
-    fi
+    first=$(np_lock_field "$c" file | awk 'NR == 1 { print $1 }')
+    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/tree"
+    case $kind in
+        source)
+            local dsc
+            dsc=$(np_lock_field "$c" file | awk '$1 ~ /\.dsc$/ { print $1 }')
+            [ -n "$dsc" ] || np_die "$c: a 'debian source' component needs its .dsc pinned (or use 'debian orig')"
+            rm -rf "$dest.tmp/tree"
+            # dpkg-source applies debian/patches/series (the security fixes).
+            dpkg-source --no-check -x "$NP_DOWNLOADS/$dsc" "$dest.tmp/tree" >/dev/null \
+                || np_die "$c: dpkg-source could not unpack $dsc" ;;
+        orig)
+            tar -xf "$NP_DOWNLOADS/$first" -C "$dest.tmp/tree" --strip-components=1 \
+                || np_die "$c: could not unpack $first" ;;
+        binary)
+            dpkg-deb -x "$NP_DOWNLOADS/$first" "$dest.tmp/tree" ;;
+        *)  np_die "$c: unknown kind '$kind' in build/deps.lock (source, orig or binary)" ;;
+    esac
+    mv "$dest.tmp/tree" "$dest"
     rm -rf "$dest.tmp"
 }
 

@@ -9,7 +9,7 @@ set -euo pipefail
 build_pkgs=(build-essential dpkg-dev autoconf automake libtool patch perl python3 file binutils ca-certificates)
 test_pkgs=(python3-pytest openssl curl wrk nghttp2-client prometheus chromium nginx-light
            libclang-rt-14-dev iproute2 procps psmisc umoci skopeo logrotate python3-yaml valgrind
-           systemd strace)
+           systemd strace python3-jsonschema)
 
 want=("${build_pkgs[@]}")
 [ "${1:-all}" = build ] || want+=("${test_pkgs[@]}")

@@ -9,7 +9,8 @@ dependency cache, the Debian patch series that `dpkg-source -x` applied (CVE
 ids taken from patch names).  Our own patches (build/patches/) and modules are
 listed too, as are the static libraries of the build host's toolchain that end
 up inside sbin/nginx (glibc, libstdc++, libgcc: not in the lock; their Debian
-versions come from dpkg).
+versions come from dpkg).  The `vulnerabilities` section is the VEX of
+release/vex.json (release/vex.py), which SECURITY.md mirrors.
 
 The output is a pure function of its inputs (timestamp = SOURCE_DATE_EPOCH of
 the lock, serial number derived from the tarball checksum), so it is
@@ -27,6 +28,9 @@ import re
 import subprocess
 import sys
 import uuid
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import vex  # noqa: E402  (release/vex.py: the VEX, from release/vex.json)
 
 TOOLCHAIN = [
     # (component, Debian binary package, SPDX license, static archive inside it)
@@ -154,7 +158,7 @@ def third_party(root, c, require_patches):
         'licenses': [{'license': {'id': c['license']}}],
         'hashes': hashes,
         'purl': 'pkg:deb/debian/%s@%s?%sdistro=debian-12' % (
-            pkg, purl_version(dver), 'arch=source&' if kind == 'source' else 'arch=all&'),
+            pkg, purl_version(dver), 'arch=source&' if kind in ('source', 'orig') else 'arch=all&'),
     }
     if up_url:
         ext = {'type': 'distribution', 'url': up_url,
@@ -302,6 +306,7 @@ def main():
             ] + artifacts,
         },
         'components': components,
+        'vulnerabilities': vex.vulnerabilities({c['name']: c['bom-ref'] for c in third}),
         'dependencies': [
             {'ref': 'nginx-portable', 'dependsOn': sorted(c['bom-ref'] for c in components)},
             {'ref': 'file:sbin/nginx', 'dependsOn': sorted(linked)},

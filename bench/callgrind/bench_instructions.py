@@ -14,7 +14,13 @@ Configurations (same binary):
   on    the default config's directives: the zone and filter_by_host on
   EXTRA more can be named with --config NAME=DIRECTIVES (http-level text)
 
-Usage: NP_BUNDLE=<bundle> python3 bench/callgrind/bench_instructions.py [--json out]
+With --render-hosts N it also counts the instructions of one
+GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
+headers sent first; renders once vs RENDERS_LARGE times, the difference per
+extra render): the render cost, steady where wall-clock times are not.
+
+Usage: NP_BUNDLE=<bundle> python3 bench/callgrind/bench_instructions.py
+       [--render-hosts 2000] [--json out]
 Prints one JSON line: instructions per request for each configuration and
 the on/off ratio (issue goal: <= 1.08).
 """
@@ -40,6 +46,10 @@ CONFIGS = {
 
 
 def front_conf(port, backend_port, directives):
+    # the display needs the zone: only configurations that declare one get it
+    status = ('location /status { vhost_traffic_status_display;'
+              ' vhost_traffic_status_display_format prometheus; }'
+              if 'vhost_traffic_status_zone' in directives else '')
     return f"""
 daemon off;
 master_process off;
@@ -58,6 +68,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         server_name bench.test;
+        {status}
         location / {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -82,13 +93,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def send_requests(port, n):
-    """n keep-alive GETs on one connection; every answer must be a 200."""
+RENDERS_LARGE = 6
+
+
+def send_requests(port, n, path='/x', hosts=None):
+    """n keep-alive GETs on one connection (Host from `hosts` in turn); every answer must be a 200."""
     with socket.create_connection(('127.0.0.1', port), timeout=60) as s:
         f = s.makefile('rb')
-        req = b'GET /x HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\n\r\n'
-        for _ in range(n):
-            s.sendall(req)
+        for i in range(n):
+            host = hosts[i % len(hosts)] if hosts else 'bench.test'
+            s.sendall(b'GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: bench\r\n\r\n'
+                      % (path.encode(), host.encode()))
             status = f.readline()
             if b' 200 ' not in status:
                 raise RuntimeError('unexpected answer %r' % status)
@@ -102,8 +117,9 @@ def send_requests(port, n):
             f.read(length)
 
 
-def instructions(directives, backend_port, n):
-    """Total instructions (Ir) of one front nginx run that served n requests."""
+def instructions(directives, backend_port, n, renders=0, hosts=None):
+    """Total instructions (Ir) of one front nginx run that served n requests
+    (with `hosts`: spread over those Host headers) and then `renders` scrapes."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix='np-cg-') as d:
         srv = Server(front_conf(port, backend_port, directives))
@@ -113,7 +129,9 @@ def instructions(directives, backend_port, n):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_port('127.0.0.1', port, timeout=120)
-            send_requests(port, n)
+            send_requests(port, n, hosts=hosts)
+            if renders:
+                send_requests(port, renders, path='/status/format/prometheus')
         finally:
             proc.send_signal(3)                           # SIGQUIT: graceful, callgrind dumps
             _, err = proc.communicate(timeout=120)
@@ -131,10 +149,18 @@ def per_request(directives, backend_port):
     return (large - small) / (N_LARGE - N_SMALL)
 
 
+def per_render(backend_port, nhosts):
+    hosts = ['h%05d.bench.test' % i for i in range(nhosts)]
+    one = instructions(CONFIGS['on'], backend_port, nhosts, renders=1, hosts=hosts)
+    many = instructions(CONFIGS['on'], backend_port, nhosts, renders=RENDERS_LARGE, hosts=hosts)
+    return (many - one) / (RENDERS_LARGE - 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--json', help='also write the result here')
     ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
+    ap.add_argument('--render-hosts', type=int, default=0, metavar='N')
     a = ap.parse_args()
     configs = dict(CONFIGS)
     for c in a.config:
@@ -144,6 +170,8 @@ def main():
     backend = Server(backend_conf(bport)).start(bport)
     try:
         result = {name: round(per_request(text, bport)) for name, text in configs.items()}
+        if a.render_hosts:
+            result['prometheus_render_%d_hosts' % a.render_hosts] = round(per_render(bport, a.render_hosts))
     finally:
         backend.stop()
     result['ratio_on_off'] = round(result['on'] / result['off'], 4)

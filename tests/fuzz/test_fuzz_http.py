@@ -10,15 +10,14 @@ report, [alert] or [crit]."""
 import json
 import os
 import random
-import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
 
 import pytest
 
 from conftest import conf_wrap, free_port, http_get, wait_for
+from support.net import raw_request
+from support.probes import promtool
 
 FUZZ_SECONDS = float(os.environ.get('FUZZ_SECONDS', '30'))
 SEED = int(os.environ.get('FUZZ_SEED', str(int(time.time()))))
@@ -182,18 +181,6 @@ def request(rnd):
                      + b'\r\nConnection: close\r\n\r\n')
 
 
-def send(port, raw):
-    with socket.create_connection(('127.0.0.1', port), timeout=10) as s:
-        s.sendall(raw)
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-    return b''.join(chunks)
-
-
 def body_of(resp):
     head, _, body = resp.partition(b'\r\n\r\n')
     if b'transfer-encoding: chunked' in head.lower():
@@ -208,21 +195,19 @@ def body_of(resp):
     return head, body
 
 
-def check_outputs(port, tmp_path):
+def check_outputs(port):
     """Number of server zones; fails on invalid JSON or Prometheus output."""
     st, _, body = http_get('127.0.0.1', port, '/traffic/format/json', headers={'Host': 'c'})
     assert st == 200
-    zones = json.loads(body)['serverZones']      # strict: also valid UTF-8
+    # strict UTF-8; duplicate keys (Host '*', hosts differing in invalid bytes)
+    # are issue 13's to fix, so this fuzz does not reject them yet
+    zones = json.loads(body)['serverZones']
     # the Host-keyed zones stay under filter_max_node (+ server_name, sum key)
     assert len(zones) <= 200 + 3, len(zones)
     st, _, text = http_get('127.0.0.1', port, '/metrics', headers={'Host': 'c'})
     assert st == 200
-    if shutil.which('promtool'):
-        p = tmp_path / 'm.txt'
-        p.write_bytes(text)
-        r = subprocess.run(['promtool', 'check', 'metrics'], stdin=open(p, 'rb'),
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
+    ok, out = promtool(text)
+    assert ok, out
     return len(zones)
 
 
@@ -241,7 +226,7 @@ def test_fuzz_host_headers_and_control_queries(nginx_factory, tmp_path):
     while time.monotonic() < deadline:
         for _ in range(BATCH):
             control, raw = request(rnd)
-            resp = send(port, raw)
+            resp = raw_request(port, raw, timeout=10)
             sent += 1
             assert resp.startswith(b'HTTP/1.1 '), 'seed %d: no HTTP response to %r' % (SEED, raw)
             code = int(resp[9:12])
@@ -258,7 +243,7 @@ def test_fuzz_host_headers_and_control_queries(nginx_factory, tmp_path):
                                              % (SEED, e, raw, body[:2000]))
                     json_checked += 1
         assert n.worker_pids() == pids, 'seed %d: a worker died' % SEED
-        max_zones = max(max_zones, check_outputs(port, tmp_path))
+        max_zones = max(max_zones, check_outputs(port))
     print('sent %d requests (%d control, %d JSON answers checked, up to %d server zones): %r'
           % (sent, controls, json_checked, max_zones, statuses))
     assert sent >= BATCH and json_checked > 0

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from conftest import free_port, http_get, wait_for
-from hcutil import (Backend, Blackhole, backends, blackhole, checker_lua, hc_conf,
-                    peer_states, status, upstream_block, wait_state)
+from hcutil import hc_conf, wait_state
+from support.confs import checker_lua, upstream_block
+from support.probes import peer_states
 
 INTERVAL, TIMEOUT, FALL, RISE = 100, 300, 2, 2
 # fall x interval + timeout + one interval, plus slack for scheduling and polling
@@ -37,15 +38,20 @@ def time_until(port, addr, state, bound):
     return time.monotonic() - t0
 
 
+# the spec's log lines ("Log lines"), ADDR for %s
 KINDS = {
-    'refused': ('connect() failed', lambda b: b.stop(), lambda b: b.start()),
-    'read_timeout': ('receive() timed out', lambda b: setattr(b, 'mode', 'slow'),
+    'refused': ('failed to connect to %s: connection refused', lambda b: b.stop(),
+                lambda b: b.start()),
+    'read_timeout': ('failed to receive status line from %s: timeout',
+                     lambda b: setattr(b, 'mode', 'slow'),
                      lambda b: setattr(b, 'mode', 'ok')),
-    'bad_status_line': ('bad status line', lambda b: setattr(b, 'mode', 'garbage'),
+    'bad_status_line': ('bad status line from %s: SSH-2.0-OpenSSH_9.2',
+                        lambda b: setattr(b, 'mode', 'garbage'),
                         lambda b: setattr(b, 'mode', 'ok')),
-    'closed': ('receive() failed', lambda b: setattr(b, 'mode', 'close'),
+    'closed': ('failed to receive status line from %s: closed',
+               lambda b: setattr(b, 'mode', 'close'),
                lambda b: setattr(b, 'mode', 'ok')),
-    'bad_status': ('bad status code 500',
+    'bad_status': ('bad status code from %s: 500',
                    lambda b: (setattr(b, 'status', 500), setattr(b, 'mode', 'status')),
                    lambda b: setattr(b, 'mode', 'ok')),
 }
@@ -55,6 +61,7 @@ KINDS = {
 def test_failure_kind_down_then_up(nginx_factory, backends, kind):
     msg, breaker, fixer = KINDS[kind]
     b = backends(2)
+    msg = msg % b[1].addr
     n, port = start(nginx_factory, [x.addr for x in b])
     wait_for(lambda: b[1].health >= 2, what='first checks')
     assert peer_states(port) == {b[0].addr: 'UP', b[1].addr: 'UP'}
@@ -66,7 +73,7 @@ def test_failure_kind_down_then_up(nginx_factory, backends, kind):
     log = n.error_log
     assert re.search(r'\[warn\].*peer %s is turned down after %d failure\(s\) \(upstream "foo"\): .*%s'
                      % (re.escape(b[1].addr), FALL, re.escape(msg)), log), log[-2000:]
-    assert re.search(r'\[error\].*%s.* for peer %s' % (re.escape(msg), re.escape(b[1].addr)), log)
+    assert re.search(r'\[error\].*healthcheck: %s \(upstream "foo"\)' % re.escape(msg), log)
 
     fixer(b[1])
     took = time_until(port, b[1].addr, 'UP', UP_BOUND)
@@ -80,11 +87,12 @@ def test_connect_timeout(nginx_factory, backends, blackhole):
     n, port = start(nginx_factory, [x.addr for x in b])
     wait_for(lambda: b[1].health >= 2, what='first checks')
     b[1].stop()
-    hole = blackhole(b[1].ip, b[1].port)
+    hole = blackhole(b[1].host, b[1].port)
     took = time_until(port, b[1].addr, 'DOWN', DOWN_BOUND)
     assert took <= DOWN_BOUND
-    assert re.search(r'peer %s is turned down after 2 failure\(s\).*connect\(\) timed out'
-                     % re.escape(b[1].addr), n.error_log), n.error_log[-2000:]
+    assert re.search(r'peer %s is turned down after 2 failure\(s\).*failed to connect to %s: timeout'
+                     % (re.escape(b[1].addr), re.escape(b[1].addr)), n.error_log), \
+        n.error_log[-2000:]
     hole.stop()
     b[1].start()
     assert time_until(port, b[1].addr, 'UP', UP_BOUND) <= UP_BOUND
@@ -152,7 +160,7 @@ def test_valid_statuses_absent_accepts_any_status(nginx_factory, backends):
 def test_port_option_and_concurrency(nginx_factory, backends):
     b = backends(4)
     # the configured port (9) is closed; the checker probes 8080 instead
-    addrs = ['%s:9' % x.ip for x in b]
+    addrs = ['%s:9' % x.host for x in b]
     for x in b:
         x.mode, x.delay = 'slow', 0.25
     n, port = start(nginx_factory, addrs, workers=1, port=b[0].port, concurrency=4,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import free_port, http_get
-from hcutil import conf_wrap
+from support.confs import conf_wrap
 
 CASES = [
     # (lua options table, expected error)
@@ -44,6 +44,20 @@ CASES = [
     ('{type = "https", http_req = "x", shm = "hc", upstream = "foo", ssl_verify = "yes"}',
      '"ssl_verify"'),
     ('{type = "https", http_req = "x", shm = "hc", upstream = "foo", host = 5}', '"host"'),
+    # the spec's option bounds: integers in range, never NaN, inf or huge
+] + [
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", %s = %s}' % (opt, v),
+     '"%s"' % opt)
+    for opt, values in (
+        ('timeout', ('2^31', '3e9', '1e300', '1.5', '0/0', '1/0', '-1/0')),
+        ('interval', ('0', '0.5', '2^31', '1e20', '0/0', '1/0', '-1/0')),
+        ('fall', ('10001', '1e300', '0/0', '1/0')),
+        ('rise', ('10001', '2^31', '0/0', '-1/0')),
+        ('concurrency', ('1001', '1e9', '0/0', '1/0')),
+        ('port', ('1.5', '65536', '0/0', '1/0', '-1')),
+    )
+    for v in values
+] + [
     # first error wins (table order)
     ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", fall = 0, rise = 0}', '"fall"'),
     ('{type = "http", http_req = "x", shm = "nope", upstream = "bar", fall = 0}', 'shm "nope"'),
@@ -53,6 +67,7 @@ CASES = [
 LUA = r'''
     lua_shared_dict hc 1m;
     upstream foo { server 127.0.0.1:1; }
+    upstream baz { server 127.0.0.1:1; }
     init_by_lua_block {
         local hc = require "resty.upstream.healthcheck"
         -- the master (init phase) cannot run checkers: nil, err and nothing written
@@ -106,10 +121,23 @@ LUA = r'''
             content_by_lua_block {
                 local hc = require "resty.upstream.healthcheck"
                 local ok, err = hc.spawn_checker{type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
-                    shm = "hc", upstream = "foo", interval = 0, valid_statuses = {}, port = 8080,
+                    shm = "hc", upstream = "foo", interval = 1, valid_statuses = {}, port = 8080,
                     ssl_verify = false, host = "x.test", concurrency = 3, fall = 1, rise = 1,
                     timeout = 100}
                 ngx.say(tostring(ok), " ", tostring(err))
+            }
+        }
+        location = /valid_max {
+            content_by_lua_block {
+                local hc = require "resty.upstream.healthcheck"
+                local opts = {type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
+                    shm = "hc", upstream = "baz", timeout = 2^31 - 1,
+                    interval = 2^31 - 1, fall = 10000, rise = 10000, concurrency = 1000,
+                    port = 65535}
+                local ok, err = hc.spawn_checker(opts)
+                local ok2, err2 = hc.spawn_checker(opts)
+                ngx.say(tostring(ok), " ", tostring(err), "|", tostring(ok2), " ",
+                        tostring(err2))
             }
         }
     }
@@ -159,3 +187,10 @@ def test_init_phase_is_refused(nginx_factory):
     nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
     body = http_get('127.0.0.1', port, '/initphase')[2].decode()
     assert body.startswith('nil|') and 'init_worker_by_lua' in body, body
+
+
+def test_bounds_are_inclusive_and_a_second_checker_is_refused(nginx_factory):
+    port = free_port()
+    nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
+    body = http_get('127.0.0.1', port, '/valid_max')[2].decode().strip()
+    assert body == 'true nil|nil checker already spawned for upstream baz', body

@@ -12,8 +12,9 @@ import threading
 import time
 
 from conftest import free_port, http_get, wait_for
-from hcutil import (backends, checker_lua, hc_conf, local_views, peer_states,
-                    upstream_block)
+from hcutil import hc_conf, local_views
+from support.confs import checker_lua, upstream_block
+from support.probes import peer_states
 from support.hc_keys import hc_key
 
 
@@ -92,7 +93,11 @@ def test_frequent_reloads_do_not_starve_the_rounds(nginx_factory, backends):
     assert reloads >= 8, reloads
     assert len(times) >= 0.7 * expected, (len(times), expected, reloads)
     # waiting a whole interval after a reload gives gaps up to 1.75 intervals
-    assert max(gaps) <= interval + 0.25, gaps
+    # after most reloads; a busy machine may run one timer late now and then
+    # (issue 19), which is no starvation: at most one gap in ten may be slow
+    slow = [g for g in gaps if g > interval + 0.25]
+    assert len(slow) <= max(1, len(gaps) // 10), gaps
+    assert max(gaps) <= 2 * interval, gaps
     # still one round at a time; the only back-to-back rounds are those after
     # a reload abandoned a round whose probe result the exiting worker dropped
     # (the new worker re-runs it at once: see test_round_interrupted_by_reload)
@@ -107,12 +112,14 @@ def test_round_interrupted_by_reload_does_not_block_the_next(nginx_factory, back
     """A reload in the middle of a round: the old worker finishes its probe in
     flight, then abandons the round without marking it done, so a new worker
     starts the next round at once instead of a whole interval later."""
-    interval, delay = 1.0, 0.8
+    # the slow probe lasts long enough for the reload to land inside it even
+    # when starting new workers is slow (a busy machine, the ASan build)
+    interval, delay = 1.0, 2.0
     b = backends(2)
     b[1].mode, b[1].delay = 'slow', delay      # second in the round, slow
     port = free_port()
     conf = hc_conf([upstream_block('foo', [x.addr for x in b])],
-                   [checker_lua('foo', interval=int(interval * 1000), timeout=2000,
+                   [checker_lua('foo', interval=int(interval * 1000), timeout=4000,
                                 fall=2, rise=2, valid_statuses=[200])],
                    port, workers=2)
     n = nginx_factory(conf, workers=2, wait_ports=[('127.0.0.1', port)])
@@ -208,7 +215,7 @@ def test_checker_that_does_not_fit_fails_cleanly_and_evicts_nothing(nginx_factor
     # the same shm (same size: kept across HUP) now also has to hold `big`
     (n.prefix / 'conf' / 'nginx.conf').write_text(conf(True))
     n.reload()
-    wait_for(lambda: len(re.findall(r'failed to spawn health checker: .*no memory',
+    wait_for(lambda: len(re.findall(r'failed to spawn health checker for big: .*no memory',
                                     n.error_log)) >= 2,
              timeout=10, what='both new workers to report "no memory"')
     for line in n.error_log.splitlines():

@@ -7,8 +7,10 @@ import re
 import pytest
 
 from conftest import free_port, wait_for
-from hcutil import (backends, checker_lua, hc_conf, make_certs, peer_states, server_tls,
-                    upstream_block, wait_state)
+from hcutil import hc_conf, wait_state
+from support.confs import LuaExpr, checker_lua, upstream_block
+from support.pki import PKI, server_context
+from support.probes import peer_states
 
 # the checker's own fallback (Lua, loads into the cosocket SSL_CTX), or the
 # build's lua-nginx-module patch (C, at configuration time) when present
@@ -19,7 +21,16 @@ REQ = r'"GET /health HTTP/1.0\r\nHost: good.test\r\n\r\n"'
 
 @pytest.fixture(scope='module')
 def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp('certs'), names=('good.test',))
+    """ca.crt and a leaf for good.test signed by it (leaf.crt, leaf.key); evilca.crt,
+    a CA the checker does not trust, with its own leaf for the same name (evilleaf)."""
+    d = tmp_path_factory.mktemp('certs')
+    PKI(d, 'ca').issue('good.test', stem='leaf')
+    PKI(d, 'evilca').issue('good.test', stem='evilleaf')
+    return str(d)
+
+
+def server_tls(certs, leaf):
+    return server_context('%s/%s.crt' % (certs, leaf), '%s/%s.key' % (certs, leaf))
 
 
 def tls_backend(backends, certs, leaf='leaf'):
@@ -34,7 +45,6 @@ def tls_backend(backends, certs, leaf='leaf'):
 def start(nginx_factory, b, extra_http='', main='user root;', env=None, **opts):
     # user root: lua-nginx-module re-reads lua_ssl_trusted_certificate in each worker
     # (init_worker merges a fake location conf), and pytest's tmp dirs are 0700
-    from hcutil import LuaExpr
     port = free_port()
     opts.setdefault('interval', 100)
     opts.setdefault('timeout', 500)
@@ -70,8 +80,9 @@ def test_verify_failure_untrusted_chain(nginx_factory, backends, certs):
     b = tls_backend(backends, certs, leaf='evilleaf')
     n, port = start(nginx_factory, b, extra_http=trusted(certs), host='good.test')
     wait_state(port, b.addr, 'DOWN')
-    assert re.search(r'turned down after 1 failure.*SSL handshake failed: .*(certificate|issuer)',
-                     n.error_log), n.error_log[-1500:]
+    assert re.search(r'turned down after 1 failure.*failed to ssl handshake to %s: '
+                     r'.*(certificate|issuer)' % re.escape(b.addr), n.error_log), \
+        n.error_log[-1500:]
     assert b.health == 0     # never got as far as the request
 
 
@@ -79,7 +90,8 @@ def test_name_mismatch(nginx_factory, backends, certs):
     b = tls_backend(backends, certs)
     n, port = start(nginx_factory, b, extra_http=trusted(certs), host='other.test')
     wait_state(port, b.addr, 'DOWN')
-    assert re.search(r'SSL handshake failed: certificate host mismatch', n.error_log)
+    assert re.search(r'\[error\].*healthcheck: failed to ssl handshake to %s: '
+                     r'certificate host mismatch' % re.escape(b.addr), n.error_log)
     assert 'other.test' in b.sni          # SNI follows `host`
 
 

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from conftest import free_port, http_get, wait_for
-from hcutil import (backends, checker_lua, hc_conf, local_views, peer_states,
-                    upstream_block, wait_state)
+from hcutil import hc_conf, local_views, wait_state
+from support.confs import checker_lua, upstream_block
+from support.probes import peer_states
 from support.hc_keys import hc_key
 
 WORKERS = 4

@@ -1,8 +1,9 @@
-"""Helpers for the release tests: a private network namespace (the default
-config listens on fixed ports 8080/18080, so each test gets its own loopback),
-root filesystems run with chroot as an unprivileged user (optionally set up the
-way a container runtime does: /proc, /dev, volumes, read-only root, stdio pipes
-given to the user), HTTP through curl inside the namespace."""
+"""Helpers for the release tests: root filesystems run with chroot as an
+unprivileged user (optionally set up the way a container runtime does: /proc,
+/dev, volumes, read-only root, stdio pipes given to the user) inside a private
+network namespace (support.namespaces.NetNS: the default config listens on fixed
+ports 8080/18080, so each test gets its own loopback), HTTP through curl inside
+the namespace, the Kubernetes manifests, ELF checks."""
 import os
 import pathlib
 import re
@@ -13,7 +14,9 @@ import threading
 
 import yaml
 
-from conftest import CRASH_MARKERS, ROOT, wait_for
+from support.bundle import CRASH_MARKERS, ROOT
+from support.net import wait_for
+from support.probes import status_peers
 
 RELEASE = ROOT / 'release'
 K8S = ROOT / 'deploy' / 'kubernetes'
@@ -55,56 +58,6 @@ def k8s_test_conf():
 
 def have(tool):
     return shutil.which(tool) is not None
-
-
-class NetNS:
-    """A network namespace with only `lo` (up), kept alive by a bounded sleep."""
-
-    def __init__(self):
-        self.holder = subprocess.Popen(
-            ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs = []
-        wait_for(self._lo_up, timeout=10, what='loopback up in the new namespace')
-
-    @property
-    def path(self):
-        return '/proc/%d/ns/net' % self.holder.pid
-
-    def _lo_up(self):
-        r = subprocess.run(['nsenter', '--net=' + self.path, 'ip', '-o', 'link', 'show', 'lo'],
-                           capture_output=True, text=True)
-        return r.returncode == 0 and 'UP' in r.stdout.split('>')[0]
-
-    def popen(self, cmd, **kw):
-        kw.setdefault('stdin', subprocess.DEVNULL)
-        kw.setdefault('stdout', subprocess.PIPE)
-        kw.setdefault('stderr', subprocess.STDOUT)
-        p = subprocess.Popen(['nsenter', '--net=' + self.path, *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, cmd, timeout=30):
-        return subprocess.run(['nsenter', '--net=' + self.path, *cmd], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def http(self, url, timeout=5):
-        """(status, body) of a GET inside the namespace; status 0 = no answer."""
-        r = self.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', str(timeout), url],
-                     timeout=timeout + 5)
-        body, _, code = r.stdout.rpartition('\n')
-        try:
-            return int(code), body.rstrip('\n')
-        except ValueError:
-            return 0, r.stdout
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-        self.holder.kill()
-        self.holder.wait(timeout=10)
 
 
 def chroot_cmd(rootfs, args, uid, gid):
@@ -250,20 +203,6 @@ def has_interp(path):
     return 'INTERP' in r.stdout
 
 
-def status_peers(text):
-    """{upstream: [(peer, state)]} from hc.status_page()."""
-    out, cur = {}, None
-    for line in text.splitlines():
-        m = re.match(r'^Upstream (\S+)', line)
-        if m:
-            cur = out.setdefault(m.group(1), [])
-            continue
-        m = re.match(r'^\s{8}(\S+) (UP|DOWN)\s*$', line)
-        if m and cur is not None:
-            cur.append((m.group(1), m.group(2)))
-    return out
-
-
 def check_default_config(ns, bundle_has_hc):
     """The default config answers on 8080 and 18080; health checks pass.
     Returns the reason when the health check part was skipped, else None."""
@@ -289,14 +228,6 @@ def check_default_config(ns, bundle_has_hc):
     return None
 
 
-def copy_bundle(src, dest):
-    """Copy a bundle without its runtime state (logs, temp contents)."""
-    shutil.copytree(src, dest, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if pathlib.Path(d).name in ('logs', 'temp')
-                                             and n != '.keep'])
-    return pathlib.Path(dest)
-
-
 def run_script(args, cwd=None, env=None, timeout=600):
     r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, 'command %s failed (%d):\n%s\n%s' % (args, r.returncode, r.stdout[-3000:],
@@ -304,3 +235,28 @@ def run_script(args, cwd=None, env=None, timeout=600):
     return r
 
 
+# The CycloneDX JSON schemas come from an npm package, pinned by its sha256.
+SCHEMA_PKG = '@cyclonedx/cyclonedx-library@10.3.0'
+SCHEMA_PKG_SHA256 = '9833bd949052eb18218dd64b13ad62d9246f7395eef01c66dad08fcbacf74f01'
+
+
+def cyclonedx_schemas(tmp_path):
+    """{file name: schema} of the npm package (cached in .build/); skips offline."""
+    import hashlib, io, json, tarfile
+    import pytest
+    if not have('npm'):
+        pytest.skip('npm not installed (the schema comes from an npm package)')
+    tgz = ROOT / '.build' / 'cyclonedx-schema' / 'package.tgz'
+    if not tgz.is_file():
+        tgz.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(['npm', 'pack', '--silent', '--pack-destination', str(tmp_path), SCHEMA_PKG],
+                           capture_output=True, text=True, timeout=180)
+        packed = list(pathlib.Path(tmp_path).glob('*.tgz'))
+        if r.returncode != 0 or not packed:
+            pytest.skip('npm registry not reachable: %s' % r.stderr[-300:])
+        shutil.move(str(packed[0]), tgz)
+    data = tgz.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == SCHEMA_PKG_SHA256
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        return {m.name.rsplit('/', 1)[1]: json.load(t.extractfile(m)) for m in t.getmembers()
+                if m.name.startswith('package/res/schema/') and m.name.endswith('.schema.json')}

@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from conftest import BUNDLE, IS_ASAN
-from relutil import NOBODY, NetNS, ChrootNginx, check_default_config, copy_bundle, \
-    elf_kind, has_interp, proc_ids, children
+from relutil import NOBODY, ChrootNginx, check_default_config, elf_kind, has_interp, proc_ids, \
+    children
+from support.bundle import BUNDLE, IS_ASAN, copy_bundle
+from support.namespaces import NetNS
 
 pytestmark = pytest.mark.skipif(IS_ASAN, reason='the ASan build is dynamically linked')
 
@@ -22,7 +23,7 @@ CA = pathlib.Path('/etc/ssl/certs/ca-certificates.crt')
 @pytest.fixture
 def rootfs(tmp_path):
     root = tmp_path / 'root'
-    b = copy_bundle(BUNDLE, root / PREFIX.lstrip('/'))
+    b = copy_bundle(root / PREFIX.lstrip('/'))
     for d in ('logs', 'temp'):
         os.chown(b / d, NOBODY, NOBODY)
     etc = root / 'etc'

@@ -11,9 +11,11 @@ import sys
 
 import pytest
 
-from conftest import BUNDLE, IS_ASAN, ROOT, wait_for
-from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, NetNS, copy_bundle, have, k8s_docs, \
-    k8s_test_conf, status_peers
+from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, NOBODY, have, k8s_docs, k8s_test_conf
+from support.bundle import BUNDLE, IS_ASAN, ROOT, copy_bundle
+from support.namespaces import NetNS
+from support.net import wait_for
+from support.probes import status_peers
 
 DEPLOY = ROOT / 'deploy'
 HAS_HC = (BUNDLE / 'lualib' / 'resty' / 'upstream' / 'healthcheck.lua').is_file()
@@ -100,7 +102,7 @@ def test_readme_explains_scaling_out():
 @pytest.mark.skipif(IS_ASAN, reason='runs in a network namespace without the sanitizer setup')
 @pytest.mark.skipif(not HAS_HC, reason='bundle has no lualib/resty/upstream/healthcheck.lua yet')
 def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
-    prefix = copy_bundle(BUNDLE, tmp_path / 'prefix')
+    prefix = copy_bundle(tmp_path / 'prefix')
     conf = k8s_test_conf().replace('/opt/nginx-portable/conf/', str(prefix / 'conf') + '/')
     cfile = tmp_path / 'nginx.conf'
     cfile.write_text(conf)
@@ -161,7 +163,7 @@ def test_systemd_unit_commands_start_reload_stop(tmp_path):
             keys.setdefault(m.group(1), []).append(m.group(2))
     assert keys['Type'] == ['forking'] and keys['KillSignal'] == ['SIGQUIT']
     assert any(re.search(r'kill -HUP \$MAINPID', c) for c in keys['ExecReload'])
-    prefix = copy_bundle(BUNDLE, tmp_path / 'opt')
+    prefix = copy_bundle(tmp_path / 'opt')
     for d in ('logs', 'temp'):
         os.chown(prefix / d, NOBODY, NOBODY)
     os.chmod(tmp_path, 0o755)
@@ -287,7 +289,7 @@ def test_systemd_syscall_filter_allows_what_nginx_calls(tmp_path):
     QUIT), traced with strace, is in SystemCallFilter=@system-service."""
     allowed = expand(syscall_groups(), '@system-service')
     assert {'openat', 'epoll_wait', 'accept4', 'sendfile', 'mprotect'} <= allowed
-    prefix = copy_bundle(BUNDLE, tmp_path / 'opt')
+    prefix = copy_bundle(tmp_path / 'opt')
     for d in ('logs', 'temp'):
         os.chown(prefix / d, NOBODY, NOBODY)
     os.chmod(tmp_path, 0o755)

@@ -13,9 +13,11 @@ import tarfile
 
 import pytest
 
-from conftest import BUNDLE, IS_ASAN, wait_for
-from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, RELEASE, NetNS, ContainerNginx, check_default_config, \
-    copy_bundle, elf_kind, has_interp, have, k8s_docs, k8s_test_conf, proc_ids, children, run_script
+from relutil import K8S_BACKEND, K8S_BACKEND_ADDR, RELEASE, ContainerNginx, check_default_config, \
+    elf_kind, has_interp, have, k8s_docs, k8s_test_conf, proc_ids, children, run_script
+from support.bundle import BUNDLE, IS_ASAN, copy_bundle
+from support.namespaces import NetNS
+from support.net import wait_for
 
 pytestmark = [
     pytest.mark.skipif(IS_ASAN, reason='the image ships the release build (the ASan one is dynamic)'),
@@ -93,7 +95,7 @@ def test_docker_load_formats(image, tmp_path):
 def test_image_is_reproducible(image, tmp_path):
     """Another copy of the bundle, another directory, umask and time zone: same bytes."""
     archive, _, digest = image
-    other = copy_bundle(BUNDLE, tmp_path / 'elsewhere' / 'bundle-copy')
+    other = copy_bundle(tmp_path / 'elsewhere' / 'bundle-copy')
     os.utime(other / 'sbin' / 'nginx', (1, 1))                 # mtimes must not matter
     archive2, _, digest2 = build_image(tmp_path / 'second', bundle=other, umask=0o077, tz='Asia/Tokyo')
     assert digest2 == digest

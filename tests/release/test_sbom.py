@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from conftest import BUNDLE, ROOT
-from relutil import RELEASE
+from relutil import RELEASE, cyclonedx_schemas
 
 LOCK = ROOT / 'build' / 'deps.lock'
 
@@ -84,7 +84,29 @@ def test_artifact_checksums_and_static_toolchain(sbom):
     refs = {c['bom-ref'] for c in bom['components']}
     assert 'glibc' in refs                              # statically linked, so it is a component
     deps = {d['ref']: set(d['dependsOn']) for d in bom['dependencies']}
-    assert {'nginx', 'openssl', 'pcre', 'zlib', 'luajit2', 'glibc'} <= deps['file:sbin/nginx']
+    assert {'nginx', 'openssl', 'pcre2', 'zlib', 'luajit2', 'glibc'} <= deps['file:sbin/nginx']
     assert deps['nginx-portable'] == refs
     epoch = next(l.split()[1] for l in LOCK.read_text().splitlines() if l.startswith('source-date-epoch'))
     assert {'name': 'nginx-portable:source-date-epoch', 'value': epoch} in bom['metadata']['properties']
+
+
+def test_sbom_with_its_vex_validates_against_cyclonedx_15(sbom, tmp_path):
+    jsonschema = pytest.importorskip('jsonschema')
+    bom, _ = sbom
+    schemas = cyclonedx_schemas(tmp_path)
+    main = schemas['bom-1.5.SNAPSHOT.schema.json']
+    base = main['$id'].rsplit('/', 1)[0] + '/'   # $refs are relative to it: never fetched
+    store = {}
+    for name, s in schemas.items():
+        for n in (name, name.replace('.SNAPSHOT', '')):
+            store[n] = store[base + n] = s
+    resolver = jsonschema.RefResolver.from_schema(main, store=store)
+    jsonschema.Draft7Validator(main, resolver=resolver).validate(bom)
+    vulns = bom['vulnerabilities']
+    assert len(vulns) > 30
+    refs = {c['bom-ref'] for c in bom['components']}
+    states = set()
+    for v in vulns:
+        assert v['affects'][0]['ref'] in refs, v
+        states.add(v['analysis']['state'])
+    assert {'resolved_with_pedigree', 'not_affected', 'exploitable'} <= states

@@ -1,17 +1,12 @@
 """A small stack for the fault tests: one nginx with a health-checked upstream
 `foo`, traffic status with filter_by_host, a status page, a merged /metrics
-and an shm probe, in front of tests/backends.py servers on loopback."""
-import json
-import re
+and an shm probe, in front of support.backends servers on loopback."""
+from support.backends import Backend
+from support.confs import HEALTH_REQUEST, STATUS_LOCATION, LuaExpr, checker_lua, conf_wrap
+from support.net import free_port, http_get
+from support.probes import get_json
 
-from backends import Backend
-from conftest import conf_wrap, free_port, http_get
-
-STATUS_LUA = """
-        location = /status {
-            default_type text/plain;
-            content_by_lua_block { ngx.print(require("resty.upstream.healthcheck").status_page()) }
-        }
+STATUS_LUA = STATUS_LOCATION + """
         location = /metrics {
             default_type text/plain;
             content_by_lua_block {
@@ -38,18 +33,10 @@ STATUS_LUA = """
 
 
 def checker(upstream, interval=200, timeout=500, fall=2, rise=2):
-    return """
-        do
-            local ok, err = require("resty.upstream.healthcheck").spawn_checker({
-                shm = "healthcheck", upstream = "%s", type = "http",
-                http_req = "GET /health HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n",
-                interval = %d, timeout = %d, fall = %d, rise = %d,
-                valid_statuses = {200}, concurrency = 10,
-            })
-            if not ok then
-                ngx.log(ngx.ERR, "failed to spawn health checker for %s: ", err)
-            end
-        end""" % (upstream, upstream, interval, timeout, fall, rise, upstream)
+    """The stack's checker: /health with Host: <upstream>, 200 only."""
+    return checker_lua(upstream, http_req=LuaExpr(HEALTH_REQUEST % upstream), interval=interval,
+                       timeout=timeout, fall=fall, rise=rise, valid_statuses=[200],
+                       concurrency=10)
 
 
 def stack_conf(port, upstreams, checkers, workers=2, shm='1m', vts_zone='shared:vts:1m',
@@ -83,15 +70,8 @@ def backends(n, base='127.0.31.', port=None, **kw):
     return [Backend('%s%d' % (base, i + 1), port, name='b%d' % i, **kw).start() for i in range(n)]
 
 
-def peer_states(port):
-    body = http_get('127.0.0.1', port, '/status')[2].decode()
-    return dict(re.findall(r'^\s+(\S+) (UP|DOWN)$', body, re.M))
-
-
 def vts_json(port):
-    st, _, body = http_get('127.0.0.1', port, '/traffic/format/json')
-    assert st == 200, st
-    return json.loads(body)
+    return get_json(port, '/traffic/format/json')
 
 
 def shm_get(port, key):

@@ -1,6 +1,5 @@
 """Helpers for the reliability tests: the bundle's default configuration
 (conf/nginx.conf with its demo backends), wrk, log checks."""
-import json
 import re
 import shutil
 import signal
@@ -9,7 +8,9 @@ import time
 
 import pytest
 
-from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+from support.bundle import CRASH_MARKERS, Nginx, copy_bundle
+from support.net import http_get, port_open, wait_for
+from support.probes import get_json, peer_states
 
 PROXY, METRICS, CONTROL, PROBE = 8080, 18080, 18081, 18089
 FOO = ['127.0.1.11:8080', '127.0.1.12:8080']
@@ -37,8 +38,7 @@ server {
 """ % PROBE
 
 # Lines that must never appear in the error log of a healthy instance.
-BAD_LOG = re.compile(r'\[(alert|crit|emerg)\]|exited on signal|AddressSanitizer|runtime error:'
-                     r'|LeakSanitizer|UndefinedBehaviorSanitizer|core dumped')
+BAD_LOG = re.compile(r'\[(alert|crit|emerg)\]|' + '|'.join(map(re.escape, CRASH_MARKERS)))
 
 
 def bad_log_lines(text, allow=()):
@@ -74,8 +74,7 @@ def start_default(tmp_path, name='bundle'):
 
 def status():
     """{peer: 'UP'|'DOWN'} from the health checker's status page."""
-    body = http_get('127.0.0.1', METRICS, '/status')[2].decode()
-    return dict(re.findall(r'^\s+(\S+) (UP|DOWN)$', body, re.M))
+    return peer_states(METRICS)
 
 
 def metrics():
@@ -83,9 +82,7 @@ def metrics():
 
 
 def vts():
-    st, _, body = http_get('127.0.0.1', METRICS, '/traffic/format/json', timeout=10)
-    assert st == 200
-    return json.loads(body)
+    return get_json(METRICS, '/traffic/format/json', timeout=10)
 
 
 def hc_shm():
@@ -110,16 +107,6 @@ def backend_of(path):
 
 def stop(n, timeout=30):
     n.stop(timeout=timeout)
-
-
-def promtool(text, tmp_path):
-    if not shutil.which('promtool'):
-        return True, 'promtool not installed'
-    p = tmp_path / 'metrics.txt'
-    p.write_text(text)
-    r = subprocess.run(['promtool', 'check', 'metrics'], stdin=open(p), capture_output=True,
-                       text=True)
-    return r.returncode == 0, r.stdout + r.stderr
 
 
 # -- wrk --------------------------------------------------------------------

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from conftest import Nginx, free_port, http_get, make_prefix, wait_for
-from faultutil import backends, checker, peer_states, shm_get, stack_conf, vts_json
-from soakutil import bad_log_lines, promtool, workers_settled, wrk_result, wrk_start
+from faultutil import backends, checker, shm_get, stack_conf, vts_json
+from soakutil import bad_log_lines, workers_settled, wrk_result, wrk_start
+from support.probes import peer_states, promtool
 from support.hc_keys import hc_key
 
 
@@ -30,9 +31,18 @@ def served_by(port, n=20):
     return seen
 
 
+def routed_around(port, backend, n=20):
+    """n requests in a row, all 200, none answered by `backend`."""
+    for _ in range(n):
+        st, h, _ = http_get('127.0.0.1', port, '/')
+        if st != 200 or h.get('x-backend') == backend:
+            return False
+    return True
+
+
 def test_worker_sigkilled_mid_round(tmp_path):
     b = backends(3)
-    b[2].delay = 0.3                       # rounds take >= 0.3 s: the lock is held long
+    b[2].mode, b[2].delay = 'slow', 0.3    # rounds take >= 0.3 s: the lock is held long
     port = free_port()
     addrs = ['%s:%d' % (x.host, x.port) for x in b]
     n = Nginx(make_prefix(tmp_path / 'n', stack_conf(
@@ -64,14 +74,17 @@ def test_worker_sigkilled_mid_round(tmp_path):
         after = vts_json(port)['serverZones']['load.test']['requestCounter']
         assert after >= before + 1 and after >= r['requests'] - 4 - r['socket_errors']
         # the checker still works: a backend failure is detected and routed around
-        b[0].status = 500
+        b[0].status, b[0].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(addrs[0]) == 'DOWN', timeout=10, what='DOWN')
-        time.sleep(0.3)
+        # every worker applies the DOWN within one sync period (0.2 s) plus
+        # scheduling delay (lualib/README.md): wait for that, generously, on a
+        # busy machine, then no client request may reach b0 any more
+        wait_for(lambda: routed_around(port, 'b0'), timeout=5, what='every worker routes around b0')
         assert 'b0' not in served_by(port)
-        b[0].status = 200
+        b[0].mode = 'ok'
         wait_for(lambda: peer_states(port).get(addrs[0]) == 'UP', timeout=10, what='UP')
         text = http_get('127.0.0.1', port, '/metrics')[2].decode()
-        ok, why = promtool(text, tmp_path)
+        ok, why = promtool(text)
         assert ok, why
     finally:
         n.stop()
@@ -104,16 +117,16 @@ def test_healthcheck_shm_too_small(nginx_factory, tmp_path):
         assert 'no memory' in line, line
         assert served_by(port) == {'b0', 'b1'}
         # foo's checker still detects failures and recoveries
-        b[1].status = 500
+        b[1].status, b[1].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(small[1]) == 'DOWN', timeout=10, what='DOWN')
         time.sleep(0.3)
         assert served_by(port) == {'b0'}
-        b[1].status = 200
+        b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(small[1]) == 'UP', timeout=10, what='UP')
         # status page and /metrics stay usable
         body = http_get('127.0.0.1', port, '/status')[2].decode()
         assert 'Upstream big' in body
-        ok, why = promtool(http_get('127.0.0.1', port, '/metrics')[2].decode(), tmp_path)
+        ok, why = promtool(http_get('127.0.0.1', port, '/metrics')[2].decode())
         assert ok, why
     finally:
         for x in b:
@@ -145,7 +158,7 @@ def test_traffic_status_zone_too_small(nginx_factory, tmp_path):
         text = http_get('127.0.0.1', port, '/metrics')[2].decode()
         assert re.search(r'nginx_vts_main_shm_dropped_nodes_total\{[^}]*reason="zone_full"[^}]*\} [1-9]',
                          text), text[-2000:]
-        ok, why = promtool(text, tmp_path)
+        ok, why = promtool(text)
         assert ok, why
         # and the stored entries keep counting
         h = stored[0]
@@ -165,7 +178,7 @@ def test_reload_changing_the_peer_list_under_load(nginx_factory, tmp_path):
     n = nginx_factory(stack_conf(port, {'foo': a[:3]}, [checker('foo')]), workers=2,
                       wait_ports=[('127.0.0.1', port)])
     try:
-        b[1].status = 500                  # fails health checks and would fail clients
+        b[1].status, b[1].mode = 500, 'status'     # fails health checks and would fail clients
         wait_for(lambda: peer_states(port).get(a[1]) == 'DOWN', timeout=10, what='DOWN')
         time.sleep(0.5)                    # every worker applied it
         w = load(port, 6)
@@ -187,7 +200,7 @@ def test_reload_changing_the_peer_list_under_load(nginx_factory, tmp_path):
         wait_for(lambda: all(p['down'] == (p['server'] == a[1])
                              for p in vts_json(port)['upstreamZones']['foo']),
                  timeout=3, what='traffic status shows the states')
-        b[1].status = 200
+        b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(a[1]) == 'UP', timeout=10, what='UP')
     finally:
         for x in b:
@@ -205,7 +218,7 @@ def test_binary_upgrade_under_load(nginx_factory, tmp_path):
     n = nginx_factory(conf, workers=2, copy=True, wait_ports=[('127.0.0.1', port)])
     old = n.master_pid()
     try:
-        b[1].status = 500
+        b[1].status, b[1].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(a[1]) == 'DOWN', timeout=10, what='DOWN')
         time.sleep(0.5)
         w = load(port, 6)
@@ -238,7 +251,7 @@ def test_binary_upgrade_under_load(nginx_factory, tmp_path):
         assert st == 200 and h['x-backend'] == 'b0'
         data = vts_json(port)                           # the new master's zone counts
         assert data['serverZones']['127.0.0.1']['requestCounter'] >= 1
-        b[1].status = 200
+        b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(a[1]) == 'UP', timeout=10, what='UP')
     finally:
         for x in b:

@@ -18,9 +18,10 @@ import pytest
 
 from conftest import wait_for
 from soakutil import (BAR, FOO, PEERS, PROXY, backend_of, bad_log_lines, hc_shm, hup, kill,
-                      metrics, now, promtool, revive, start_default, status, vts, workers_settled,
+                      metrics, now, revive, start_default, status, vts, workers_settled,
                       wrk_result, wrk_start)
 from support.hc_keys import hc_key_prefix
+from support.probes import promtool
 
 SOAK_SECONDS = int(os.environ.get('SOAK_SECONDS', '150'))
 RELOAD_EVERY = float(os.environ.get('SOAK_RELOAD_EVERY', '5'))
@@ -226,7 +227,7 @@ def _soak(n, tmp_path):
                     'role="PRIMARY"} 1' % (group, peer, st)) in text, (peer, st)
             assert re.search(r'nginx_vts_upstream_peer_down\{upstream="%s",backend="%s"\} %d'
                              % (group, re.escape(peer), st == 'DOWN'), text), (peer, st)
-    ok, why = promtool(text, tmp_path)
+    ok, why = promtool(text)
     assert ok, why
     assert {backend_of('/api/final') for _ in range(12)} == {FOO[1]}
     assert {backend_of('/final') for _ in range(12)} == set(BAR)

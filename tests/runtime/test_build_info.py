@@ -5,7 +5,8 @@ import re
 import subprocess
 
 from conftest import BUNDLE, ROOT
-from test_default_config import bundle_copy, metrics, promtool  # noqa: F401 (fixture)
+from support.probes import promtool
+from test_default_config import bundle_copy, metrics  # noqa: F401 (fixture)
 
 LABELS = ('version', 'nginx', 'openssl', 'luajit', 'lua_nginx_module')
 
@@ -26,7 +27,7 @@ def lock_version(component):
 def test_build_info_matches_the_binary(bundle_copy, tmp_path):
     n = bundle_copy()
     text = metrics()
-    ok, why = promtool(text, tmp_path)
+    ok, why = promtool(text)
     assert ok, why
     assert '# TYPE nginx_portable_build_info gauge' in text
     labels = build_info(text)

@@ -9,25 +9,18 @@ import subprocess
 import pytest
 
 from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+from support.probes import peer_states, promtool
 
 PROXY, METRICS, CONTROL = 8080, 18080, 18081
 PEERS = ['127.0.1.11:8080', '127.0.1.12:8080', '127.0.2.11:8080', '127.0.2.12:8080']
 
 
 def status():
-    body = http_get('127.0.0.1', METRICS, '/status')[2].decode()
-    return dict(re.findall(r'^\s+(\S+) (UP|DOWN)$', body, re.M))
+    return peer_states(METRICS)
 
 
 def metrics():
     return http_get('127.0.0.1', METRICS, '/metrics')[2].decode()
-
-
-def promtool(text, tmp_path):
-    p = tmp_path / 'metrics.txt'
-    p.write_text(text)
-    r = subprocess.run('promtool check metrics < %s' % p, shell=True, capture_output=True, text=True)
-    return r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.fixture
@@ -66,7 +59,7 @@ def test_tour(bundle_copy, tmp_path):
     assert {backend_of('/') for _ in range(6)} == {'127.0.2.11:8080', '127.0.2.12:8080'}
 
     text = metrics()
-    ok, why = promtool(text, tmp_path)
+    ok, why = promtool(text)
     assert ok, why
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in text
     assert 'nginx_metrics_source_up{source="vts"} 1' in text
@@ -85,7 +78,7 @@ def test_tour(bundle_copy, tmp_path):
 
     assert http_get('127.0.0.1', CONTROL, '/demo/revive?backend=127.0.1.11:8080', method='POST')[0] == 200
     wait_for(lambda: status()['127.0.1.11:8080'] == 'UP', timeout=2 * 2 + 1 + 4, interval=0.2, what='UP')
-    ok, why = promtool(metrics(), tmp_path)
+    ok, why = promtool(metrics())
     assert ok, why
 
 
@@ -96,7 +89,7 @@ def test_metrics_without_the_healthcheck_module_stays_valid(bundle_copy, tmp_pat
     assert 'nginx_metrics_source_up{source="vts"} 1' in text
     assert re.search(r"^# healthcheck module unavailable: module 'resty.upstream.healthcheck' not found: ",
                      text, re.M)
-    ok, why = promtool(text, tmp_path)
+    ok, why = promtool(text)
     assert ok, why
 
 

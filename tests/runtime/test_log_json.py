@@ -3,13 +3,13 @@ documented fields, also for hostile requests (quotes, backslashes, control
 bytes, invalid UTF-8 in the request line and headers, HTTP/0.9, garbage)."""
 import base64
 import codecs
-import json
 import shutil
 import socket
 
 import pytest
 
 from conftest import BUNDLE, conf_wrap, free_port, http_get, wait_for
+from support.probes import parse_json
 
 FIELDS = {'time', 'request_id', 'remote_addr', 'remote_user', 'host', 'request', 'method', 'uri',
           'protocol', 'status', 'body_bytes_sent', 'request_length', 'request_time', 'referer',
@@ -53,7 +53,7 @@ def json_log(nginx_factory):
     def lines(count):
         wait_for(lambda: log.exists() and log.read_bytes().count(b'\n') >= count,
                  what='%d access log lines' % count)
-        return [json.loads(line) for line in log.read_bytes().splitlines()]   # strict UTF-8
+        return [parse_json(line) for line in log.read_bytes().splitlines()]  # strict UTF-8
     return n, port, lines
 
 

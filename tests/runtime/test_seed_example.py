@@ -8,12 +8,13 @@ import pathlib
 import re
 import shutil
 import socket
-import subprocess
 
 import pytest
 
-from backends import Backend, TestPKI
 from conftest import ROOT, free_port, http_get, wait_for
+from support.backends import Backend
+from support.pki import PKI
+from support.probes import peer_states_in, promtool, status_page
 
 SEED = ROOT.parent / 'shared' / 'seed' / 'lua-runtime-modules.md'
 
@@ -57,7 +58,7 @@ events { worker_connections 1024; }
 
 @pytest.fixture
 def pki(tmp_path):
-    return TestPKI(tmp_path / 'pki')
+    return PKI(tmp_path / 'pki')
 
 
 @pytest.fixture
@@ -89,15 +90,8 @@ def start_seed(nginx_factory, pki, tmp_path, name='seed', lualib_without=None, e
 
 
 def status_of(metrics_port):
-    body = http_get('127.0.0.1', metrics_port, '/status')[2].decode()
-    return dict(re.findall(r'^\s+(\S+) (UP|DOWN)$', body, re.M)), body
-
-
-def promtool_ok(text, tmp_path):
-    p = tmp_path / 'metrics.txt'
-    p.write_text(text)
-    r = subprocess.run('promtool check metrics < %s' % p, shell=True, capture_output=True, text=True)
-    return r.returncode == 0, r.stdout + r.stderr
+    page = status_page(metrics_port)
+    return peer_states_in(page), page
 
 
 def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
@@ -121,7 +115,7 @@ def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
     assert bar[0].total('/y') + bar[1].total('/y') == 8
 
     body = http_get('127.0.0.1', metrics, '/metrics')[2].decode()
-    ok, why = promtool_ok(body + '\n', tmp_path)
+    ok, why = promtool(body + '\n')
     assert ok, why + body[:3000]
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in body
     assert 'nginx_metrics_source_up{source="vts"} 1' in body
@@ -137,7 +131,7 @@ def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
     body = http_get('127.0.0.1', metrics, '/metrics')[2].decode()
     assert ('nginx_upstream_status_info{name="foo",endpoint="127.0.1.11:%d",status="DOWN",role="PRIMARY"} 1'
             % PORT) in body
-    assert promtool_ok(body + '\n', tmp_path)[0]
+    assert promtool(body + '\n')[0]
     before = foo[1].total('/api/z')
     for _ in range(10):
         assert http_get('127.0.0.1', proxy, '/api/z')[0] == 200
@@ -161,7 +155,7 @@ def test_metrics_says_when_healthcheck_module_is_missing(nginx_factory, backends
     assert re.search(r'^# healthcheck module unavailable: .*resty.upstream.healthcheck', body, re.M), body
     # The seed's comment carries require()'s multi-line message verbatim, which
     # the text format rejects; our default config folds it (test_default_config).
-    ok, why = promtool_ok(body + '\n', tmp_path)
+    ok, why = promtool(body + '\n')
     assert not ok and 'line 2' in why
     assert 'failed to spawn health checker' in n.error_log or 'module' in n.error_log
 
@@ -174,4 +168,4 @@ def test_metrics_says_when_traffic_status_is_missing(nginx_factory, backends, pk
     assert 'nginx_metrics_source_up{source="vts"} 0' in body
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in body
     assert '# vts metrics unavailable: status=404' in body
-    assert promtool_ok(body + '\n', tmp_path)[0]
+    assert promtool(body + '\n')[0]

@@ -2,8 +2,9 @@
 lua_ssl_trusted_certificate is set (build/patches/lua-nginx-module/0002)."""
 import pytest
 
-from backends import Backend, TestPKI
 from conftest import conf_wrap, free_port, http_get
+from support.backends import Backend
+from support.pki import PKI
 
 HANDSHAKE = r'''
     server {
@@ -28,7 +29,7 @@ HANDSHAKE = r'''
 
 @pytest.fixture
 def tls_backend(tmp_path):
-    pki = TestPKI(tmp_path / 'pki')
+    pki = PKI(tmp_path / 'pki')
     port = free_port('127.0.3.21')
     b = Backend('127.0.3.21', port, tls=pki.server_context('bar.internal')).start()
     yield pki, port

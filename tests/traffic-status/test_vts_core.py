@@ -1,13 +1,13 @@
 """traffic-status: directives, exact counts, outputs (JSON, Prometheus) through
 the real bundle."""
-import json
 import re
 
 import pytest
 
 from conftest import conf_wrap, free_port, wait_for, http_get
-from vts_util import (backend_conf, get, get_json, keepalive_requests, promtool,
-                      raw_request, req, status_of)
+from support.net import raw_request
+from support.probes import parse_json, promtool
+from vts_util import backend_conf, get, get_json, keepalive_requests, req, status_of
 
 
 def front_conf(fport, sport, bports, extra_http='', extra_server='', zone='shared:vts:4m'):
@@ -171,8 +171,8 @@ def test_prometheus_passes_promtool_and_has_the_names(stack):
     assert st == 200
     assert re.search(r'Content-Type: text/plain; version=0\.0\.4', head), head
     text = body.decode()
-    rc, out = promtool(text)
-    assert rc == 0, out
+    ok, out = promtool(text)
+    assert ok, out
     for name in ('nginx_vts_info', 'nginx_vts_start_time_seconds',
                  'nginx_vts_main_connections', 'nginx_vts_main_shm_usage_bytes',
                  'nginx_vts_server_bytes_total', 'nginx_vts_server_requests_total',
@@ -242,7 +242,7 @@ def test_filter_by_set_key_and_duplicates(stack):
         assert '# TYPE %s %s\n' % (name, typ) in text, name
     assert ('nginx_vts_filter_bytes_total{filter="country",filter_name="kr",'
             'direction="in"}') in text
-    assert promtool(text)[0] == 0
+    assert promtool(text)[0]
 
 
 def test_filter_check_duplicate_off_counts_twice(stack):
@@ -264,7 +264,7 @@ def test_jsonp_and_format_override(stack):
     assert st == 200
     text = body.decode().strip()
     assert text.startswith('ngx_http_vhost_traffic_status_jsonp_callback(') and text.endswith(')')
-    doc = json.loads(text[text.index('(') + 1:-1])
+    doc = parse_json(text[text.index('(') + 1:-1])
     assert doc['serverZones']['counted.test']['requestCounter'] == 1
     st, _, body = get(sport, '/status/format/jsonp?callback=myCb')
     assert body.decode().startswith('myCb(')
@@ -272,7 +272,7 @@ def test_jsonp_and_format_override(stack):
     assert body.decode().startswith('ngx_http_vhost_traffic_status_jsonp_callback(')
     # default format of the location is JSON
     st, head, body = get(sport, '/status')
-    assert 'application/json' in head and json.loads(body)['nginxVersion'] == '1.22.1'
+    assert 'application/json' in head and parse_json(body)['nginxVersion'] == '1.22.1'
     st, head, body = get(sport, '/status/format/html')
     assert st == 200 and 'text/html' in head and b'<html' in body.lower()
 
@@ -308,7 +308,7 @@ def test_averages_and_histogram(stack, method):
     assert 'nginx_vts_server_request_duration_seconds_count{host="counted.test"} 3' in text
     assert re.search(r'nginx_vts_upstream_response_duration_seconds_bucket\{upstream="grp",'
                      r'backend="[^"]+",le="\+Inf"\} [12]', text)
-    assert promtool(text)[0] == 0
+    assert promtool(text)[0]
 
 
 def test_counters_survive_hup_reload(stack):
@@ -336,32 +336,32 @@ def test_control_status_reset_delete(stack):
     raw_request(fport, req('/up/x'))
     st, _, body = get(sport, '/status/control?cmd=status&group=server&zone=counted.test')
     assert st == 200
-    doc = json.loads(body)
+    doc = parse_json(body)
     assert doc['serverZones']['counted.test']['requestCounter'] == 4
     st, _, body = get(sport, '/status/control?cmd=status&group=filter&zone=kk@v')
-    assert json.loads(body)['filterZones']['kk']['v']['requestCounter'] == 3
+    assert parse_json(body)['filterZones']['kk']['v']['requestCounter'] == 3
     st, _, body = get(sport, '/status/control?cmd=reset&group=server&zone=counted.test')
-    doc = json.loads(body)
+    doc = parse_json(body)
     assert doc['processingReturn'] is True and doc['processingCounts'] == 1
     z = get_json(sport)['serverZones']['counted.test']
     assert z['requestCounter'] == 0 and z['inBytes'] == 0
     st, _, body = get(sport, '/status/control?cmd=delete&group=filter&zone=kk@v')
-    assert json.loads(body)['processingReturn'] is True
+    assert parse_json(body)['processingReturn'] is True
     assert 'kk' not in get_json(sport)['filterZones']
     # the deleted entry comes back with new traffic, from zero
     raw_request(fport, req('/ok?k=v'))
     assert get_json(sport)['filterZones']['kk']['v']['requestCounter'] == 1
     b = '127.0.0.1:%d' % bports[0]
     st, _, body = get(sport, '/status/control?cmd=reset&group=upstream@group&zone=grp@' + b)
-    assert json.loads(body)['processingReturn'] is True
+    assert parse_json(body)['processingReturn'] is True
     st, _, body = get(sport, '/status/control?cmd=delete&group=server&zone=nosuch')
-    assert st == 200 and json.loads(body)['processingReturn'] is False
+    assert st == 200 and parse_json(body)['processingReturn'] is False
     for bad in ('/status/control', '/status/control?cmd=boom&group=server',
                 '/status/control?cmd=status&group=nope', '/status/control?cmd=status',
                 '/status/control?cmd=reset&group=%00%ff&zone=%'):
         st, head, body = get(sport, bad)
         assert st == 400, bad
-        assert json.loads(body)['processingReturn'] is False
+        assert parse_json(body)['processingReturn'] is False
 
 
 def test_set_by_filter_variable(stack):

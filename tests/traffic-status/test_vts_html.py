@@ -10,19 +10,21 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from conftest import conf_wrap, free_port
-from vts_util import backend_conf, get, raw_request, req
+from cdp import Browser
+from conftest import ROOT, conf_wrap, free_port, wait_for
+from support.net import raw_request
+from vts_util import backend_conf, get, req
 
 CHROMIUM = shutil.which('chromium')
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium')
 
 
 def chromium(tmp_path, *args, timeout=90):
     profile = tmp_path / ('profile-%d' % len(list(tmp_path.glob('profile-*'))))
-    cmd = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu',
+    cmd = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
            '--disable-background-networking', '--disable-component-update',
            '--disable-sync', '--no-first-run', '--disable-dev-shm-usage',
            '--user-data-dir=%s' % profile, *args]
@@ -66,6 +68,7 @@ def dump_dom(tmp_path, url):
     return r.stdout, p
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium')
 def test_html_page_in_chromium(nginx_factory, tmp_path):
     bports = [free_port() for _ in range(4)]
     nginx_factory(backend_conf(bports), name='backend',
@@ -104,6 +107,9 @@ def test_html_page_in_chromium(nginx_factory, tmp_path):
     url = 'http://127.0.0.1:%d/status' % sport
     dom, cells = dump_dom(tmp_path, url)
     assert int(cells.attrs_body.get('data-updates', '0')) >= 1, dom[-3000:]
+    # no health checker here: the traffic part alone, and no error
+    assert cells.attrs_body.get('data-health') == 'absent'
+    assert 'class="err"' not in dom
     zones = {r['attrs'].get('data-zone'): r['cells'] for r in cells.rows
              if r['attrs'].get('data-zone')}
     assert zones['shop.example'][1] == '3', zones
@@ -127,6 +133,24 @@ def test_html_page_in_chromium(nginx_factory, tmp_path):
     # the page polls by itself: within one load it refreshes several times
     assert int(cells.attrs_body['data-updates']) >= 2
 
+    # the same page driven live: no console error, the cards and charts of
+    # the peers say they are not health-checked
+    b = Browser(tmp_path)
+    try:
+        b.navigate(url)
+        wait_for(lambda: b.eval("document.body.getAttribute('data-updates')|0") >= 3,
+                 timeout=20, what='three polls')
+        cards = b.eval("""Array.prototype.map.call(document.querySelectorAll(
+            '.card[data-card=peer]'), function (c) { return [c.getAttribute('data-key'),
+            c.getAttribute('data-state'), c.querySelector('.card-info').textContent,
+            c.querySelectorAll('svg').length]; })""")
+        assert sorted(cards) == sorted([['127.0.0.1:%d' % bports[0], 'up', 'not health-checked', 3],
+                                        ['127.0.0.1:%d' % bports[1], 'down', 'not health-checked', 3]])
+        assert b.eval("document.querySelectorAll('.card[data-card=zone]').length") >= 3
+        assert b.console_errors() == []
+    finally:
+        b.close()
+
     shot = tmp_path / 'vts-status.png'
     r = chromium(tmp_path, '--virtual-time-budget=3000', '--window-size=1400,900',
                  '--screenshot=%s' % shot, url)
@@ -136,3 +160,14 @@ def test_html_page_in_chromium(nginx_factory, tmp_path):
         pathlib.Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, pathlib.Path(keep) / shot.name)
     print('\nscreenshot of the traffic-status page: %s' % shot)
+
+
+def test_committed_page_is_generated_from_html_sources(tmp_path):
+    """vts_html_page.h is what gen_html.py makes of html/ (inlined, no links)."""
+    out = tmp_path / 'page.h'
+    here = ROOT / 'modules' / 'traffic-status'
+    subprocess.run([sys.executable, str(here / 'gen_html.py'), str(out)], check=True)
+    assert out.read_text() == (here / 'vts_html_page.h').read_text(), \
+        'run modules/traffic-status/gen_html.py after editing html/'
+    text = out.read_text()
+    assert '<script src=' not in text and 'stylesheet' not in text and '<style>' in text

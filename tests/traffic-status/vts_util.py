@@ -1,25 +1,11 @@
-"""Helpers for the traffic-status tests (raw HTTP, JSON, promtool)."""
-import json
-import pathlib
-import shutil
+"""Helpers for the traffic-status tests: raw requests and keep-alive
+connections, the status server's JSON, an nginx of plain backends."""
 import socket
-import subprocess
+import threading
 
-from conftest import conf_wrap, free_port, http_get, port_open, wait_for
-
-def raw_request(port, raw, host='127.0.0.1', timeout=5):
-    """Send raw bytes on a fresh connection; read until the server closes.
-
-    Returns the whole response (headers + body) as bytes."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(raw)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b''.join(chunks)
+from support import probes
+from support.confs import conf_wrap
+from support.net import http_get
 
 
 def req(path, host='counted.test', extra=b''):
@@ -79,18 +65,8 @@ def get(port, path, host='status.test'):
 
 
 def get_json(port, path='/status/format/json'):
-    st, head, body = get(port, path)
-    assert st == 200, (st, body[:500])
-    return json.loads(body.decode('utf-8'))
-
-
-def promtool(text):
-    """promtool check metrics: returns (returncode, output)."""
-    exe = shutil.which('promtool')
-    assert exe, 'promtool (Debian package prometheus) is required'
-    p = subprocess.run([exe, 'check', 'metrics'], input=text, capture_output=True,
-                       text=True, timeout=60)
-    return p.returncode, p.stdout + p.stderr
+    """The JSON output at path, parsed strictly (UTF-8, no duplicate keys)."""
+    return probes.get_json(port, path, headers={'Host': 'status.test'})
 
 
 def backend_conf(ports):
@@ -114,7 +90,6 @@ def many_requests(port, raws, conns=4):
     time on each (no pipelining: nginx core's parser does deliberately
     unaligned loads on pipelined input, which the UBSan build reports).
     Each raw must not contain Connection: close. Returns responses read."""
-    import threading
     parts = [raws[i::conns] for i in range(conns)]
     counts = [0] * conns
 

@@ -6,9 +6,9 @@ import pathlib
 import pytest
 
 from conftest import conf_wrap, http_get, wait_for
-from upstream_helpers import (EVAL_LOCATION, NamespacedNginx, backend_servers,
-                              can_namespace_hosts, free_ports, front_server,
-                              get, hits, lua, lua_ok)
+from support.namespaces import NamespacedNginx, can_namespace_hosts
+from upstream_helpers import (EVAL_LOCATION, backend_servers, free_ports, front_server, get, hits,
+                              lua, lua_ok)
 
 
 @pytest.fixture
@@ -227,6 +227,16 @@ def test_set_peer_down_errors(api):
         'up.set_peer_down("fooz", true, 1, false)': [None, 'bad peer id'],
         'up.set_peer_down("127.0.0.1:%d", false, 1, true)' % api['b1']: [None, 'bad peer id'],
         'up.set_peer_down("127.0.0.1:%d", true, 0, true)' % api['b1']: [None, 'no backup peers'],
+        # non-integer ids are bad ids, never truncated to a peer
+        'up.set_peer_down("foo", false, 0.5, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, -0.5, true)': [None, 'bad peer id'],
+        'up.set_peer_down("fooz", false, 0.5, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", true, 0.25, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, 0/0, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, 1/0, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, -1/0, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, 1e300, true)': [None, 'bad peer id'],
+        'up.set_peer_down("foo", false, 2^63, true)': [None, 'bad peer id'],
     }
     for call, want in cases.items():
         assert lua_ok(port, 'return ' + call) == want, call
@@ -239,6 +249,11 @@ def test_set_peer_down_errors(api):
     # nothing was changed by the failed calls
     (prim,) = lua_ok(port, 'return up.get_primary_peers("foo")')
     assert [p.get('down') for p in prim] == [None, True]
+    for g in ('foo', 'fooz'):
+        (back,) = lua_ok(port, 'return up.get_backup_peers("%s")' % g)
+        assert [p.get('down') for p in back] == [None], (g, back)
+    (primz,) = lua_ok(port, 'return up.get_primary_peers("fooz")')
+    assert [p.get('down') for p in primz] == [None, True]
 
 
 @pytest.fixture

@@ -3,12 +3,9 @@ loopback, and an /eval endpoint that runs a Lua chunk in a worker and
 returns pcall's results as JSON."""
 import collections
 import json
-import os
-import shutil
-import subprocess
 import time
 
-from conftest import free_port, http_get, port_open, wait_for, conf_wrap, Nginx
+from support.net import free_port, http_get
 
 # A tiny JSON encoder (the bundle has no cjson) and the /eval location.  The
 # chunk gets `up` = require "ngx.upstream"; the answer is the array
@@ -164,27 +161,3 @@ def free_ports(n):
     while len(ports) < n:
         ports.add(free_port())
     return sorted(ports)
-
-
-class NamespacedNginx(Nginx):
-    """nginx started in a private mount namespace whose /etc/hosts is ours
-    (bind-mounted; the real /etc/hosts is not touched).  The daemon stays in
-    that namespace, so config-time name resolution sees our hosts file."""
-
-    hosts_file = None
-
-    def run(self, *args, check=False, timeout=30):
-        cmd = ('mount --bind "$1" /etc/hosts && shift && exec "$@"')
-        return subprocess.run(['unshare', '-m', 'sh', '-c', cmd, 'sh', str(self.hosts_file),
-                               self.binary, '-p', str(self.prefix) + '/', *args],
-                              env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=check)
-
-
-def can_namespace_hosts():
-    if os.geteuid() != 0 or not shutil.which('unshare'):
-        return False
-    r = subprocess.run(['unshare', '-m', 'sh', '-c',
-                        'mount --bind /etc/hostname /etc/hosts'],
-                       capture_output=True, timeout=10)
-    return r.returncode == 0

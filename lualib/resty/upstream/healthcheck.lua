@@ -37,6 +37,10 @@ function _M.spawn_checker(opts)
         return nil, "spawn_checker must be called from init_worker_by_lua*"
     end
     local u = ctx.upstream
+    if state.checker(u) then
+        -- a second timer chain would double the check rate
+        return nil, "checker already spawned for upstream " .. u
+    end
     local primary, backup = state.fetch_peers(u)
     if not primary then
         return nil, backup

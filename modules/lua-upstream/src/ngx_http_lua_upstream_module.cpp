@@ -347,6 +347,27 @@ get_backup_peers(lua_State *L)
 
 /* ---- upstream.set_peer_down(name, is_backup, peer_id, down) ------------ */
 
+/*
+ * The peer id argument: an integral number, else -1, which the core rejects
+ * as "bad peer id" like any id out of range (luaL_checkinteger would
+ * truncate 0.5 to peer 0).  A non-number still raises "bad argument #3".
+ */
+lua_Integer
+peer_id_arg(lua_State *L, int idx)
+{
+    lua_Number  n = luaL_checknumber(L, idx);
+
+    /* false for NaN too; the bounds keep the cast below defined */
+    if (!(n >= 0 && n < 9007199254740992.0)) {    /* 2^53 */
+        return -1;
+    }
+
+    lua_Integer  id = static_cast<lua_Integer>(n);
+
+    return static_cast<lua_Number>(id) == n ? id : -1;
+}
+
+
 int
 set_peer_down(lua_State *L)
 {
@@ -357,7 +378,7 @@ set_peer_down(lua_State *L)
     size_t       len;
     const char  *name = luaL_checklstring(L, 1, &len);
     bool         backup = lua_toboolean(L, 2);
-    lua_Integer  id = luaL_checkinteger(L, 3);
+    lua_Integer  id = peer_id_arg(L, 3);
     bool         down = lua_toboolean(L, 4);
 
     ngx_http_upstream_srv_conf_t  *uscf =

@@ -36,6 +36,12 @@ local TAGS = {
     checks = "n",                       -- checks done (counter)
     last_check_duration = "d",          -- seconds
     failures = "fr",                    -- failed checks by reason (counter)
+    -- records for the status pages and the dashboard, written best effort
+    -- (not reserved: unrecorded when the shm is full, the checks go on)
+    last_check = "lc",                  -- time of the last check (ngx.now())
+    state_changed = "ch",               -- time of the last state change
+    transitions = "tr",                 -- number of state changes (counter)
+    last_failure = "lf",                -- "TIME REASON MESSAGE" of the last failure
 }
 
 -- the counters reserved next to each peer's state by spawn_checker, so that
@@ -45,7 +51,8 @@ _M.RESERVED_COUNTERS = { "consecutive_failures", "consecutive_successes",
 
 -- every per-peer kind with one key per peer (not the failures by reason)
 _M.PEER_KINDS = { "state", "consecutive_failures", "consecutive_successes",
-                  "checks", "last_check_duration" }
+                  "checks", "last_check_duration",
+                  "last_check", "state_changed", "transitions", "last_failure" }
 
 local function tag_of(kind)
     local tag = TAGS[kind]

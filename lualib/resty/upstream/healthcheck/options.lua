@@ -6,8 +6,9 @@
 -- A spec: name; kind (which checker below); field (the context field, when
 -- not the name); required (error text when absent) or default (value, or a
 -- function of the context built so far); min/max bounds and integer for
--- numbers; convert (applied to the value, checked or default).  Error texts
--- are the contract's; the number ones name the option and its bounds.
+-- numbers (every number option has both); convert (applied to the value,
+-- checked or default).  Error texts are the contract's; the number ones name
+-- the option and its bounds.
 
 local state = require "resty.upstream.healthcheck.state"
 
@@ -74,18 +75,18 @@ function CHECK.upstream(spec, v)
 end
 
 function CHECK.number(spec, v)
-    if type(v) ~= "number" or v ~= v then
+    if type(v) ~= "number" then
         return nil, bad(spec, "number expected, got " .. type(v))
+    end
+    if v ~= v then
+        return nil, bad(spec, "number expected, got NaN")
     end
     if spec.integer and not is_int(v) then
         return nil, bad(spec, "integer expected")
     end
     local min, max = spec.min, spec.max
-    if v < min or (max and v > max) or v == math_huge then
-        if max then
-            return nil, bad(spec, "must be between " .. min .. " and " .. max)
-        end
-        return nil, bad(spec, "must be at least " .. min)
+    if v < min or v > max then
+        return nil, bad(spec, "must be between " .. min .. " and " .. max)
     end
     return v
 end
@@ -144,6 +145,12 @@ local function no_state_file(v)
     return v or nil
 end
 
+-- the contract's bounds (spec "Option bounds"): beyond them a timer delay
+-- or a socket timeout overflows, or the checker does nothing useful
+local MAX_MS = 2 ^ 31 - 1
+local MAX_STREAK = 10000
+local MAX_CONCURRENCY = 1000
+
 -- the contract's order: the first error wins
 local SPECS = {
     { name = "type", kind = "probe_type",
@@ -153,14 +160,17 @@ local SPECS = {
       required = "\"http_req\" option required" },
     { name = "shm", kind = "shm", required = "\"shm\" option required" },
     { name = "upstream", kind = "upstream", required = "no upstream specified" },
-    { name = "timeout", kind = "number", default = 1000, min = 1 },
-    { name = "interval", kind = "number", default = 1000, min = 0,
-      convert = interval_seconds },
-    { name = "fall", kind = "number", integer = true, default = 5, min = 1 },
-    { name = "rise", kind = "number", integer = true, default = 2, min = 1 },
+    { name = "timeout", kind = "number", integer = true, default = 1000,
+      min = 1, max = MAX_MS },
+    { name = "interval", kind = "number", integer = true, default = 1000,
+      min = 1, max = MAX_MS, convert = interval_seconds },
+    { name = "fall", kind = "number", integer = true, default = 5, min = 1,
+      max = MAX_STREAK },
+    { name = "rise", kind = "number", integer = true, default = 2, min = 1,
+      max = MAX_STREAK },
     { name = "valid_statuses", kind = "statuses", field = "statuses" },
     { name = "concurrency", kind = "number", integer = true, default = 1,
-      min = 1 },
+      min = 1, max = MAX_CONCURRENCY },
     { name = "port", kind = "number", integer = true, min = 1, max = 65535 },
     { name = "ssl_verify", kind = "boolean", default = true },
     { name = "host", kind = "string", non_empty = true },

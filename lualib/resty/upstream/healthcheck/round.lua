@@ -32,6 +32,7 @@ local wait = ngx.thread.wait
 local worker_exiting = ngx.worker.exiting
 
 local run_probe = probe.run
+local ABANDONED = probe.ABANDONED
 local fetch_peers = state.fetch_peers
 local apply_states = state.apply
 local sync_states = state.sync
@@ -59,9 +60,10 @@ local function check_peer(ctx, peer)
     update_time()
     local t0 = now()
     local ok, reason, msg = pcall(run_probe, ctx, peer)
-    if worker_exiting() then
-        -- reload or shutdown while probing: the new workers take over, and
-        -- this worker's (old) peer list must not write to the shm any more
+    if worker_exiting() or reason == ABANDONED then
+        -- reload or shutdown while probing (the probe gave up at once): the
+        -- new workers take over, and this worker's (old) peer list must not
+        -- write to the shm any more
         return
     end
     update_time()
@@ -79,7 +81,8 @@ local function check_peer(ctx, peer)
 end
 
 local function lock_ttl(ctx)
-    -- connect + handshake + send + receive, plus slack (seconds)
+    -- a check takes at most 3 x timeout (probe.lua), plus slack (seconds):
+    -- the lock is refreshed after every check
     return 4 * ctx.timeout / 1000 + 1
 end
 

@@ -21,11 +21,13 @@ local concat = table.concat
 local str_sub = string.sub
 local str_match = string.match
 local str_gsub = string.gsub
+local str_format = string.format
 local io_open = io.open
 local os_rename = os.rename
 local os_remove = os.remove
 
 local log = ngx.log
+local ngx_now = ngx.now
 local ERR = ngx.ERR
 local WARN = ngx.WARN
 local timer_at = ngx.timer.at
@@ -98,6 +100,12 @@ local function safe_incr(dict, key, n)
     return dict:incr(key, n)
 end
 _M.safe_incr = safe_incr
+
+-- a record for the status pages (keys.lua: last_check, last_failure, ...):
+-- never evicts, and a full shm leaves it unrecorded
+local function record_peer(ctx, peer, kind, value)
+    ctx.dict:safe_set(ctx.keys:peer(kind, peer.role, peer.name), value)
+end
 
 -- calls fn(peer, role) for every primary, then every backup peer
 local function each_peer(primary, backup, fn)
@@ -330,6 +338,9 @@ local function transition(ctx, peer, down, n, reason)
         return
     end
     ctx.changed = true
+    -- best effort records for the dashboard (keys.lua)
+    record_peer(ctx, peer, "state_changed", ngx_now())
+    safe_incr(ctx.dict, ctx.keys:peer("transitions", peer.role, peer.name), 1)
     set_down(ctx, peer, is_backup, down)
 end
 
@@ -372,12 +383,15 @@ function _M.failed(ctx, peer, reason, msg)
     local down = is_down(ctx, peer.role, peer)
     -- best effort (not reserved): when the shm is full it stays uncounted
     safe_incr(dict, ks:failure(peer.role, peer.name, reason), 1)
+    record_peer(ctx, peer, "last_failure", str_format("%.3f %s %s", ngx_now(), reason, msg))
 
     if down then
         clear(dict, ks:peer("consecutive_successes", peer.role, peer.name))
         return
     end
-    errlog(msg, " for peer ", peer.name, " of upstream \"", ctx.upstream, "\"")
+    -- msg starts with the spec's prefix ("failed to connect to ADDR: ...")
+    errlog(msg, " (upstream \"", ctx.upstream, "\"",
+           peer.role == BACKUP and ", backup)" or ")")
     count_streak(ctx, peer, "consecutive_failures", ctx.fall, true, msg)
 end
 
@@ -386,6 +400,7 @@ function _M.checked(ctx, peer, duration)
     local dict, ks = ctx.dict, ctx.keys
     dict:safe_set(ks:peer("last_check_duration", peer.role, peer.name), duration)
     safe_incr(dict, ks:peer("checks", peer.role, peer.name), 1)
+    record_peer(ctx, peer, "last_check", ngx_now())
 end
 
 

@@ -1,0 +1,84 @@
+"""Private namespaces for tests that need fixed ports or their own
+/etc/hosts: NetNS (a network namespace with only loopback, used with
+nsenter) and NamespacedNginx (nginx in a mount namespace whose /etc/hosts
+is a file of the test's)."""
+import os
+import shutil
+import subprocess
+
+from support.bundle import Nginx
+from support.net import wait_for
+
+
+class NetNS:
+    """A network namespace with only `lo` (up), kept alive by a bounded sleep."""
+
+    def __init__(self):
+        self.holder = subprocess.Popen(
+            ['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs = []
+        wait_for(self._lo_up, timeout=10, what='loopback up in the new namespace')
+
+    @property
+    def path(self):
+        return '/proc/%d/ns/net' % self.holder.pid
+
+    def _lo_up(self):
+        r = subprocess.run(['nsenter', '--net=' + self.path, 'ip', '-o', 'link', 'show', 'lo'],
+                           capture_output=True, text=True)
+        return r.returncode == 0 and 'UP' in r.stdout.split('>')[0]
+
+    def popen(self, cmd, **kw):
+        kw.setdefault('stdin', subprocess.DEVNULL)
+        kw.setdefault('stdout', subprocess.PIPE)
+        kw.setdefault('stderr', subprocess.STDOUT)
+        p = subprocess.Popen(['nsenter', '--net=' + self.path, *cmd], **kw)
+        self.procs.append(p)
+        return p
+
+    def run(self, cmd, timeout=30):
+        return subprocess.run(['nsenter', '--net=' + self.path, *cmd], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def http(self, url, timeout=5):
+        """(status, body) of a GET inside the namespace; status 0 = no answer."""
+        r = self.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', str(timeout), url],
+                     timeout=timeout + 5)
+        body, _, code = r.stdout.rpartition('\n')
+        try:
+            return int(code), body.rstrip('\n')
+        except ValueError:
+            return 0, r.stdout
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+        self.holder.kill()
+        self.holder.wait(timeout=10)
+
+
+class NamespacedNginx(Nginx):
+    """nginx started in a private mount namespace whose /etc/hosts is ours
+    (bind-mounted; the real /etc/hosts is not touched).  The daemon stays in
+    that namespace, so config-time name resolution sees our hosts file."""
+
+    hosts_file = None
+
+    def run(self, *args, check=False, timeout=30):
+        cmd = ('mount --bind "$1" /etc/hosts && shift && exec "$@"')
+        return subprocess.run(['unshare', '-m', 'sh', '-c', cmd, 'sh', str(self.hosts_file),
+                               self.binary, '-p', str(self.prefix) + '/', *args],
+                              env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+
+def can_namespace_hosts():
+    if os.geteuid() != 0 or not shutil.which('unshare'):
+        return False
+    r = subprocess.run(['unshare', '-m', 'sh', '-c',
+                        'mount --bind /etc/hostname /etc/hosts'],
+                       capture_output=True, timeout=10)
+    return r.returncode == 0
