@@ -84,8 +84,10 @@ ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
 /* vts_dump.cpp */
 void ngx_http_vts_dump_restore(ngx_http_vts_store_t *store, void *data,
     ngx_log_t *log);
+/* final: the master's dump when it exits (a binary upgrade's new
+   generation merges it) */
 ngx_int_t ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf,
-    ngx_log_t *log);
+    ngx_log_t *log, bool final);
 void ngx_http_vts_dump_start_timer(ngx_http_vts_main_conf_t *vmcf,
     ngx_cycle_t *cycle);
 

@@ -3,16 +3,28 @@
  * (worker 0 every PERIOD and on exit, the master on exit) and restores
  * them when the zone is created.
  *
- * File: header { magic, sizeof(stats), start_msec } (3 x u64), then per
- * entry { kind, group_len, name_len } (3 x u32), the stats as they are in
+ * File: header { magic, sizeof(stats), start_msec, writer's master pid,
+ * flags } (5 x u64; version 1 files have the first 3), then per entry
+ * { kind, group_len, name_len } (3 x u32), the stats as they are in
  * memory, the group and name bytes.  Written to a new PATH.<random>.tmp
  * (O_EXCL|O_NOFOLLOW), fsync'ed, then renamed over PATH; PATH itself must
  * be a regular file or absent (never followed, never opened to write).
+ *
+ * Binary upgrade (USR2): the new binary's first zone is not restored when
+ * it starts, because the old master keeps counting until QUIT; its worker
+ * 0 instead polls PATH every second and, once the old master's final dump
+ * (flag FINAL, the old master's pid) is there (or the old master is gone),
+ * adds it into the live zone.  Until then the new generation writes no
+ * dump, so the old one's stays whole.
  */
 
 #include "vts_conf.h"
 
-#define NGX_HTTP_VTS_DUMP_MAGIC  0x3153545650474e4eULL  /* "NNGPVTS1" */
+#define NGX_HTTP_VTS_DUMP_MAGIC1  0x3153545650474e4eULL  /* "NNGPVTS1" */
+#define NGX_HTTP_VTS_DUMP_MAGIC   0x3253545650474e4eULL  /* "NNGPVTS2" */
+#define NGX_HTTP_VTS_DUMP_HDR     5
+#define NGX_HTTP_VTS_DUMP_FINAL   1     /* a master's dump when it exits */
+#define NGX_HTTP_VTS_UPGRADE_POLL 1000
 
 /* in a record's kind word: a server zone keyed by server_name, not by a
    Host (dumps without the flag restore every server zone under the Host
@@ -24,6 +36,8 @@ namespace {
 typedef ngx_http_vts_stats_t  stats_t;
 
 ngx_event_t  dump_event;
+ngx_event_t  upgrade_event;
+bool         zone_created;      /* this process already created a zone */
 
 
 size_t
@@ -36,14 +50,14 @@ record_size(ngx_http_vts_node_t *n)
 /* the file's bytes, from a snapshot in creation order */
 u_char *
 serialize(ngx_http_vts_store_t *store, ngx_pool_t *pool, ngx_log_t *log,
-    size_t *size)
+    size_t *size, bool final)
 {
     ngx_http_vts_snapshot_t snap;
 
     if (ngx_http_vts_store_snapshot(store, pool, &snap, false) != NGX_OK) {
         return nullptr;
     }
-    *size = 3 * sizeof(uint64_t);
+    *size = NGX_HTTP_VTS_DUMP_HDR * sizeof(uint64_t);
     for (ngx_uint_t i = 0; i < snap.n; i++) {
         *size += record_size(snap.nodes[i]);
     }
@@ -52,8 +66,11 @@ serialize(ngx_http_vts_store_t *store, ngx_pool_t *pool, ngx_log_t *log,
     if (buf == nullptr) {
         return nullptr;
     }
-    uint64_t hdr[3] = { NGX_HTTP_VTS_DUMP_MAGIC, sizeof(stats_t),
-                        snap.start_msec };
+    uint64_t master = (ngx_process == NGX_PROCESS_WORKER) ? ngx_parent
+                                                          : ngx_pid;
+    uint64_t hdr[NGX_HTTP_VTS_DUMP_HDR] = {
+        NGX_HTTP_VTS_DUMP_MAGIC, sizeof(stats_t), snap.start_msec, master,
+        final ? (uint64_t) NGX_HTTP_VTS_DUMP_FINAL : 0 };
     u_char *p = ngx_cpymem(buf, hdr, sizeof(hdr));
 
     for (ngx_uint_t i = 0; i < snap.n; i++) {
@@ -146,6 +163,24 @@ write_all(ngx_fd_t fd, u_char *buf, size_t size)
 }
 
 
+/* the master (root) writes the dump owned by the workers' user, like the
+   workers' own dumps: worker 0 of a new binary reads it after a binary
+   upgrade (a 0600 file of root's would be unreadable to it) */
+bool
+owned_by_workers(ngx_fd_t fd)
+{
+    ngx_core_conf_t *ccf = (ngx_core_conf_t *)
+        ngx_get_conf(ngx_cycle->conf_ctx, ngx_core_module);
+
+    if (geteuid() != 0 || ccf == nullptr
+        || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT)
+    {
+        return true;
+    }
+    return fchown(fd, ccf->user, ccf->group) == 0;
+}
+
+
 /* temp file -> write -> fsync -> rename over PATH: a reader sees the old
    dump or the new one, never a part */
 ngx_int_t
@@ -162,7 +197,9 @@ write_file(ngx_str_t *path, u_char *buf, size_t size, ngx_log_t *log)
     }
 
     const char *failed = nullptr;
-    if (!write_all(fd, buf, size)) {
+    if (!owned_by_workers(fd)) {
+        failed = "chown";
+    } else if (!write_all(fd, buf, size)) {
         failed = "write";
     } else if (fsync(fd) == -1) {
         failed = "fsync";
@@ -244,22 +281,52 @@ restore_class(ngx_http_vts_store_t *store, uint32_t kind, ngx_str_t *group)
 }
 
 
-/* the entries of a dump into the store; false when the file is not valid */
+struct dump_header_t {
+    uint64_t  start_msec;
+    uint64_t  master;       /* the writer's master pid (0: version 1) */
+    uint64_t  flags;
+};
+
+
+/* the header's size, 0 when p does not start a dump of this build */
+size_t
+parse_header(const u_char *p, const u_char *end, dump_header_t *h)
+{
+    uint64_t w[NGX_HTTP_VTS_DUMP_HDR] = {};
+    size_t have = ngx_min((size_t) (end - p), sizeof(w));
+
+    ngx_memcpy(w, p, have);
+    if (have < 3 * sizeof(uint64_t) || w[1] != sizeof(stats_t)) {
+        return 0;
+    }
+    h->start_msec = w[2];
+    h->master = h->flags = 0;
+    if (w[0] == NGX_HTTP_VTS_DUMP_MAGIC1) {
+        return 3 * sizeof(uint64_t);
+    }
+    if (w[0] != NGX_HTTP_VTS_DUMP_MAGIC || have < sizeof(w)) {
+        return 0;
+    }
+    h->master = w[3];
+    h->flags = w[4];
+    return sizeof(w);
+}
+
+
+/* the entries of a dump into the store: restored into a new zone, or
+   (merge) added into a live one; false when the file is not valid */
 bool
-restore(ngx_http_vts_store_t *store, u_char *p, u_char *end,
+restore(ngx_http_vts_store_t *store, u_char *p, u_char *end, bool merge,
     ngx_uint_t *restored)
 {
-    uint64_t hdr[3];
+    dump_header_t hdr;
+    size_t hlen = parse_header(p, end, &hdr);
 
-    if ((size_t) (end - p) < sizeof(hdr)) {
+    if (hlen == 0) {
         return false;
     }
-    ngx_memcpy(hdr, p, sizeof(hdr));
-    p += sizeof(hdr);
-    if (hdr[0] != NGX_HTTP_VTS_DUMP_MAGIC || hdr[1] != sizeof(stats_t)) {
-        return false;
-    }
-    ngx_http_vts_store_set_start(store, hdr[2]);
+    p += hlen;
+    ngx_http_vts_store_set_start(store, hdr.start_msec);
 
     while (p < end) {
         uint32_t rec[3];   /* kind, group_len, name_len */
@@ -282,10 +349,12 @@ restore(ngx_http_vts_store_t *store, u_char *p, u_char *end,
         ngx_str_t name = { rec[2], p + rec[1] };
         p += rec[1] + rec[2];
 
-        ngx_int_t rc = ngx_http_vts_store_restore(store, (uint8_t) rec[0],
-                                                  &group, &name, &st,
-                                                  restore_class(store, rec[0],
-                                                                &group));
+        uint8_t cls = restore_class(store, rec[0], &group);
+        ngx_int_t rc = merge
+            ? ngx_http_vts_store_merge(store, (uint8_t) rec[0], &group, &name,
+                                       &st, cls)
+            : ngx_http_vts_store_restore(store, (uint8_t) rec[0], &group,
+                                         &name, &st, cls);
         if (rc == NGX_ABORT) {
             break;                      /* the rest is for new keys */
         }
@@ -297,12 +366,102 @@ restore(ngx_http_vts_store_t *store, u_char *p, u_char *end,
 }
 
 
+/* reads PATH into the store (merge: adds); logs what happened */
+void
+load_dump(ngx_http_vts_main_conf_t *vmcf, bool merge, ngx_log_t *log)
+{
+    ssize_t size;
+    ngx_uint_t restored = 0;
+
+    u_char *buf = read_file(&vmcf->dump_path, log, &size);
+    if (buf == nullptr) {
+        return;
+    }
+    if (restore(&vmcf->store, buf, buf + size, merge, &restored)) {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "vhost_traffic_status: %s %ui entries from \"%V\"",
+                      merge ? "merged" : "restored", restored,
+                      &vmcf->dump_path);
+    } else {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "vhost_traffic_status: dump \"%V\" is not valid, ignored",
+                      &vmcf->dump_path);
+    }
+    ngx_free(buf);
+}
+
+
+/* the header of PATH without reading the rest (false: none or invalid) */
+bool
+read_header(ngx_str_t *path, dump_header_t *h)
+{
+    u_char w[NGX_HTTP_VTS_DUMP_HDR * sizeof(uint64_t)];
+    ngx_fd_t fd = open((const char *) path->data,
+                       O_RDONLY|O_NONBLOCK|O_NOFOLLOW|O_CLOEXEC);
+    if (fd == NGX_INVALID_FILE) {
+        return false;
+    }
+    ngx_file_info_t fi;
+    ssize_t n = -1;
+    if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR && S_ISREG(fi.st_mode)) {
+        n = read(fd, w, sizeof(w));
+    }
+    ngx_close_file(fd);
+    return n > 0 && parse_header(w, w + n, h) != 0;
+}
+
+
+bool
+process_gone(ngx_pid_t pid)
+{
+    return kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH;
+}
+
+
+/* worker 0 after a binary upgrade: once the old master has written its
+   final dump (or is gone), adds that dump into the live zone, and writes
+   the sum as this generation's first dump */
+void
+upgrade_handler(ngx_event_t *ev)
+{
+    ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) ev->data;
+    ngx_http_vts_store_t *store = &vmcf->store;
+    ngx_pid_t old = (ngx_pid_t) ngx_http_vts_store_upgrade_from(store);
+    dump_header_t h;
+
+    if (old == 0) {
+        return;                         /* merged by an earlier worker 0 */
+    }
+    bool have = read_header(&vmcf->dump_path, &h);
+    bool final = have && h.master == (uint64_t) old
+                 && (h.flags & NGX_HTTP_VTS_DUMP_FINAL);
+
+    if (!final && !process_gone(old)) {
+        if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+            ngx_add_timer(ev, NGX_HTTP_VTS_UPGRADE_POLL);
+        }
+        return;
+    }
+    /* the old master's last word: its final dump, else (killed) the last
+       one written under it; a dump of anyone else is not the old counts */
+    if (have && (h.master == (uint64_t) old || h.master == 0)) {
+        load_dump(vmcf, true, ev->log);
+    } else {
+        ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                      "vhost_traffic_status: master %P left no dump to merge",
+                      old);
+    }
+    ngx_http_vts_store_set_upgrade_from(store, 0);
+    ngx_http_vts_dump_save(vmcf, ev->log, false);
+}
+
+
 void
 dump_handler(ngx_event_t *ev)
 {
     ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) ev->data;
 
-    ngx_http_vts_dump_save(vmcf, ev->log);
+    ngx_http_vts_dump_save(vmcf, ev->log, false);
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
         ngx_add_timer(ev, vmcf->dump_period);
     }
@@ -312,14 +471,19 @@ dump_handler(ngx_event_t *ev)
 
 
 ngx_int_t
-ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf, ngx_log_t *log)
+ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf, ngx_log_t *log,
+    bool final)
 {
+    if (ngx_http_vts_store_upgrade_from(&vmcf->store)) {
+        /* the old master's dump is not merged yet: it stays as it is */
+        return NGX_DECLINED;
+    }
     ngx_pool_t *pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, log);
     if (pool == nullptr) {
         return NGX_ERROR;
     }
     size_t size;
-    u_char *buf = serialize(&vmcf->store, pool, log, &size);
+    u_char *buf = serialize(&vmcf->store, pool, log, &size, final);
     ngx_destroy_pool(pool);
     if (buf == nullptr) {
         return NGX_ERROR;
@@ -335,23 +499,20 @@ ngx_http_vts_dump_restore(ngx_http_vts_store_t *store, void *data,
     ngx_log_t *log)
 {
     ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) data;
-    ssize_t size;
-    ngx_uint_t restored = 0;
+    bool first = !zone_created;
 
-    u_char *buf = read_file(&vmcf->dump_path, log, &size);
-    if (buf == nullptr) {
+    zone_created = true;
+    /* the first zone of a binary started by USR2 (it inherited the
+       listening sockets; its parent is the old master, still counting):
+       the old master's final dump is merged later, by worker 0 */
+    if (first && ngx_inherited && ngx_parent > 1) {
+        ngx_http_vts_store_set_upgrade_from(store, (uint64_t) ngx_parent);
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "vhost_traffic_status: binary upgrade, the dump of "
+                      "master %P is merged when it exits", ngx_parent);
         return;
     }
-    if (restore(store, buf, buf + size, &restored)) {
-        ngx_log_error(NGX_LOG_NOTICE, log, 0,
-                      "vhost_traffic_status: restored %ui entries from \"%V\"",
-                      restored, &vmcf->dump_path);
-    } else {
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "vhost_traffic_status: dump \"%V\" is not valid, ignored",
-                      &vmcf->dump_path);
-    }
-    ngx_free(buf);
+    load_dump(vmcf, false, log);
 }
 
 
@@ -365,4 +526,13 @@ ngx_http_vts_dump_start_timer(ngx_http_vts_main_conf_t *vmcf,
     dump_event.log = cycle->log;
     dump_event.cancelable = 1;
     ngx_add_timer(&dump_event, vmcf->dump_period);
+
+    if (ngx_http_vts_store_upgrade_from(&vmcf->store)) {
+        ngx_memzero(&upgrade_event, sizeof(upgrade_event));
+        upgrade_event.handler = upgrade_handler;
+        upgrade_event.data = vmcf;
+        upgrade_event.log = cycle->log;
+        upgrade_event.cancelable = 1;
+        ngx_add_timer(&upgrade_event, NGX_HTTP_VTS_UPGRADE_POLL);
+    }
 }

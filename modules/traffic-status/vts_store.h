@@ -196,6 +196,17 @@ ngx_int_t ngx_http_vts_store_restore(ngx_http_vts_store_t *store,
 void ngx_http_vts_store_set_start(ngx_http_vts_store_t *store,
     uint64_t start_msec);
 
+/* a binary upgrade: the entries of the old master's final dump added into
+   a live zone (under the mutex, atomic adds; the caps and the reserve hold
+   as for a restore), and the pid of the old master whose dump is awaited
+   (0: none) */
+ngx_int_t ngx_http_vts_store_merge(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class);
+uint64_t ngx_http_vts_store_upgrade_from(ngx_http_vts_store_t *store);
+void ngx_http_vts_store_set_upgrade_from(ngx_http_vts_store_t *store,
+    uint64_t pid);
+
 /*
  * The node pointers and zone figures at one moment, taken under the
  * mutex; the nodes are read without it afterwards (an unlinked node

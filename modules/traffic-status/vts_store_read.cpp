@@ -203,6 +203,81 @@ ngx_http_vts_store_set_start(ngx_http_vts_store_t *store, uint64_t start_msec)
 }
 
 
+namespace {
+
+/* adds src's counters into a live node's (workers add concurrently); the
+   moving-average samples stay the live ones */
+void
+stats_add(ngx_http_vts_stats_t *dst, const ngx_http_vts_stats_t *src)
+{
+    ngx_http_vts_add(&dst->requests, src->requests);
+    ngx_http_vts_add(&dst->in_bytes, src->in_bytes);
+    ngx_http_vts_add(&dst->out_bytes, src->out_bytes);
+    for (int k = 0; k < 5; k++) {
+        ngx_http_vts_add(&dst->responses[k], src->responses[k]);
+    }
+    for (int k = 0; k < NGX_HTTP_VTS_CACHE_N; k++) {
+        ngx_http_vts_add(&dst->cache[k], src->cache[k]);
+    }
+    ngx_http_vts_add(&dst->request_msec_total, src->request_msec_total);
+    ngx_http_vts_add(&dst->response_msec_total, src->response_msec_total);
+
+    if (dst->nbuckets != src->nbuckets
+        || ngx_memcmp(dst->bucket_msec, src->bucket_msec,
+                      src->nbuckets * sizeof(uint64_t)) != 0)
+    {
+        return;                 /* other bounds: the histogram can't add */
+    }
+    for (uint32_t k = 0; k < src->nbuckets; k++) {
+        ngx_http_vts_add(&dst->req_buckets[k], src->req_buckets[k]);
+        ngx_http_vts_add(&dst->resp_buckets[k], src->resp_buckets[k]);
+    }
+    ngx_http_vts_add(&dst->req_overflow, src->req_overflow);
+    ngx_http_vts_add(&dst->resp_overflow, src->resp_overflow);
+}
+
+} // namespace
+
+
+ngx_int_t
+ngx_http_vts_store_merge(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class)
+{
+    uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
+
+    ngx_shmtx_lock(&store->shpool->mutex);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
+    ngx_int_t rc = NGX_OK;
+
+    if (n) {
+        stats_add(&n->stats, st);
+    } else {
+        /* a new node: the restore's rules (caps, reserve), then a copy
+           made before any other worker can see the node */
+        rc = ngx_http_vts_store_restore(store, kind, group, name, st,
+                                        cap_class);
+    }
+    ngx_shmtx_unlock(&store->shpool->mutex);
+    return rc;
+}
+
+
+uint64_t
+ngx_http_vts_store_upgrade_from(ngx_http_vts_store_t *store)
+{
+    return __atomic_load_n(&store->sh->upgrade_from, __ATOMIC_ACQUIRE);
+}
+
+
+void
+ngx_http_vts_store_set_upgrade_from(ngx_http_vts_store_t *store, uint64_t pid)
+{
+    __atomic_store_n(&store->sh->upgrade_from, pid, __ATOMIC_RELEASE);
+}
+
+
 uint64_t
 ngx_http_vts_average(const ngx_http_vts_sample_t *samples, uint64_t pos,
     ngx_uint_t method, ngx_msec_t period, uint64_t now)

@@ -22,6 +22,8 @@ struct ngx_http_vts_shctx_t {
     uint64_t              dropped_full;
     uint64_t              dropped_limit;
     uint64_t              start_msec;
+    uint64_t              upgrade_from; /* pid of the master whose final
+                                           dump is still to be merged */
     ngx_http_vts_stats_t  overflow;     /* requests whose server entry
                                            could not be stored: in the sum */
 };

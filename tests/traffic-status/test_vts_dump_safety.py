@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from conftest import Nginx, conf_wrap, free_port, make_prefix, wait_for
-from vts_util import raw_request, req
+from support.net import raw_request
+from vts_util import req
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root (a root master, nobody workers)')
 

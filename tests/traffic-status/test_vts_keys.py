@@ -9,7 +9,8 @@ import re
 import pytest
 
 from conftest import conf_wrap, free_port
-from vts_util import get, many_requests, promtool
+from support.probes import promtool
+from vts_util import get, many_requests
 
 # (nginx lower-cases a Host and refuses control characters in it: 400)
 HOSTS = [b'*', b'\xff.t', b'\xfe.t', b'\xc0.t', b'\\xff.t', b'\\\\xff.t', b'\xef\xbf\xbd.t', b'?.t',
@@ -92,8 +93,8 @@ def test_prometheus_series_are_unique_and_sum_is_total(hostile):
     st, _, body = get(sport, '/status/format/prometheus')
     assert st == 200
     text = body.decode('utf-8')
-    rc, out = promtool(text)
-    assert rc == 0, out[:2000]
+    ok, out = promtool(text)
+    assert ok, out[:2000]
     s = series(text)
     assert s['nginx_vts_server_requests_total{host="*",code="total"}'] == sent
     per_host = {}

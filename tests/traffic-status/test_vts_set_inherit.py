@@ -2,7 +2,8 @@
 a location's own `vhost_traffic_status_set_by_filter` adds to the server's,
 also inside `if`."""
 from conftest import conf_wrap, free_port
-from vts_util import raw_request, req
+from support.net import raw_request
+from vts_util import req
 
 
 def test_set_by_filter_merges_inherited_definitions(nginx_factory):
