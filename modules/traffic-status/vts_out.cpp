@@ -71,16 +71,37 @@ json_plain(u_char c)
 } // namespace
 
 
+ngx_uint_t  ngx_http_vts_out_hold;
+
+
 bool
 ngx_http_vts_out_t::grow(size_t n)
 {
-    size_t size = n > 65536 ? n : 65536;
-    ngx_buf_t *nb = ngx_create_temp_buf(pool, size);
-    ngx_chain_t *cl = ngx_alloc_chain_link(pool);
+    if (stream && head && ngx_http_vts_out_hold == 0) {
+        /* the chain is handed over to be sent; head is empty again */
+        if (ngx_http_vts_stream_pause(stream) != NGX_OK) {
+            failed = true;
+            return false;
+        }
+    }
 
-    if (nb == nullptr || cl == nullptr) {
-        failed = true;
-        return false;
+    size_t size = n > 65536 ? n : 65536;
+    ngx_chain_t *cl = free;
+    ngx_buf_t *nb;
+
+    if (cl && (size_t) (cl->buf->end - cl->buf->start) >= n) {
+        free = cl->next;
+        nb = cl->buf;
+        nb->pos = nb->last = nb->start;
+        nb->last_buf = nb->last_in_chain = nb->flush = 0;
+    } else {
+        nb = ngx_create_temp_buf(pool, size);
+        cl = ngx_alloc_chain_link(pool);
+        if (nb == nullptr || cl == nullptr) {
+            failed = true;
+            return false;
+        }
+        nb->tag = (ngx_buf_tag_t) &ngx_http_vts_out_hold;
     }
     cl->buf = nb;
     cl->next = nullptr;

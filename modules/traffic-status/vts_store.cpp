@@ -385,6 +385,13 @@ ngx_http_vts_store_init_worker(ngx_http_vts_store_t *store, ngx_cycle_t *cycle)
 }
 
 
+uint64_t
+ngx_http_vts_store_generation(ngx_http_vts_store_t *store)
+{
+    return __atomic_load_n(&store->sh->generation, __ATOMIC_ACQUIRE);
+}
+
+
 /* before a request's lookups: forget the cache when a node was unlinked */
 void
 ngx_http_vts_store_sync_worker(ngx_http_vts_store_t *store)

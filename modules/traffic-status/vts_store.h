@@ -233,6 +233,10 @@ void ngx_http_vts_snapshot_range(ngx_http_vts_snapshot_t *snap, uint8_t kind,
 ngx_http_vts_node_t *ngx_http_vts_snapshot_find(ngx_http_vts_snapshot_t *snap,
     uint8_t kind, ngx_str_t group, ngx_str_t name);
 
+/* bumped whenever a node is unlinked (its memory is freed after a grace
+   period): a reader holding a snapshot longer than that checks it */
+uint64_t ngx_http_vts_store_generation(ngx_http_vts_store_t *store);
+
 /* a consistent-enough copy of a node's counters */
 void ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,
     const ngx_http_vts_stats_t *src);

@@ -4,11 +4,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+from support.namespaces import NetNS
 from support.probes import peer_states, promtool
 
 PROXY, METRICS, CONTROL = 8080, 18080, 18081
@@ -93,37 +93,20 @@ def test_metrics_without_the_healthcheck_module_stays_valid(bundle_copy, tmp_pat
     assert ok, why
 
 
-
-class OwnNetwork:
-    """A network namespace with only `lo` up (kept by a bounded sleep): the
-    default config's fixed ports never collide with another run's."""
-
-    def __init__(self):
-        self.holder = subprocess.Popen(['unshare', '--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'])
-        self.ns = '--net=/proc/%d/ns/net' % self.holder.pid
-        wait_for(lambda: 'UP' in self.run(['ip', '-o', 'link', 'show', 'lo']).stdout.split('>')[0],
-                 what='loopback up in the namespace')
-
-    def run(self, cmd, timeout=30):
-        return subprocess.run(['nsenter', self.ns, *cmd], capture_output=True, text=True, timeout=timeout)
-
-    def curl(self, path, source='127.0.0.1', method='GET', port=METRICS):
-        """(status, body) of a request sent from the loopback address source."""
-        r = self.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', '5', '--interface', source,
-                      *(['-I'] if method == 'HEAD' else []), 'http://127.0.0.1:%d%s' % (port, path)])
-        body, _, code = r.stdout.rpartition('\n')
-        return int(code or 0), body
-
-    def close(self):
-        self.holder.kill()
-        self.holder.wait(timeout=10)
+def curl(net, path, source='127.0.0.1', method='GET', port=METRICS):
+    """(status, body) of a request sent inside net from the loopback address source."""
+    r = net.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', '5', '--interface', source,
+                 *(['-I'] if method == 'HEAD' else []), 'http://127.0.0.1:%d%s' % (port, path)])
+    body, _, code = r.stdout.rpartition('\n')
+    return int(code or 0), body
 
 
 @pytest.fixture
 def own_network():
+    """The default config's fixed ports in a network namespace of the test's own."""
     if os.geteuid() != 0 or not shutil.which('unshare'):
         pytest.skip('needs root and unshare for a network namespace')
-    net = OwnNetwork()
+    net = NetNS()
     yield net
     net.close()
 
@@ -137,26 +120,26 @@ def test_control_changes_data_only_from_this_host(own_network, tmp_path):
     r = net.run([n.binary, '-p', str(n.prefix) + '/'])
     assert r.returncode == 0, r.stderr + n.error_log
     try:
-        wait_for(lambda: net.curl('/traffic/format/json')[0] == 200, what='status port')
+        wait_for(lambda: curl(net, '/traffic/format/json')[0] == 200, what='status port')
 
         def served():
-            doc = json.loads(net.curl('/traffic/format/json')[1])
+            doc = json.loads(curl(net, '/traffic/format/json')[1])
             return sum(z['requestCounter'] for k, z in doc['serverZones'].items() if k != '*')
         for _ in range(5):
-            net.curl('/api/hello', port=PROXY)
+            curl(net, '/api/hello', port=PROXY)
         wait_for(lambda: served() >= 5, what='counted requests')
         before = served()
         for path in ('/traffic/control?cmd=delete&group=*', '/traffic/control?cmd=reset&group=server',
                      '/traffic/control/?cmd=delete&group=*', '/traffic/format/json/control?cmd=delete&group=*',
                      '/traffic/control?group=*&cmd=delete', '/traffic/control?cmd=delete&cmd=status&group=*'):
-            st, body = net.curl(path, source='127.0.0.5')
+            st, body = curl(net, path, source='127.0.0.5')
             assert st == 403, (path, st, body[:200])
-        st, _ = net.curl('/traffic/control?cmd=delete&group=*', method='HEAD')
+        st, _ = curl(net, '/traffic/control?cmd=delete&group=*', method='HEAD')
         assert st == 405
         assert served() >= before > 0
-        st, body = net.curl('/traffic/control?cmd=status&group=server', source='127.0.0.5')
+        st, body = curl(net, '/traffic/control?cmd=status&group=server', source='127.0.0.5')
         assert st == 200 and '"serverZones"' in body
-        st, body = net.curl('/traffic/control?cmd=delete&group=server')
+        st, body = curl(net, '/traffic/control?cmd=delete&group=server')
         assert st == 200 and '"processingReturn":true' in body, body
         assert served() < before
     finally:

@@ -5,10 +5,14 @@ characters and backslashes; no two distinct hosts may render alike, and none
 may render as the sum key, in JSON or in Prometheus."""
 import json
 import re
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
 
 import pytest
 
-from conftest import conf_wrap, free_port
+from conftest import conf_wrap, free_port, wait_for
 from support.probes import promtool
 from vts_util import get, many_requests
 
@@ -106,3 +110,60 @@ def test_prometheus_series_are_unique_and_sum_is_total(hostile):
             per_host[decode_name(label)] = v
     assert per_host == {h: PER_HOST for h in HOSTS}
 
+
+
+@pytest.fixture
+def prometheus_server(tmp_path):
+    """A real Prometheus (Debian's package) on loopback: start(target) scrapes
+    target every second; query(expr) returns the instant vector."""
+    exe = shutil.which('prometheus')
+    if not exe:
+        pytest.skip('prometheus (Debian package) is not installed')
+    procs = []
+
+    def start(target, path):
+        port = free_port()
+        conf = tmp_path / 'prometheus.yml'
+        conf.write_text(f"""
+global: {{ scrape_interval: 1s, scrape_timeout: 1s }}
+scrape_configs:
+  - job_name: vts
+    metrics_path: {path}
+    static_configs: [{{ targets: ['{target}'] }}]
+""")
+        p = subprocess.Popen([exe, '--config.file=%s' % conf, '--storage.tsdb.path=%s' % (tmp_path / 'tsdb'),
+                              '--web.listen-address=127.0.0.1:%d' % port],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'prometheus.log', 'wb'))
+        procs.append(p)
+
+        def query(expr):
+            url = 'http://127.0.0.1:%d/api/v1/query?%s' % (port, urllib.parse.urlencode({'query': expr}))
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())['data']['result']
+        return query
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_a_real_prometheus_stores_the_true_total(hostile, prometheus_server):
+    """Issue 13, case 2: a scrape by a real Prometheus server stored 1 as the
+    sum where the true total was 51 (duplicate series): now the stored sum is
+    the number of requests sent, and every host is its own series."""
+    sport, sent = hostile
+    query = prometheus_server('127.0.0.1:%d' % sport, '/status/format/prometheus')
+
+    def scraped():
+        try:
+            return query('nginx_vts_server_requests_total{code="total"}')
+        except OSError:
+            return None
+    result = wait_for(scraped, timeout=60, what='a first scrape stored')
+    by_host = {r['metric']['host']: float(r['value'][1]) for r in result}
+    assert by_host.pop('*') == sent
+    assert len(by_host) == len(HOSTS)
+    assert set(by_host.values()) == {PER_HOST}
+    up = query('up{job="vts"}')
+    assert [float(r['value'][1]) for r in up] == [1.0]
