@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from conftest import conf_wrap, free_port, wait_for
+from conftest import free_port, wait_for
 from support.probes import promtool
-from vts_util import get, many_requests
+from vts_util import counted_and_status, get, many_requests
 
 # (nginx lower-cases a Host and refuses control characters in it: 400)
 HOSTS = [b'*', b'\xff.t', b'\xfe.t', b'\xc0.t', b'\\xff.t', b'\\\\xff.t', b'\xef\xbf\xbd.t', b'?.t',
@@ -60,21 +60,9 @@ def series(text):
 @pytest.fixture
 def hostile(nginx_factory):
     fport, sport = free_port(), free_port()
-    nginx_factory(conf_wrap(f"""
+    nginx_factory(counted_and_status(fport, sport, http="""
     vhost_traffic_status_zone shared:vts:4m;
-    vhost_traffic_status_filter_by_host on;
-    server {{
-        listen 127.0.0.1:{fport};
-        server_name default.test;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{sport};
-        server_name status.test;
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}
-"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    vhost_traffic_status_filter_by_host on;"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
     raws = [b'GET / HTTP/1.1\r\nHost: ' + h + b'\r\n\r\n' for h in HOSTS for _ in range(PER_HOST)]
     assert many_requests(fport, raws) == len(raws)
     return sport, len(raws)

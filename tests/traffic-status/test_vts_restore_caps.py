@@ -1,27 +1,15 @@
 """traffic-status: caps hold for entries restored from the dump, and a
 restore leaves room for new keys (issue 13, case 3)."""
-from conftest import conf_wrap, free_port
-from vts_util import get_json, many_requests
+from conftest import free_port
+from vts_util import counted_and_status, get_json, many_requests
 
 
 def dumped_conf(fport, sport, dump, zone, cap):
-    return conf_wrap(f"""
+    return counted_and_status(fport, sport, http=f"""
     vhost_traffic_status_zone shared:vts:{zone};
     vhost_traffic_status_filter_by_host on;
     vhost_traffic_status_filter_max_node {cap};
-    vhost_traffic_status_dump {dump} 3600s;
-    server {{
-        listen 127.0.0.1:{fport};
-        server_name default.test;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{sport};
-        server_name status.test;
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}
-""")
+    vhost_traffic_status_dump {dump} 3600s;""")
 
 
 def send_hosts(port, hosts):

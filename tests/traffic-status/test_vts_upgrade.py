@@ -8,28 +8,16 @@ import socket
 import subprocess
 import threading
 
-from conftest import conf_wrap, free_port, wait_for
-from vts_util import get_json, many_requests, req, status_of
+from conftest import free_port, wait_for
+from vts_util import counted_and_status, get_json, many_requests, req, status_of
 
 KEEPALIVE = b'GET / HTTP/1.1\r\nHost: default.test\r\n\r\n'
 
 
 def upgrade_conf(fport, sport, dump):
-    return conf_wrap(f"""
+    return counted_and_status(fport, sport, workers=2, http=f"""
     vhost_traffic_status_zone shared:vts:4m;
-    vhost_traffic_status_dump {dump} 3600s;
-    server {{
-        listen 127.0.0.1:{fport};
-        server_name default.test;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{sport};
-        server_name status.test;
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}
-""", workers=2)
+    vhost_traffic_status_dump {dump} 3600s;""")
 
 
 class Load:
