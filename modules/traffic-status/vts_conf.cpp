@@ -149,6 +149,14 @@ ngx_http_vts_init_main_conf(ngx_conf_t *cf, void *c)
     ngx_conf_init_uint_value(conf->store.host_max,
                              NGX_HTTP_VTS_HOST_MAX_DEFAULT);
     ngx_conf_init_msec_value(conf->dump_period, 60000);
+    if (conf->display_line && !conf->enable) {
+        /* (here the whole http{} block is read: the zone may follow) */
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"vhost_traffic_status_display\" needs "
+                      "\"vhost_traffic_status_zone\" in %V:%ui",
+                      &conf->display_file, conf->display_line);
+        return (char *) NGX_CONF_ERROR;
+    }
     return NGX_CONF_OK;
 }
 
@@ -177,6 +185,38 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/* a scope's set_by_filter variables are the inherited ones plus its own
+   (its own come last: the lookup takes the last definition of a variable) */
+static char *
+merge_sets(ngx_conf_t *cf, ngx_http_vts_loc_conf_t *conf,
+    ngx_http_vts_loc_conf_t *prev)
+{
+    if (conf->sets == NULL) {
+        conf->sets = prev->sets;
+        return NGX_CONF_OK;
+    }
+    if (prev->sets == NULL || prev->sets == conf->sets) {
+        return NGX_CONF_OK;
+    }
+    ngx_uint_t n = prev->sets->nelts + conf->sets->nelts;
+    ngx_array_t *all = ngx_array_create(cf->pool, n,
+                                        sizeof(ngx_http_vts_set_t));
+    if (all == NULL) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    ngx_array_t *parts[] = { prev->sets, conf->sets };
+    for (ngx_array_t *a : parts) {
+        void *dst = ngx_array_push_n(all, a->nelts);
+        if (dst == NULL) {
+            return (char *) NGX_CONF_ERROR;
+        }
+        ngx_memcpy(dst, a->elts, a->nelts * sizeof(ngx_http_vts_set_t));
+    }
+    conf->sets = all;
+    return NGX_CONF_OK;
+}
+
+
 char *
 ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -201,10 +241,7 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->average_period, prev->average_period,
                               60000);
     ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
-    if (conf->sets == NULL) {
-        conf->sets = prev->sets;
-    }
-    return NGX_CONF_OK;
+    return merge_sets(cf, conf, prev);
 }
 
 
@@ -335,6 +372,12 @@ set_display(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
     *display = 1;
     clcf->handler = ngx_http_vts_display_handler;
+
+    ngx_http_vts_main_conf_t *vmcf = ngx_http_vts_conf_main(cf);
+    if (vmcf->display_line == 0) {
+        vmcf->display_file = cf->conf_file->file.name;
+        vmcf->display_line = cf->conf_file->line;
+    }
     return NGX_CONF_OK;
 }
 
@@ -384,6 +427,20 @@ set_filter_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+bool
+cap_exists(ngx_array_t *caps, ngx_str_t *prefix)
+{
+    ngx_http_vts_cap_t *c = (ngx_http_vts_cap_t *) caps->elts;
+
+    for (ngx_uint_t i = 0; i < caps->nelts; i++) {
+        if (ngx_http_vts_str_eq(c[i].prefix, prefix)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+
 /* filter_max_node N [PREFIX...]: one cap per prefix (none: every group,
    and then also the cap of Host-keyed server zones) */
 char *
@@ -413,6 +470,18 @@ set_max_node(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "too many filter_max_node prefixes (at most %d)",
                                NGX_HTTP_VTS_CAPS_MAX);
+            return (char *) NGX_CONF_ERROR;
+        }
+        ngx_str_t prefix = ngx_null_string;
+        if (!any) {
+            prefix = value[2 + i];
+        }
+        if (cap_exists(store->filter_caps, &prefix)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               any ? "filter_max_node without a prefix is "
+                                     "duplicate"
+                                   : "filter_max_node prefix \"%V\" is "
+                                     "duplicate", &prefix);
             return (char *) NGX_CONF_ERROR;
         }
         ngx_http_vts_cap_t *c =
@@ -516,6 +585,40 @@ set_average(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* the dump's directory must exist when the configuration is read (it is
+   written at exit, when no one would see the error) */
+bool
+dump_dir_exists(ngx_conf_t *cf, ngx_str_t *path)
+{
+    u_char dir[NGX_MAX_PATH];
+    u_char *slash = (u_char *) ngx_strlchr(path->data, path->data + path->len,
+                                           '/');
+    size_t len = 0;
+
+    for (u_char *p = slash; p; p = (u_char *) ngx_strlchr(p + 1,
+                                   path->data + path->len, '/'))
+    {
+        len = p - path->data;
+    }
+    if (slash == nullptr || len + 2 > sizeof(dir) || len + 1 == path->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid dump path \"%V\"", path);
+        return false;
+    }
+    ngx_memcpy(dir, path->data, len ? len : 1);
+    dir[len ? len : 1] = '\0';
+
+    struct stat sb;
+    int failed = stat((const char *) dir, &sb);
+    if (failed || !S_ISDIR(sb.st_mode)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, failed ? ngx_errno : 0,
+                           "dump directory \"%s\" is not a directory", dir);
+        return false;
+    }
+    return true;
+}
+
+
 char *
 set_dump(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -525,8 +628,14 @@ set_dump(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (vmcf->dump_path.data) {
         return (char *) "is duplicate";
     }
+    if (value[1].len == 0) {
+        return (char *) "needs a file path";
+    }
     vmcf->dump_path = value[1];
     if (ngx_conf_full_name(cf->cycle, &vmcf->dump_path, 0) != NGX_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
+    if (!dump_dir_exists(cf, &vmcf->dump_path)) {
         return (char *) NGX_CONF_ERROR;
     }
     if (cf->args->nelts == 3

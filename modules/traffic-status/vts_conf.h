@@ -35,6 +35,8 @@ struct ngx_http_vts_main_conf_t {
     ngx_str_t             dump_path;
     ngx_msec_t            dump_period;
     ngx_flag_t            enable;       /* a zone is configured */
+    ngx_str_t             display_file; /* the first display directive: */
+    ngx_uint_t            display_line; /* it needs a zone */
 };
 
 struct ngx_http_vts_loc_conf_t {
@@ -82,8 +84,10 @@ ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
 /* vts_dump.cpp */
 void ngx_http_vts_dump_restore(ngx_http_vts_store_t *store, void *data,
     ngx_log_t *log);
+/* final: the master's dump when it exits (a binary upgrade's new
+   generation merges it) */
 ngx_int_t ngx_http_vts_dump_save(ngx_http_vts_main_conf_t *vmcf,
-    ngx_log_t *log);
+    ngx_log_t *log, bool final);
 void ngx_http_vts_dump_start_timer(ngx_http_vts_main_conf_t *vmcf,
     ngx_cycle_t *cycle);
 

@@ -38,14 +38,14 @@ struct control_t {
 
 
 ngx_int_t
-control_error(ngx_http_request_t *r, const char *msg)
+control_error(ngx_http_request_t *r, ngx_uint_t status, const char *msg)
 {
     vts_out_t o(r->pool);
 
     o.put("{\"processingReturn\":false,\"error\":");
     ngx_http_vts_json_str(o, (const u_char *) msg, ngx_strlen(msg));
     o.put("}\n");
-    return ngx_http_vts_send(r, NGX_HTTP_BAD_REQUEST, "application/json", o);
+    return ngx_http_vts_send(r, status, "application/json", o);
 }
 
 
@@ -231,7 +231,12 @@ ngx_http_vts_control(ngx_http_request_t *r, vts_render_t &rd)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (rc != NGX_OK) {
-        return control_error(r, err);
+        return control_error(r, NGX_HTTP_BAD_REQUEST, err);
+    }
+    /* a HEAD (a prefetch, a link checker) never changes data */
+    if (c.cmd != CMD_STATUS && r->method == NGX_HTTP_HEAD) {
+        return control_error(r, NGX_HTTP_NOT_ALLOWED,
+                             "reset and delete need GET");
     }
     return c.cmd == CMD_STATUS ? status(r, rd, c) : change(r, rd, c);
 }

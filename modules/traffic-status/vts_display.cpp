@@ -3,8 +3,8 @@
  *
  * A scrape: the handler picks the view from the URI (or the location's
  * format), takes one sorted store snapshot, and the view's renderer walks
- * it (and the configured upstream peers and caches) into one output chain
- * that is sent as the body.
+ * it (and the configured upstream peers and caches) into an output chain
+ * that vts_stream sends (in pieces while it is written, when it is large).
  */
 
 #include "vts_display.h"
@@ -183,11 +183,7 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         return ngx_http_vts_control(r, rd);
     }
 
-    vts_out_t o(r->pool);
-    if (view->render(o, rd) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    return ngx_http_vts_send(r, NGX_HTTP_OK, view->type, o);
+    return ngx_http_vts_stream(r, rd, view->render, view->type);
 }
 
 
@@ -205,6 +201,7 @@ group_peers(vts_render_t &rd, ngx_http_upstream_srv_conf_t *uscf,
         (ngx_http_upstream_rr_peers_t *) uscf->peer.data;
 
     ngx_http_upstream_rr_peers_rlock(peers);
+    ngx_http_vts_out_hold++;            /* no pause of a streamed render */
     bool backup = false;
     for (ngx_http_upstream_rr_peers_t *ps = peers; ps;
          ps = ps->next, backup = true)
@@ -225,6 +222,7 @@ group_peers(vts_render_t &rd, ngx_http_upstream_srv_conf_t *uscf,
             break;
         }
     }
+    ngx_http_vts_out_hold--;
     ngx_http_upstream_rr_peers_unlock(peers);
 }
 

@@ -95,6 +95,14 @@ struct ngx_http_vts_conn_t {
 
 void ngx_http_vts_connections(ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N]);
 
+/* vts_stream.cpp: answers r with the view's output.  A main GET whose
+   output passes 64 KB is sent chunked while the view writes it (paused
+   while the client is slow, and between time slices so other requests are
+   served); otherwise the whole output is sent with a Content-Length */
+typedef ngx_int_t (*ngx_http_vts_view_pt)(vts_out_t &o, vts_render_t &rd);
+ngx_int_t ngx_http_vts_stream(ngx_http_request_t *r, vts_render_t &rd,
+    ngx_http_vts_view_pt view, const char *type);
+
 /* vts_json.cpp */
 void ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd);
 void ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd,

@@ -17,6 +17,16 @@ str(vts_out_t &o, ngx_str_t s)
 }
 
 
+/* a node name as a JSON key (reversible; see ngx_http_vts_put_name) */
+void
+name(vts_out_t &o, ngx_str_t s, const ngx_str_t *reserved)
+{
+    o.putc('"');
+    ngx_http_vts_put_name(o, s, reserved);
+    o.putc('"');
+}
+
+
 /* ,"key":value */
 void
 member(vts_out_t &o, const char *key, uint64_t v)
@@ -155,7 +165,8 @@ entry(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n)
     stats_t st;
 
     ngx_http_vts_read_stats(&st, &n->stats);
-    str(o, ngx_http_vts_node_name(n));
+    name(o, ngx_http_vts_node_name(n),
+         n->kind == NGX_HTTP_VTS_SERVER ? &rd.vlcf->sum_key : nullptr);
     o.put(":{");
     stats_body(o, rd, &st, false, nullptr);
     o.putc('}');
@@ -290,7 +301,7 @@ ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
             if (open) {
                 o.put("},");
             }
-            str(o, g);
+            name(o, g, nullptr);
             o.put(":{");
             cur = g;
             open = true;

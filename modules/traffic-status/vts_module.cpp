@@ -64,7 +64,7 @@ save_on_exit(ngx_cycle_t *cycle, bool worker)
         && (!worker || ngx_worker == 0)
         && ngx_http_vts_store_ready(&vmcf->store))
     {
-        ngx_http_vts_dump_save(vmcf, cycle->log);
+        ngx_http_vts_dump_save(vmcf, cycle->log, !worker);
     }
 }
 

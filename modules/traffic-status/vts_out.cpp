@@ -71,16 +71,37 @@ json_plain(u_char c)
 } // namespace
 
 
+ngx_uint_t  ngx_http_vts_out_hold;
+
+
 bool
 ngx_http_vts_out_t::grow(size_t n)
 {
-    size_t size = n > 65536 ? n : 65536;
-    ngx_buf_t *nb = ngx_create_temp_buf(pool, size);
-    ngx_chain_t *cl = ngx_alloc_chain_link(pool);
+    if (stream && head && ngx_http_vts_out_hold == 0) {
+        /* the chain is handed over to be sent; head is empty again */
+        if (ngx_http_vts_stream_pause(stream) != NGX_OK) {
+            failed = true;
+            return false;
+        }
+    }
 
-    if (nb == nullptr || cl == nullptr) {
-        failed = true;
-        return false;
+    size_t size = n > 65536 ? n : 65536;
+    ngx_chain_t *cl = free;
+    ngx_buf_t *nb;
+
+    if (cl && (size_t) (cl->buf->end - cl->buf->start) >= n) {
+        free = cl->next;
+        nb = cl->buf;
+        nb->pos = nb->last = nb->start;
+        nb->last_buf = nb->last_in_chain = nb->flush = 0;
+    } else {
+        nb = ngx_create_temp_buf(pool, size);
+        cl = ngx_alloc_chain_link(pool);
+        if (nb == nullptr || cl == nullptr) {
+            failed = true;
+            return false;
+        }
+        nb->tag = (ngx_buf_tag_t) &ngx_http_vts_out_hold;
     }
     cl->buf = nb;
     cl->next = nullptr;
@@ -175,6 +196,62 @@ ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s)
             p++;
         } else {
             p = put_utf8(o, p, end, "\xef\xbf\xbd");
+        }
+    }
+}
+
+
+/* a byte of a node name as the four characters \xHH (in either format a
+   backslash is written \\) */
+static void
+put_name_hex(vts_out_t &o, u_char c)
+{
+    static const char upper[] = "0123456789ABCDEF";
+    u_char esc[5] = { '\\', '\\', 'x', (u_char) upper[c >> 4],
+                      (u_char) upper[c & 0xf] };
+
+    o.put(esc, 5);
+}
+
+
+void
+ngx_http_vts_put_name(vts_out_t &o, ngx_str_t s, const ngx_str_t *reserved)
+{
+    const u_char *p = s.data, *end = s.data + s.len;
+
+    if (reserved && reserved->len && s.len == reserved->len
+        && ngx_memcmp(s.data, reserved->data, s.len) == 0)
+    {
+        put_name_hex(o, *p++);
+    }
+    while (p < end) {
+        u_char c = *p;
+        if (c == '"') {
+            o.put("\\\"");
+            p++;
+        } else if (c == '\\') {
+            o.put("\\\\\\\\");          /* decoded: \\ */
+            p++;
+        } else if (c < 0x20 || c == 0x7f) {
+            put_name_hex(o, c);
+            p++;
+        } else if (c < 0x80) {
+            const u_char *run = p;
+            while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"'
+                   && *p != '\\')
+            {
+                p++;
+            }
+            o.put(run, p - run);
+        } else {
+            size_t n = utf8_len(p, end);
+            if (n == 0) {
+                put_name_hex(o, c);
+                p++;
+            } else {
+                o.put(p, n);
+                p += n;
+            }
         }
     }
 }

@@ -2,6 +2,10 @@
  * traffic-status: the output every view writes into.  A chain of request
  * pool buffers (64 KB or the size of one large piece), never reallocated,
  * plus the escaping of JSON strings and Prometheus label values.
+ *
+ * A streamed render (vts_stream.cpp) hands each full buffer over to be
+ * sent while the view goes on writing, and reuses the buffers already sent:
+ * the views only see put / putc / u64 / secs and the escaping functions.
  */
 #ifndef VTS_OUT_H
 #define VTS_OUT_H
@@ -10,6 +14,18 @@
 
 #include <cstdint>
 
+struct ngx_http_vts_stream_t;       /* vts_stream.cpp */
+
+/* > 0 while a view holds a lock: a streamed render does not pause then */
+extern ngx_uint_t  ngx_http_vts_out_hold;
+
+/* the streamed render running now (nullptr: none) */
+extern ngx_http_vts_stream_t  *ngx_http_vts_stream_current;
+
+/* called where a view reads a lot without writing (the store's
+   read_stats): a streamed render past its time slice pauses there */
+void ngx_http_vts_stream_check_slice();
+
 struct ngx_http_vts_out_t {
     ngx_pool_t   *pool;
     ngx_chain_t  *head = nullptr;
@@ -17,6 +33,9 @@ struct ngx_http_vts_out_t {
     ngx_buf_t    *b = nullptr;
     size_t        total = 0;
     bool          failed = false;
+    ngx_http_vts_stream_t  *stream = nullptr;  /* set: full buffers are sent
+                                                  while the view writes */
+    ngx_chain_t  *free = nullptr;              /* sent buffers, for reuse */
 
     explicit ngx_http_vts_out_t(ngx_pool_t *p) : pool(p) {}
 
@@ -65,6 +84,19 @@ void ngx_http_vts_json_str(vts_out_t &o, ngx_str_t s);
 
 /* a Prometheus label value (text format 0.0.4), without the quotes */
 void ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s);
+
+/* a node name (a Host, a filter group or key: client input) inside a JSON
+   string or a Prometheus label value, without the quotes; reversible, so
+   distinct names never render alike: in the decoded text a backslash is
+   \\, control characters and invalid UTF-8 bytes are \xHH, and a name
+   equal to reserved (the sum key) has its first byte as \xHH */
+void ngx_http_vts_put_name(vts_out_t &o, ngx_str_t s,
+    const ngx_str_t *reserved);
+
+/* vts_stream.cpp, called by grow() of a streamed render: hands the full
+   buffers over to be sent and returns when the view may go on writing
+   (NGX_ERROR: the render is given up) */
+ngx_int_t ngx_http_vts_stream_pause(ngx_http_vts_stream_t *s);
 
 /* sends the chain as the whole response body */
 ngx_int_t ngx_http_vts_send(ngx_http_request_t *r, ngx_uint_t status,

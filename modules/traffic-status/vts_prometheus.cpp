@@ -20,6 +20,8 @@ struct labels_t {
     ngx_str_t   v1;
     const char *k2;      /* may be null */
     ngx_str_t   v2;
+    bool        names = false;           /* v1, v2 are node names */
+    const ngx_str_t *reserved = nullptr; /* the sum key, for host names */
 };
 
 struct entry_t {
@@ -67,13 +69,21 @@ series_start(vts_out_t &o, const char *name, const char *suffix, labels_t &l)
     o.putc('{');
     o.put(l.k1);
     o.put("=\"");
-    ngx_http_vts_prom_label(o, l.v1);
+    if (l.names) {
+        ngx_http_vts_put_name(o, l.v1, l.reserved);
+    } else {
+        ngx_http_vts_prom_label(o, l.v1);
+    }
     o.putc('"');
     if (l.k2) {
         o.putc(',');
         o.put(l.k2);
         o.put("=\"");
-        ngx_http_vts_prom_label(o, l.v2);
+        if (l.names) {
+            ngx_http_vts_put_name(o, l.v2, nullptr);
+        } else {
+            ngx_http_vts_prom_label(o, l.v2);
+        }
         o.putc('"');
     }
 }
@@ -371,10 +381,11 @@ node_entries(vts_render_t &rd, uint8_t kind, entry_t *e, stats_t *st)
         ngx_http_vts_read_stats(&st[m], &node->stats);
         if (kind == NGX_HTTP_VTS_SERVER) {
             e[m].l = { "host", ngx_http_vts_node_name(node), nullptr,
-                       ngx_null_string };
+                       ngx_null_string, true, &rd.vlcf->sum_key };
         } else {
             e[m].l = { "filter", ngx_http_vts_node_group(node),
-                       "filter_name", ngx_http_vts_node_name(node) };
+                       "filter_name", ngx_http_vts_node_name(node), true,
+                       nullptr };
         }
         e[m].st = &st[m];
         e[m].req_avg = ngx_http_vts_req_avg(rd, &st[m]);

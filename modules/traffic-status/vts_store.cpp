@@ -257,6 +257,33 @@ ngx_http_vts_create_locked(ngx_http_vts_store_t *store, uint8_t kind,
 }
 
 
+/* a new node under its cap; a drop is counted (max_node or zone_full) */
+static ngx_http_vts_node_t *
+create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, uint32_t hash, ngx_array_t *buckets,
+    uint8_t cls)
+{
+    ngx_http_vts_shctx_t *sh = store->sh;
+
+    if (cap_reached(store, cls)) {
+        sh->dropped_limit++;
+        return nullptr;
+    }
+    ngx_http_vts_node_t *n = ngx_http_vts_create_locked(store, kind, group,
+                                                        name, hash, buckets);
+    if (n == nullptr) {
+        sh->dropped_full++;
+        return nullptr;
+    }
+    n->cap_class = cls;
+    uint64_t *count = cap_count(sh, cls);
+    if (count) {
+        (*count)++;
+    }
+    return n;
+}
+
+
 /* a cache miss: find the node, or create it when its cap allows */
 static ngx_http_vts_node_t *
 get_locked(ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
@@ -269,21 +296,15 @@ get_locked(ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
     if (n) {
         return n;
     }
-    if (cap_reached(store, cls)) {
-        sh->dropped_limit++;
-        return nullptr;
-    }
-    n = ngx_http_vts_create_locked(store, kind, group, name, hash, buckets);
-    if (n == nullptr) {
-        sh->dropped_full++;
-        return nullptr;
-    }
-    n->cap_class = cls;
-    uint64_t *count = cap_count(sh, cls);
-    if (count) {
-        (*count)++;
-    }
-    return n;
+    return create_capped_locked(store, kind, group, name, hash, buckets, cls);
+}
+
+
+ngx_http_vts_node_t *
+ngx_http_vts_create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, uint32_t hash, uint8_t cls)
+{
+    return create_capped_locked(store, kind, group, name, hash, nullptr, cls);
 }
 
 
@@ -361,6 +382,13 @@ ngx_http_vts_store_init_worker(ngx_http_vts_store_t *store, ngx_cycle_t *cycle)
     worker_cache_gen = __atomic_load_n(&store->sh->generation,
                                        __ATOMIC_ACQUIRE);
     return NGX_OK;
+}
+
+
+uint64_t
+ngx_http_vts_store_generation(ngx_http_vts_store_t *store)
+{
+    return __atomic_load_n(&store->sh->generation, __ATOMIC_ACQUIRE);
 }
 
 

@@ -185,11 +185,27 @@ typedef bool (*ngx_http_vts_match_pt)(ngx_http_vts_node_t *n, void *data);
 ngx_uint_t ngx_http_vts_store_apply(ngx_http_vts_store_t *store,
     ngx_http_vts_op_e op, ngx_http_vts_match_pt match, void *data);
 
-/* dump restore: runs in on_create, before any worker exists */
-bool ngx_http_vts_store_restore(ngx_http_vts_store_t *store, uint8_t kind,
-    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st);
+/* dump restore: runs in on_create, before any worker exists.  The caps
+   hold for restored entries (NGX_DECLINED: over its cap, counted as a
+   max_node drop), and a restore leaves a quarter of the zone's pages free
+   for new keys (NGX_ABORT: stop) */
+#define NGX_HTTP_VTS_RESTORE_RESERVE  4     /* keep 1/4 of the pages free */
+ngx_int_t ngx_http_vts_store_restore(ngx_http_vts_store_t *store,
+    uint8_t kind, ngx_str_t *group, ngx_str_t *name,
+    const ngx_http_vts_stats_t *st, uint8_t cap_class);
 void ngx_http_vts_store_set_start(ngx_http_vts_store_t *store,
     uint64_t start_msec);
+
+/* a binary upgrade: the entries of the old master's final dump added into
+   a live zone (under the mutex, atomic adds; the caps and the reserve hold
+   as for a restore), and the pid of the old master whose dump is awaited
+   (0: none) */
+ngx_int_t ngx_http_vts_store_merge(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class);
+uint64_t ngx_http_vts_store_upgrade_from(ngx_http_vts_store_t *store);
+void ngx_http_vts_store_set_upgrade_from(ngx_http_vts_store_t *store,
+    uint64_t pid);
 
 /*
  * The node pointers and zone figures at one moment, taken under the
@@ -216,6 +232,10 @@ void ngx_http_vts_snapshot_range(ngx_http_vts_snapshot_t *snap, uint8_t kind,
     ngx_uint_t *first, ngx_uint_t *last);
 ngx_http_vts_node_t *ngx_http_vts_snapshot_find(ngx_http_vts_snapshot_t *snap,
     uint8_t kind, ngx_str_t group, ngx_str_t name);
+
+/* bumped whenever a node is unlinked (its memory is freed after a grace
+   period): a reader holding a snapshot longer than that checks it */
+uint64_t ngx_http_vts_store_generation(ngx_http_vts_store_t *store);
 
 /* a consistent-enough copy of a node's counters */
 void ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,

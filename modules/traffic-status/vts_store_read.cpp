@@ -6,6 +6,7 @@
  */
 
 #include "vts_store_zone.h"
+#include "vts_out.h"
 
 #include <algorithm>
 
@@ -121,6 +122,10 @@ ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,
     for (size_t i = 0; i < sizeof(*dst) / sizeof(uint64_t); i++) {
         d[i] = ngx_http_vts_load(&s[i]);
     }
+    if (ngx_http_vts_stream_current) {
+        /* a view copying every entry first must not hold the worker */
+        ngx_http_vts_stream_check_slice();
+    }
 }
 
 
@@ -168,22 +173,31 @@ ngx_http_vts_store_apply(ngx_http_vts_store_t *store, ngx_http_vts_op_e op,
 }
 
 
-bool
+ngx_int_t
 ngx_http_vts_store_restore(ngx_http_vts_store_t *store, uint8_t kind,
-    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st)
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class)
 {
+    ngx_slab_pool_t *pool = store->shpool;
+    ngx_uint_t pages = (pool->end - pool->start) >> ngx_pagesize_shift;
+
+    if (pool->pfree * NGX_HTTP_VTS_RESTORE_RESERVE < pages) {
+        return NGX_ABORT;
+    }
+
     uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
     ngx_http_vts_node_t *n =
         ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
 
     if (n == nullptr) {
-        n = ngx_http_vts_create_locked(store, kind, group, name, hash, nullptr);
-    }
-    if (n == nullptr) {
-        return false;
+        n = ngx_http_vts_create_capped_locked(store, kind, group, name, hash,
+                                              cap_class);
+        if (n == nullptr) {
+            return NGX_DECLINED;
+        }
     }
     n->stats = *st;
-    return true;
+    return NGX_OK;
 }
 
 
@@ -191,6 +205,81 @@ void
 ngx_http_vts_store_set_start(ngx_http_vts_store_t *store, uint64_t start_msec)
 {
     store->sh->start_msec = start_msec;
+}
+
+
+namespace {
+
+/* adds src's counters into a live node's (workers add concurrently); the
+   moving-average samples stay the live ones */
+void
+stats_add(ngx_http_vts_stats_t *dst, const ngx_http_vts_stats_t *src)
+{
+    ngx_http_vts_add(&dst->requests, src->requests);
+    ngx_http_vts_add(&dst->in_bytes, src->in_bytes);
+    ngx_http_vts_add(&dst->out_bytes, src->out_bytes);
+    for (int k = 0; k < 5; k++) {
+        ngx_http_vts_add(&dst->responses[k], src->responses[k]);
+    }
+    for (int k = 0; k < NGX_HTTP_VTS_CACHE_N; k++) {
+        ngx_http_vts_add(&dst->cache[k], src->cache[k]);
+    }
+    ngx_http_vts_add(&dst->request_msec_total, src->request_msec_total);
+    ngx_http_vts_add(&dst->response_msec_total, src->response_msec_total);
+
+    if (dst->nbuckets != src->nbuckets
+        || ngx_memcmp(dst->bucket_msec, src->bucket_msec,
+                      src->nbuckets * sizeof(uint64_t)) != 0)
+    {
+        return;                 /* other bounds: the histogram can't add */
+    }
+    for (uint32_t k = 0; k < src->nbuckets; k++) {
+        ngx_http_vts_add(&dst->req_buckets[k], src->req_buckets[k]);
+        ngx_http_vts_add(&dst->resp_buckets[k], src->resp_buckets[k]);
+    }
+    ngx_http_vts_add(&dst->req_overflow, src->req_overflow);
+    ngx_http_vts_add(&dst->resp_overflow, src->resp_overflow);
+}
+
+} // namespace
+
+
+ngx_int_t
+ngx_http_vts_store_merge(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name, const ngx_http_vts_stats_t *st,
+    uint8_t cap_class)
+{
+    uint32_t hash = ngx_http_vts_key_hash(kind, group, name);
+
+    ngx_shmtx_lock(&store->shpool->mutex);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(store->sh, kind, group, name, hash);
+    ngx_int_t rc = NGX_OK;
+
+    if (n) {
+        stats_add(&n->stats, st);
+    } else {
+        /* a new node: the restore's rules (caps, reserve), then a copy
+           made before any other worker can see the node */
+        rc = ngx_http_vts_store_restore(store, kind, group, name, st,
+                                        cap_class);
+    }
+    ngx_shmtx_unlock(&store->shpool->mutex);
+    return rc;
+}
+
+
+uint64_t
+ngx_http_vts_store_upgrade_from(ngx_http_vts_store_t *store)
+{
+    return __atomic_load_n(&store->sh->upgrade_from, __ATOMIC_ACQUIRE);
+}
+
+
+void
+ngx_http_vts_store_set_upgrade_from(ngx_http_vts_store_t *store, uint64_t pid)
+{
+    __atomic_store_n(&store->sh->upgrade_from, pid, __ATOMIC_RELEASE);
 }
 
 

@@ -22,6 +22,8 @@ struct ngx_http_vts_shctx_t {
     uint64_t              dropped_full;
     uint64_t              dropped_limit;
     uint64_t              start_msec;
+    uint64_t              upgrade_from; /* pid of the master whose final
+                                           dump is still to be merged */
     ngx_http_vts_stats_t  overflow;     /* requests whose server entry
                                            could not be stored: in the sum */
 };
@@ -33,6 +35,10 @@ ngx_http_vts_node_t *ngx_http_vts_lookup_locked(ngx_http_vts_shctx_t *sh,
 ngx_http_vts_node_t *ngx_http_vts_create_locked(ngx_http_vts_store_t *store,
     uint8_t kind, ngx_str_t *group, ngx_str_t *name, uint32_t hash,
     ngx_array_t *buckets);
+/* create under the cap class's cap (a drop is counted) */
+ngx_http_vts_node_t *ngx_http_vts_create_capped_locked(
+    ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
+    ngx_str_t *name, uint32_t hash, uint8_t cap_class);
 void ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
     ngx_http_vts_node_t *node);
 

@@ -7,7 +7,6 @@ Every response must be HTTP; control answers must be valid JSON; after each
 batch no worker has died (same pids), /traffic/format/json is valid JSON and
 /metrics passes promtool; at the end the error log has no crash, sanitizer
 report, [alert] or [crit]."""
-import json
 import os
 import random
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from conftest import conf_wrap, free_port, http_get, wait_for
 from support.net import raw_request
-from support.probes import promtool
+from support.probes import parse_json, promtool
 
 FUZZ_SECONDS = float(os.environ.get('FUZZ_SECONDS', '30'))
 SEED = int(os.environ.get('FUZZ_SEED', str(int(time.time()))))
@@ -199,9 +198,7 @@ def check_outputs(port):
     """Number of server zones; fails on invalid JSON or Prometheus output."""
     st, _, body = http_get('127.0.0.1', port, '/traffic/format/json', headers={'Host': 'c'})
     assert st == 200
-    # strict UTF-8; duplicate keys (Host '*', hosts differing in invalid bytes)
-    # are issue 13's to fix, so this fuzz does not reject them yet
-    zones = json.loads(body)['serverZones']
+    zones = parse_json(body)['serverZones']      # strict: valid UTF-8, no duplicate keys
     # the Host-keyed zones stay under filter_max_node (+ server_name, sum key)
     assert len(zones) <= 200 + 3, len(zones)
     st, _, text = http_get('127.0.0.1', port, '/metrics', headers={'Host': 'c'})
@@ -237,7 +234,7 @@ def test_fuzz_host_headers_and_control_queries(nginx_factory, tmp_path):
                 head, body = body_of(resp)
                 if code in (200, 400) and b'application/json' in head.lower():
                     try:
-                        json.loads(body)
+                        parse_json(body)
                     except ValueError as e:
                         raise AssertionError('seed %d: invalid JSON (%s) for %r:\n%r'
                                              % (SEED, e, raw, body[:2000]))

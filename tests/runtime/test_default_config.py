@@ -1,10 +1,14 @@
 """The bundle's own conf/nginx.conf -- the seed example with demo backends --
 starts with `sbin/nginx -p <bundle>` alone and behaves as the README's tour says."""
+import json
+import os
 import re
+import shutil
 
 import pytest
 
 from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+from support.namespaces import NetNS
 from support.probes import peer_states, promtool
 
 PROXY, METRICS, CONTROL = 8080, 18080, 18081
@@ -89,3 +93,57 @@ def test_metrics_without_the_healthcheck_module_stays_valid(bundle_copy, tmp_pat
                      text, re.M)
     ok, why = promtool(text)
     assert ok, why
+
+
+def curl(net, path, source='127.0.0.1', method='GET', port=METRICS):
+    """(status, body) of a request sent inside net from the loopback address source."""
+    r = net.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', '5', '--interface', source,
+                 *(['-I'] if method == 'HEAD' else []), 'http://127.0.0.1:%d%s' % (port, path)])
+    body, _, code = r.stdout.rpartition('\n')
+    return int(code or 0), body
+
+
+@pytest.fixture
+def own_network():
+    """The default config's fixed ports in a network namespace of the test's own."""
+    if os.geteuid() != 0 or not shutil.which('unshare'):
+        pytest.skip('needs root and unshare for a network namespace')
+    net = NetNS()
+    yield net
+    net.close()
+
+
+def test_control_changes_data_only_from_this_host(own_network, tmp_path):
+    """Issue 13, case 1: reset and delete answer 403 to other addresses
+    (127.0.0.5 is not 127.0.0.1), whatever path reaches the control endpoint;
+    HEAD never changes data; status stays readable."""
+    net = own_network
+    n = Nginx(copy_bundle(tmp_path / 'bundle'))
+    r = net.run([n.binary, '-p', str(n.prefix) + '/'])
+    assert r.returncode == 0, r.stderr + n.error_log
+    try:
+        wait_for(lambda: curl(net, '/traffic/format/json')[0] == 200, what='status port')
+
+        def served():
+            doc = json.loads(curl(net, '/traffic/format/json')[1])
+            return sum(z['requestCounter'] for k, z in doc['serverZones'].items() if k != '*')
+        for _ in range(5):
+            curl(net, '/api/hello', port=PROXY)
+        wait_for(lambda: served() >= 5, what='counted requests')
+        before = served()
+        for path in ('/traffic/control?cmd=delete&group=*', '/traffic/control?cmd=reset&group=server',
+                     '/traffic/control/?cmd=delete&group=*', '/traffic/format/json/control?cmd=delete&group=*',
+                     '/traffic/control?group=*&cmd=delete', '/traffic/control?cmd=delete&cmd=status&group=*'):
+            st, body = curl(net, path, source='127.0.0.5')
+            assert st == 403, (path, st, body[:200])
+        st, _ = curl(net, '/traffic/control?cmd=delete&group=*', method='HEAD')
+        assert st == 405
+        assert served() >= before > 0
+        st, body = curl(net, '/traffic/control?cmd=status&group=server', source='127.0.0.5')
+        assert st == 200 and '"serverZones"' in body
+        st, body = curl(net, '/traffic/control?cmd=delete&group=server')
+        assert st == 200 and '"processingReturn":true' in body, body
+        assert served() < before
+    finally:
+        n.stop()
+    assert 'exited on signal' not in n.error_log

@@ -221,10 +221,11 @@ def test_display_without_zone_fails_cleanly(nginx_factory):
     conf = conf_wrap(f"""
     server {{ listen 127.0.0.1:{port}; location /s {{ vhost_traffic_status_display; }} }}
     """)
-    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
-    st, _, _ = get(port, '/s')
-    assert st == 503
-    assert 'vhost_traffic_status_zone' in n.error_log
+    # (issue 13: it used to start and answer 503 to every request)
+    r = nginx_factory(conf, start=False).test_config()
+    assert r.returncode != 0
+    assert '"vhost_traffic_status_display" needs "vhost_traffic_status_zone"' in r.stderr, r.stderr
+    assert re.search(r'nginx\.conf:\d+', r.stderr), r.stderr
 
 
 SEED_STATUS = r"""

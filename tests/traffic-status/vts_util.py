@@ -69,6 +69,28 @@ def get_json(port, path='/status/format/json'):
     return probes.get_json(port, path, headers={'Host': 'status.test'})
 
 
+def counted_and_status(fport, sport, http='', counted='', status='', workers=1):
+    """A whole nginx.conf: `http` directives, server default.test on fport
+    (its own `counted` directives; / answers ok) and an uncounted status
+    server on sport (/status displays; `status` adds directives)."""
+    return conf_wrap(f"""
+{http}
+    server {{
+        listen 127.0.0.1:{fport};
+        server_name default.test;
+        {counted}
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+        {status}
+    }}
+""", workers=workers)
+
+
 def backend_conf(ports):
     """An nginx without the module: one server per port answering its name."""
     servers = []
