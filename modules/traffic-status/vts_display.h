@@ -28,6 +28,8 @@ struct ngx_http_vts_select_t {
     uint8_t     upstreams = NGX_HTTP_VTS_UPSTREAMS_ANY;
     ngx_str_t  *group = nullptr;     /* filter group or upstream group */
     ngx_str_t  *name = nullptr;      /* zone / key / peer */
+    bool        bare = false;        /* one named entry: "NAME":{...} only,
+                                        without the section and group */
 };
 
 typedef ngx_http_vts_select_t  vts_select_t;
@@ -97,6 +99,8 @@ void ngx_http_vts_connections(ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N]);
 
 /* vts_json.cpp */
 void ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd);
+void ngx_http_vts_json_main(vts_out_t &o, vts_render_t &rd);  /* hostName ..
+                                                         sharedZones */
 void ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd,
     vts_select_t &sel);
 void ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd,
