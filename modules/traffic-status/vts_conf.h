@@ -37,7 +37,8 @@ struct ngx_http_vts_limit_t {
     bool                      by_key;   /* else the request's server zone */
     ngx_str_t                 key_text; /* as written: de-duplication */
     ngx_http_complex_value_t  key;      /* NO@name, UA@, UG@, CC@, FG@ */
-    ngx_uint_t                member;   /* into the member table */
+    ngx_str_t                 member;   /* as written */
+    size_t                    offset;   /* of its counter in the stats */
     uint64_t                  size;
     ngx_uint_t                code;
 };
@@ -101,6 +102,7 @@ char *ngx_http_vts_measure_codes(ngx_conf_t *cf, ngx_command_t *cmd,
 char *ngx_http_vts_ignore_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);    /* vts_vars.cpp */
+bool ngx_http_vts_limit_member(ngx_str_t name, size_t *offset);
 
 /* vts_count.cpp: the log phase handler, and the request's own server
    zone (an existing node or nullptr) for the limits and $vts_* */

@@ -16,36 +16,8 @@
 
 namespace {
 
-typedef ngx_http_vts_stats_t  stats_t;
-
-#define MEMBER(name, field)  { ngx_string(name), offsetof(stats_t, field) }
-
-const struct {
-    ngx_str_t  name;
-    size_t     offset;
-} members[] = {
-    MEMBER("request", requests),
-    MEMBER("in", in_bytes),
-    MEMBER("out", out_bytes),
-    MEMBER("1xx", responses[0]),
-    MEMBER("2xx", responses[1]),
-    MEMBER("3xx", responses[2]),
-    MEMBER("4xx", responses[3]),
-    MEMBER("5xx", responses[4]),
-    MEMBER("cache_miss", cache[NGX_HTTP_VTS_CACHE_MISS]),
-    MEMBER("cache_bypass", cache[NGX_HTTP_VTS_CACHE_BYPASS]),
-    MEMBER("cache_expired", cache[NGX_HTTP_VTS_CACHE_EXPIRED]),
-    MEMBER("cache_stale", cache[NGX_HTTP_VTS_CACHE_STALE]),
-    MEMBER("cache_updating", cache[NGX_HTTP_VTS_CACHE_UPDATING]),
-    MEMBER("cache_revalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED]),
-    MEMBER("cache_hit", cache[NGX_HTTP_VTS_CACHE_HIT]),
-    MEMBER("cache_scarce", cache[NGX_HTTP_VTS_CACHE_SCARCE]),
-};
-
-#undef MEMBER
-
-
-/* "MEMBER:SIZE" -> member index and size; false after logging */
+/* "MEMBER:SIZE" -> the counter's offset and the size; false after
+   logging (the members are the $vts_* field table's, vts_vars.cpp) */
 bool
 parse_member(ngx_conf_t *cf, ngx_str_t v, ngx_http_vts_limit_t *l)
 {
@@ -54,15 +26,11 @@ parse_member(ngx_conf_t *cf, ngx_str_t v, ngx_http_vts_limit_t *l)
     if (colon) {
         ngx_str_t name = { (size_t) (colon - v.data), v.data };
         ngx_str_t size = { (size_t) (v.data + v.len - colon - 1), colon + 1 };
-        for (ngx_uint_t i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
-            if (!ngx_http_vts_str_eq(name, &members[i].name)) {
-                continue;
-            }
-            off_t n = ngx_parse_offset(&size);
-            if (n == NGX_ERROR || n <= 0) {
-                break;
-            }
-            l->member = i;
+        off_t n = ngx_parse_offset(&size);
+        if (n != NGX_ERROR && n > 0
+            && ngx_http_vts_limit_member(name, &l->offset))
+        {
+            l->member = name;
             l->size = (uint64_t) n;
             return true;
         }
@@ -123,7 +91,7 @@ parse_key(ngx_str_t key, uint8_t *kind, ngx_str_t *group, ngx_str_t *name)
 bool
 same_limit(ngx_http_vts_limit_t *a, ngx_http_vts_limit_t *b)
 {
-    return a->by_key == b->by_key && a->member == b->member
+    return a->by_key == b->by_key && a->offset == b->offset
            && ngx_http_vts_str_eq(a->key_text, &b->key_text);
 }
 
@@ -252,12 +220,12 @@ ngx_http_vts_limit_handler(ngx_http_request_t *r)
             continue;
         }
         const uint64_t *counter = (const uint64_t *)
-            ((const u_char *) &n->stats + members[l[i].member].offset);
+            ((const u_char *) &n->stats + l[i].offset);
         uint64_t v = ngx_http_vts_load(counter);
         if (v >= l[i].size) {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "traffic-status: limit %V:%uL reached (%uL), "
-                          "answering %ui", &members[l[i].member].name,
+                          "answering %ui", &l[i].member,
                           l[i].size, v, l[i].code);
             return (ngx_int_t) l[i].code;
         }

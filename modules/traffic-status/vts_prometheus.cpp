@@ -99,40 +99,75 @@ render_labels(vts_out_t &lab, labels_t &l)
 }
 
 
-/* digits without ngx_sprintf's format parsing (60k numbers a scrape) */
-void
-put_u64(vts_out_t &o, uint64_t v)
-{
-    u_char buf[NGX_INT64_LEN], *p = buf + sizeof(buf);
+/*
+ * One sample line, composed in a local buffer and written with one put
+ * (60k lines a scrape: fewer calls into the output is most of the
+ * speed).  Labels too long for the buffer get a pool one.
+ */
+struct line_t {
+    u_char   local[512];
+    u_char  *start;
+    u_char  *p;
 
-    do {
-        *--p = (u_char) ('0' + v % 10);
-        v /= 10;
-    } while (v);
-    o.put(p, buf + sizeof(buf) - p);
-}
+    line_t(vts_out_t &o, size_t labels_len) {
+        start = local;
+        if (labels_len + 192 > sizeof(local)) {
+            start = (u_char *) ngx_pnalloc(o.pool, labels_len + 192);
+            if (start == nullptr) {
+                o.failed = true;
+                start = local;      /* written to, never sent */
+            }
+        }
+        p = start;
+    }
+
+    void add(const void *d, size_t n) { p = ngx_cpymem(p, d, n); }
+    void add(const char *s) { add(s, ngx_strlen(s)); }
+    void add(ngx_str_t s) { add(s.data, s.len); }
+    template <size_t N> void lit(const char (&s)[N]) { add(s, N - 1); }
+    void c(u_char ch) { *p++ = ch; }
+
+    /* digits without ngx_sprintf's format parsing */
+    void u64(uint64_t v) {
+        u_char buf[NGX_INT64_LEN], *d = buf + sizeof(buf);
+        do {
+            *--d = (u_char) ('0' + v % 10);
+            v /= 10;
+        } while (v);
+        add(d, buf + sizeof(buf) - d);
+    }
+
+    void secs(uint64_t ms) {
+        u64(ms / 1000);
+        c('.');
+        c((u_char) ('0' + ms % 1000 / 100));
+        c((u_char) ('0' + ms % 100 / 10));
+        c((u_char) ('0' + ms % 10));
+    }
+
+    void put(vts_out_t &o) { o.put(start, p - start); }
+};
 
 
 void
 put_secs(vts_out_t &o, uint64_t ms)
 {
-    u_char frac[4] = { '.', (u_char) ('0' + ms % 1000 / 100),
-                       (u_char) ('0' + ms % 100 / 10), (u_char) ('0' + ms % 10) };
-
-    put_u64(o, ms / 1000);
-    o.put(frac, 4);
+    line_t line(o, 0);
+    line.secs(ms);
+    line.put(o);
 }
 
 
+/* NAME[SUFFIX]{LABELS */
 void
-series_start(vts_out_t &o, const char *name, const char *suffix, labels_t &l)
+series_start(line_t &line, const char *name, const char *suffix, labels_t &l)
 {
-    o.put(name);
+    line.add(name);
     if (suffix) {
-        o.put(suffix);
+        line.add(suffix);
     }
-    o.putc('{');
-    o.put(l.text);
+    line.c('{');
+    line.add(l.text);
 }
 
 
@@ -141,21 +176,51 @@ void
 value(vts_out_t &o, const char *name, labels_t &l, const char *extra_k,
     const char *extra_v, uint64_t v, bool secs)
 {
-    series_start(o, name, nullptr, l);
+    line_t line(o, l.text.len);
+
+    series_start(line, name, nullptr, l);
     if (extra_k) {
-        o.putc(',');
-        o.put(extra_k);
-        o.put("=\"");
-        o.put(extra_v);
-        o.putc('"');
+        line.c(',');
+        line.add(extra_k);
+        line.lit("=\"");
+        line.add(extra_v);
+        line.c('"');
     }
-    o.put("} ");
+    line.lit("} ");
     if (secs) {
-        put_secs(o, v);
+        line.secs(v);
     } else {
-        put_u64(o, v);
+        line.u64(v);
     }
-    o.putc('\n');
+    line.c('\n');
+    line.put(o);
+}
+
+
+/* NAME_SUFFIX{LABELS[,le="B"]} V */
+void
+hist_line(vts_out_t &o, const char *name, const char *suffix, labels_t &l,
+    const uint64_t *le_ms, bool inf, uint64_t v, bool secs)
+{
+    line_t line(o, l.text.len);
+
+    series_start(line, name, suffix, l);
+    if (le_ms) {
+        line.lit(",le=\"");
+        line.secs(*le_ms);
+        line.lit("\"} ");
+    } else if (inf) {
+        line.lit(",le=\"+Inf\"} ");
+    } else {
+        line.lit("} ");
+    }
+    if (secs) {
+        line.secs(v);
+    } else {
+        line.u64(v);
+    }
+    line.c('\n');
+    line.put(o);
 }
 
 
@@ -168,26 +233,13 @@ histogram(vts_out_t &o, const char *name, labels_t &l, stats_t *st,
 
     for (uint32_t k = 0; k < st->nbuckets; k++) {
         cum += counters[k];
-        series_start(o, name, "_bucket", l);
-        o.put(",le=\"");
-        put_secs(o, st->bucket_msec[k]);
-        o.put("\"} ");
-        put_u64(o, cum);
-        o.putc('\n');
+        hist_line(o, name, "_bucket", l, &st->bucket_msec[k], false, cum,
+                  false);
     }
     cum += overflow;
-    series_start(o, name, "_bucket", l);
-    o.put(",le=\"+Inf\"} ");
-    put_u64(o, cum);
-    o.putc('\n');
-    series_start(o, name, "_sum", l);
-    o.put("} ");
-    put_secs(o, sum_ms);
-    o.putc('\n');
-    series_start(o, name, "_count", l);
-    o.put("} ");
-    put_u64(o, cum);
-    o.putc('\n');
+    hist_line(o, name, "_bucket", l, nullptr, true, cum, false);
+    hist_line(o, name, "_sum", l, nullptr, false, sum_ms, true);
+    hist_line(o, name, "_count", l, nullptr, false, cum, false);
 }
 
 

@@ -168,7 +168,8 @@ graveyard_collect_locked(ngx_http_vts_store_t *store)
 
 
 /* the default cap's count slot of a filter group: its own, else a free
-   one, else (table crowded) the last probed, shared */
+   one (claimed when counting), else (table crowded) the last probed,
+   shared with another group */
 static uint32_t *
 group_count(ngx_http_vts_shctx_t *sh, ngx_str_t group, bool claim)
 {
@@ -184,9 +185,11 @@ group_count(ngx_http_vts_shctx_t *sh, ngx_str_t group, bool claim)
             first_free = k;
         }
     }
-    if (first_free < NGX_HTTP_VTS_GROUP_SLOTS && claim) {
-        sh->group_hash[first_free] = h;
-        return &sh->group_count[first_free];
+    if (first_free < NGX_HTTP_VTS_GROUP_SLOTS) {
+        if (claim) {
+            sh->group_hash[first_free] = h;
+        }
+        return &sh->group_count[first_free];      /* 0: a new group */
     }
     return &sh->group_count[k];
 }

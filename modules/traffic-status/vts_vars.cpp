@@ -20,32 +20,36 @@ struct field_t {
     ngx_str_t   name;
     size_t      offset;          /* of a counter in stats_t */
     average_e   average;         /* or a moving average */
+    ngx_str_t   limit_name;      /* its name as a limit_traffic MEMBER */
 };
 
-#define COUNTER(name, member) \
-    { ngx_string(name), offsetof(stats_t, member), AVG_NONE }
+#define COUNTER(name, member, limit) \
+    { ngx_string(name), offsetof(stats_t, member), AVG_NONE, \
+      ngx_string(limit) }
 
 const field_t  fields[] = {
-    COUNTER("requestCounter", requests),
-    COUNTER("inBytes", in_bytes),
-    COUNTER("outBytes", out_bytes),
-    COUNTER("1xx", responses[0]),
-    COUNTER("2xx", responses[1]),
-    COUNTER("3xx", responses[2]),
-    COUNTER("4xx", responses[3]),
-    COUNTER("5xx", responses[4]),
-    COUNTER("cacheMiss", cache[NGX_HTTP_VTS_CACHE_MISS]),
-    COUNTER("cacheBypass", cache[NGX_HTTP_VTS_CACHE_BYPASS]),
-    COUNTER("cacheExpired", cache[NGX_HTTP_VTS_CACHE_EXPIRED]),
-    COUNTER("cacheStale", cache[NGX_HTTP_VTS_CACHE_STALE]),
-    COUNTER("cacheUpdating", cache[NGX_HTTP_VTS_CACHE_UPDATING]),
-    COUNTER("cacheRevalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED]),
-    COUNTER("cacheHit", cache[NGX_HTTP_VTS_CACHE_HIT]),
-    COUNTER("cacheScarce", cache[NGX_HTTP_VTS_CACHE_SCARCE]),
-    COUNTER("requestMsecCounter", request_msec_total),
-    { ngx_string("requestMsec"), 0, AVG_REQUEST },
-    COUNTER("responseMsecCounter", response_msec_total),
-    { ngx_string("responseMsec"), 0, AVG_RESPONSE },
+    COUNTER("requestCounter", requests, "request"),
+    COUNTER("inBytes", in_bytes, "in"),
+    COUNTER("outBytes", out_bytes, "out"),
+    COUNTER("1xx", responses[0], "1xx"),
+    COUNTER("2xx", responses[1], "2xx"),
+    COUNTER("3xx", responses[2], "3xx"),
+    COUNTER("4xx", responses[3], "4xx"),
+    COUNTER("5xx", responses[4], "5xx"),
+    COUNTER("cacheMiss", cache[NGX_HTTP_VTS_CACHE_MISS], "cache_miss"),
+    COUNTER("cacheBypass", cache[NGX_HTTP_VTS_CACHE_BYPASS], "cache_bypass"),
+    COUNTER("cacheExpired", cache[NGX_HTTP_VTS_CACHE_EXPIRED], "cache_expired"),
+    COUNTER("cacheStale", cache[NGX_HTTP_VTS_CACHE_STALE], "cache_stale"),
+    COUNTER("cacheUpdating", cache[NGX_HTTP_VTS_CACHE_UPDATING],
+            "cache_updating"),
+    COUNTER("cacheRevalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED],
+            "cache_revalidated"),
+    COUNTER("cacheHit", cache[NGX_HTTP_VTS_CACHE_HIT], "cache_hit"),
+    COUNTER("cacheScarce", cache[NGX_HTTP_VTS_CACHE_SCARCE], "cache_scarce"),
+    COUNTER("requestMsecCounter", request_msec_total, ""),
+    { ngx_string("requestMsec"), 0, AVG_REQUEST, ngx_null_string },
+    COUNTER("responseMsecCounter", response_msec_total, ""),
+    { ngx_string("responseMsec"), 0, AVG_RESPONSE, ngx_null_string },
 };
 
 #undef COUNTER
@@ -340,6 +344,20 @@ own_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 }
 
 } // namespace
+
+
+/* a limit_traffic MEMBER: the offset of its counter in the stats */
+bool
+ngx_http_vts_limit_member(ngx_str_t name, size_t *offset)
+{
+    for (auto &f : fields) {
+        if (f.limit_name.len && ngx_http_vts_str_eq(name, &f.limit_name)) {
+            *offset = f.offset;
+            return true;
+        }
+    }
+    return false;
+}
 
 
 ngx_int_t
