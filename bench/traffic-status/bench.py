@@ -206,6 +206,8 @@ def bench_render(base, hosts, peers, samples):
     }}
     """, workers=1, conns=8192))
     fport, sport = free_port(), free_port()
+    while fport in bports or sport in bports or fport == sport:   # the backend holds bports
+        fport, sport = free_port(), free_port()
     servers = '\n'.join('        server 127.0.0.1:%d;' % p for p in bports)
     front = Nginx(base, 'r-front', conf(f"""
     vhost_traffic_status_zone shared:vts:64m;

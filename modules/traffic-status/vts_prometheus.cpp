@@ -145,7 +145,16 @@ struct line_t {
         c((u_char) ('0' + ms % 10));
     }
 
-    void put(vts_out_t &o) { o.put(start, p - start); }
+    /* the value (seconds when secs), the newline, and out */
+    void end(vts_out_t &o, uint64_t v, bool secs) {
+        if (secs) {
+            this->secs(v);
+        } else {
+            u64(v);
+        }
+        c('\n');
+        o.put(start, p - start);
+    }
 };
 
 
@@ -154,7 +163,7 @@ put_secs(vts_out_t &o, uint64_t ms)
 {
     line_t line(o, 0);
     line.secs(ms);
-    line.put(o);
+    o.put(line.start, line.p - line.start);
 }
 
 
@@ -187,13 +196,7 @@ value(vts_out_t &o, const char *name, labels_t &l, const char *extra_k,
         line.c('"');
     }
     line.lit("} ");
-    if (secs) {
-        line.secs(v);
-    } else {
-        line.u64(v);
-    }
-    line.c('\n');
-    line.put(o);
+    line.end(o, v, secs);
 }
 
 
@@ -214,13 +217,7 @@ hist_line(vts_out_t &o, const char *name, const char *suffix, labels_t &l,
     } else {
         line.lit("} ");
     }
-    if (secs) {
-        line.secs(v);
-    } else {
-        line.u64(v);
-    }
-    line.c('\n');
-    line.put(o);
+    line.end(o, v, secs);
 }
 
 

@@ -540,6 +540,9 @@ ngx_http_vts_store_find(ngx_http_vts_store_t *store, uint8_t kind,
     g.len = ngx_min(g.len, (size_t) NGX_HTTP_VTS_NAME_MAX);
     nm.len = ngx_min(nm.len, (size_t) NGX_HTTP_VTS_NAME_MAX);
     uint32_t hash = ngx_http_vts_key_hash(kind, &g, &nm);
+    /* a preaccess check or a variable may come before this request's log
+       phase: forget unlinked nodes first, as the counting does */
+    ngx_http_vts_store_sync_worker(store);
     if (worker_cache) {
         cache_slot_t *slot =
             &worker_cache[hash & (NGX_HTTP_VTS_CACHE_SLOTS - 1)];

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import conf_wrap, free_port, wait_for
+from conftest import conf_wrap, free_port
 from support.net import raw_request
 from support.probes import parse_json
 from vts_util import backend_conf, get, get_json, req

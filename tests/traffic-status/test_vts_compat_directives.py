@@ -3,6 +3,7 @@ compatibility (stats_by_upstream, ignore_status, the $vts_* variables,
 set_by_filter with a variable GROUP, filter off vs filter_by_host,
 filter_max_node eviction and the default per-group cap)."""
 import re
+import time
 
 import pytest
 
@@ -170,7 +171,6 @@ def test_filter_max_node_evicts_the_least_recently_updated(stack):
     start, fport, sport = stack
     start('vhost_traffic_status_filter_max_node 3 uris;',
           'vhost_traffic_status_filter_by_set_key $uri uris;')
-    import time
     for p in ['/a', '/b', '/c']:
         raw_request(fport, req(p, host='a.test'))
         time.sleep(0.01)

@@ -3,13 +3,12 @@ limit_traffic_by_set_key, limit, bypass_limit, limit_check_duplicate):
 the configured code from the request after the counter reaches the size.
 The check runs in the preaccess phase (as limit_req): content here comes
 from Lua or a proxy, since `return` answers in the rewrite phase, before it."""
-import re
 
 import pytest
 
 from conftest import conf_wrap, free_port
 from support.net import raw_request
-from vts_util import backend_conf, get_json, req, status_of
+from vts_util import assert_nginx_t_fails, backend_conf, get_json, req, status_of
 
 
 def start_front(nginx_factory, http_extra='', server_extra='', bport=None):
@@ -124,14 +123,7 @@ def test_limit_check_duplicate(nginx_factory, dup, expected):
     ('vhost_traffic_status_limit maybe;', 'it must be "on" or "off"'),
 ])
 def test_invalid_limits(nginx_factory, directive, message):
-    text = conf_wrap(f"""
-    vhost_traffic_status_zone;
-    {directive}
-    server {{ listen 127.0.0.1:{free_port()}; }}
-""")
-    r = nginx_factory(text, start=False).test_config()
-    assert r.returncode != 0 and message in r.stderr, r.stderr
-    assert re.search(r'nginx\.conf:\d+', r.stderr), r.stderr
+    assert_nginx_t_fails(nginx_factory, directive, message)
 
 
 def test_every_v027_directive_parses(nginx_factory):

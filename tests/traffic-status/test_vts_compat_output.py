@@ -9,7 +9,7 @@ import pytest
 from conftest import conf_wrap, free_port
 from support.net import raw_request
 from support.probes import promtool
-from vts_util import backend_conf, get, get_json, keepalive_requests, req
+from vts_util import assert_nginx_t_fails, backend_conf, get, get_json, keepalive_requests, req
 
 CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx']
 CACHE = ['miss', 'bypass', 'expired', 'stale', 'updating', 'revalidated', 'hit', 'scarce']
@@ -210,11 +210,4 @@ def test_no_status_codes_without_the_directive(stack):
     ('all 200', 'invalid status code "all"'),
 ])
 def test_measure_status_codes_invalid(nginx_factory, args, message):
-    text = conf_wrap(f"""
-    vhost_traffic_status_zone;
-    vhost_traffic_status_measure_status_codes {args};
-    server {{ listen 127.0.0.1:{free_port()}; }}
-""")
-    r = nginx_factory(text, start=False).test_config()
-    assert r.returncode != 0 and message in r.stderr, r.stderr
-    assert re.search(r'nginx\.conf:\d+', r.stderr), r.stderr
+    assert_nginx_t_fails(nginx_factory, 'vhost_traffic_status_measure_status_codes %s;' % args, message)
