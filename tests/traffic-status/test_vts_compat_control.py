@@ -119,3 +119,39 @@ def test_one_named_zone_alone(stack):
     assert list(doc) == ['serverZones'] and '*' in doc['serverZones']
     st, doc = control(sport, 'cmd=status&group=filter&zone=uris')
     assert list(doc) == ['filterZones'] and list(doc['filterZones']) == ['uris']
+
+
+def test_expire_counts_a_restored_zone_as_used_at_the_restart(nginx_factory, tmp_path):
+    fport, sport = free_port(), free_port()
+    dumpdir = tmp_path / 'dump'
+    dumpdir.mkdir()
+    dumpdir.chmod(0o777)                       # workers run as nobody under root
+    n = nginx_factory(conf_wrap(f"""
+    vhost_traffic_status_zone shared:vts:4m;
+    vhost_traffic_status_filter_by_host on;
+    vhost_traffic_status_dump {dumpdir / 'vts.db'} 3600s;
+    server {{
+        listen 127.0.0.1:{fport};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}
+"""), start=False)
+    ports = [('127.0.0.1', fport), ('127.0.0.1', sport)]
+    n.start(wait_ports=ports)
+    raw_request(fport, req('/', host='restored.test'))
+    time.sleep(5)
+    n.stop()                                   # the master saves the dump
+    n.start(wait_ports=ports)
+    assert get_json(sport)['serverZones']['restored.test']['requestCounter'] == 1
+    # its last request was 5 s ago, but it counts as used at the restart
+    st, ans = control(sport, 'cmd=delete&group=server&expire=4')
+    assert st == 200 and ans['processingCounts'] == 0
+    time.sleep(4.2)
+    st, ans = control(sport, 'cmd=delete&group=server&expire=4')
+    assert ans['processingCounts'] == 1
+    assert 'restored.test' not in get_json(sport)['serverZones']
