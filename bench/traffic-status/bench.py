@@ -8,7 +8,7 @@ render /format/prometheus with 1000 hosts and 1000 upstream peers.
    alternating rounds in the same run.  Reports the ratio of medians
    (goal >= 0.97).
 2. Render: 1000 Host-keyed server zones and 1000 upstream peers with traffic,
-   then the median time of GET /status/format/prometheus (goal < 50 ms).
+   then the median time of GET /status/format/prometheus (goal <= 10 ms, the spec's performance contract).
 
 Usage: NP_BUNDLE=<bundle dir> python3 bench/traffic-status/bench.py [--rounds N]
        [--duration S] [--json out.json]
@@ -206,6 +206,8 @@ def bench_render(base, hosts, peers, samples):
     }}
     """, workers=1, conns=8192))
     fport, sport = free_port(), free_port()
+    while fport in bports or sport in bports or fport == sport:   # the backend holds bports
+        fport, sport = free_port(), free_port()
     servers = '\n'.join('        server 127.0.0.1:%d;' % p for p in bports)
     front = Nginx(base, 'r-front', conf(f"""
     vhost_traffic_status_zone shared:vts:64m;
@@ -274,7 +276,21 @@ def main():
     ap.add_argument('--peers', type=int, default=1000)
     ap.add_argument('--json')
     ap.add_argument('--strict', action='store_true')
+    ap.add_argument('--render-only', action='store_true',
+                    help='only the render figure (no wrk throughput rounds)')
+    ap.add_argument('--samples', type=int, default=20)
     a = ap.parse_args()
+    if a.render_only:
+        base = tempfile.mkdtemp(prefix='vts-bench-')
+        try:
+            rr = bench_render(base, a.hosts, a.peers, a.samples)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(json.dumps({'bench': 'prometheus_render', **rr}))
+        ok = rr['median_ms'] <= 10 and rr['hosts'] >= a.hosts and rr['peers'] >= a.peers
+        if a.strict and not ok:
+            sys.exit(1)
+        return
     if not shutil.which('wrk'):
         sys.exit('wrk is required (apt-get install wrk)')
     base = tempfile.mkdtemp(prefix='vts-bench-')
@@ -294,7 +310,7 @@ def main():
         print('render: %d hosts, %d upstream peers' % (a.hosts, a.peers), flush=True)
         rr = bench_render(base, a.hosts, a.peers, 20)
         print('  /format/prometheus: median %.1f ms, max %.1f ms, %d bytes, %d hosts, %d peers '
-              '(goal < 50 ms); /format/json %.1f ms'
+              '(goal <= 10 ms); /format/json %.1f ms'
               % (rr['median_ms'], rr['max_ms'], rr['bytes'], rr['hosts'], rr['peers'],
                  rr['json_ms']))
         out = {'throughput': {'off': res['off'], 'on': res['on'], 'median_off': off,
@@ -305,7 +321,7 @@ def main():
                'render': rr}
         if a.json:
             pathlib.Path(a.json).write_text(json.dumps(out, indent=2))
-        ok = ratio >= 0.97 and rr['median_ms'] < 50 and rr['hosts'] >= a.hosts \
+        ok = ratio >= 0.97 and rr["median_ms"] <= 10 and rr['hosts'] >= a.hosts \
             and rr['peers'] >= a.peers
         print('RESULT: %s' % ('goals met' if ok else 'goal missed'))
         if a.strict and not ok:

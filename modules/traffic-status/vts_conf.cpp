@@ -106,22 +106,35 @@ ngx_command_t  ngx_http_vts_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       set_dump, 0, 0, NULL },
 
-    /* The limit family of VTS: rejected loudly, never ignored. */
+    { ngx_string("vhost_traffic_status_stats_by_upstream"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_vts_main_conf_t, stats_by_upstream), NULL },
+
+    { ngx_string("vhost_traffic_status_measure_status_codes"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_measure_codes, 0, 0, NULL },
+
+    { ngx_string("vhost_traffic_status_ignore_status"),
+      VTS_ANY_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_ignore_status, VTS_LOC(ignore_status), NULL },
+
+    /* the limit family (vts_limit.cpp) */
     { ngx_string("vhost_traffic_status_limit"),
-      VTS_ANY_CONF|VTS_IF_CONF|NGX_CONF_ANY,
-      ngx_http_vts_limit_unsupported, 0, 0, NULL },
+      VTS_ANY_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, VTS_LOC(limit), NULL },
     { ngx_string("vhost_traffic_status_limit_traffic"),
-      VTS_ANY_CONF|VTS_IF_CONF|NGX_CONF_ANY,
-      ngx_http_vts_limit_unsupported, 0, 0, NULL },
+      VTS_ANY_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_limit_traffic, VTS_LOC(limits), NULL },
     { ngx_string("vhost_traffic_status_limit_traffic_by_set_key"),
-      VTS_ANY_CONF|VTS_IF_CONF|NGX_CONF_ANY,
-      ngx_http_vts_limit_unsupported, 0, 0, NULL },
+      VTS_ANY_CONF|NGX_CONF_TAKE23,
+      ngx_http_vts_limit_traffic, VTS_LOC(limits), NULL },
     { ngx_string("vhost_traffic_status_limit_check_duplicate"),
-      VTS_ANY_CONF|VTS_IF_CONF|NGX_CONF_ANY,
-      ngx_http_vts_limit_unsupported, 0, 0, NULL },
+      VTS_ANY_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, VTS_LOC(limit_check_duplicate), NULL },
     { ngx_string("vhost_traffic_status_bypass_limit"),
-      VTS_ANY_CONF|VTS_IF_CONF|NGX_CONF_ANY,
-      ngx_http_vts_limit_unsupported, 0, 0, NULL },
+      VTS_ANY_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, VTS_LOC(bypass_limit), NULL },
 
     ngx_null_command
 };
@@ -136,6 +149,8 @@ ngx_http_vts_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
     conf->store.host_max = NGX_CONF_UNSET_UINT;
+    conf->store.group_max = NGX_CONF_UNSET_UINT;
+    conf->stats_by_upstream = NGX_CONF_UNSET;
     conf->dump_period = NGX_CONF_UNSET_MSEC;
     return conf;
 }
@@ -148,6 +163,9 @@ ngx_http_vts_init_main_conf(ngx_conf_t *cf, void *c)
 
     ngx_conf_init_uint_value(conf->store.host_max,
                              NGX_HTTP_VTS_HOST_MAX_DEFAULT);
+    ngx_conf_init_uint_value(conf->store.group_max,
+                             NGX_HTTP_VTS_GROUP_MAX_DEFAULT);
+    ngx_conf_init_value(conf->stats_by_upstream, 1);
     ngx_conf_init_msec_value(conf->dump_period, 60000);
     if (conf->display_line && !conf->enable) {
         /* (here the whole http{} block is read: the zone may follow) */
@@ -181,6 +199,11 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     conf->average_period = NGX_CONF_UNSET_MSEC;
     conf->bypass_stats = NGX_CONF_UNSET;
     conf->sets = NULL;
+    conf->ignore_status = NGX_CONF_UNSET_UINT;
+    conf->limit = NGX_CONF_UNSET;
+    conf->limit_check_duplicate = NGX_CONF_UNSET;
+    conf->bypass_limit = NGX_CONF_UNSET;
+    conf->limits = NULL;
     return conf;
 }
 
@@ -241,6 +264,14 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->average_period, prev->average_period,
                               60000);
     ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
+    ngx_conf_merge_uint_value(conf->ignore_status, prev->ignore_status, 0);
+    ngx_conf_merge_value(conf->limit, prev->limit, 1);
+    ngx_conf_merge_value(conf->limit_check_duplicate,
+                         prev->limit_check_duplicate, 1);
+    ngx_conf_merge_value(conf->bypass_limit, prev->bypass_limit, 0);
+    if (ngx_http_vts_limit_merge(cf, conf, prev) != NGX_CONF_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
     return merge_sets(cf, conf, prev);
 }
 
@@ -332,7 +363,7 @@ set_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) conf;
     ngx_http_vts_store_t *store = &vmcf->store;
-    ngx_str_t name = ngx_string("vhost_traffic_status");
+    ngx_str_t name = ngx_string("ngx_http_vhost_traffic_status");
     ssize_t size = 1024 * 1024;
 
     if (store->shm_zone) {

@@ -25,13 +25,28 @@ struct ngx_http_vts_filter_t {
 /* vhost_traffic_status_set_by_filter $VAR GROUP/ZONE/NAME (vts_vars) */
 struct ngx_http_vts_set_t {
     ngx_int_t                    index;    /* variable index */
+    bool                         dynamic;  /* GROUP or NAME has variables: */
+    ngx_http_complex_value_t     spec;     /* the whole, split per request */
     const ngx_http_vts_scope_t  *scope;
     ngx_http_complex_value_t     zone;     /* "GROUP@NAME" or NAME */
     ngx_uint_t                   field;    /* into the field table */
 };
 
+/* vhost_traffic_status_limit_traffic[_by_set_key] (vts_limit.cpp) */
+struct ngx_http_vts_limit_t {
+    bool                      by_key;   /* else the request's server zone */
+    ngx_str_t                 key_text; /* as written: de-duplication */
+    ngx_http_complex_value_t  key;      /* NO@name, UA@, UG@, CC@, FG@ */
+    ngx_str_t                 member;   /* as written */
+    size_t                    offset;   /* of its counter in the stats */
+    uint64_t                  size;
+    ngx_uint_t                code;
+};
+
 struct ngx_http_vts_main_conf_t {
     ngx_http_vts_store_t  store;
+    ngx_flag_t            stats_by_upstream;
+    ngx_flag_t            limits;       /* some limit_traffic exists */
     ngx_str_t             dump_path;
     ngx_msec_t            dump_period;
     ngx_flag_t            enable;       /* a zone is configured */
@@ -54,6 +69,11 @@ struct ngx_http_vts_loc_conf_t {
     ngx_msec_t            average_period;
     ngx_flag_t            bypass_stats;
     ngx_array_t          *sets;         /* ngx_http_vts_set_t */
+    ngx_uint_t            ignore_status;    /* bit k: class kxx */
+    ngx_flag_t            limit;
+    ngx_flag_t            limit_check_duplicate;
+    ngx_flag_t            bypass_limit;
+    ngx_array_t          *limits;       /* ngx_http_vts_limit_t */
 };
 
 extern "C" {
@@ -72,11 +92,23 @@ ngx_int_t ngx_http_vts_compile(ngx_conf_t *cf, ngx_str_t *value,
 /* directive handlers that live next to what they configure */
 char *ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);                                    /* vts_vars.cpp */
-char *ngx_http_vts_limit_unsupported(ngx_conf_t *cf, ngx_command_t *cmd,
+char *ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);                                    /* vts_limit.cpp */
+char *ngx_http_vts_limit_merge(ngx_conf_t *cf, ngx_http_vts_loc_conf_t *conf,
+    ngx_http_vts_loc_conf_t *prev);
+ngx_int_t ngx_http_vts_limit_handler(ngx_http_request_t *r);
+char *ngx_http_vts_measure_codes(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);                                    /* vts_conf_status.cpp */
+char *ngx_http_vts_ignore_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);    /* vts_vars.cpp */
+bool ngx_http_vts_limit_member(ngx_str_t name, size_t *offset);
 
-/* vts_count.cpp: the log phase handler */
+/* vts_count.cpp: the log phase handler, and the request's own server
+   zone (an existing node or nullptr) for the limits and $vts_* */
 ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
+ngx_http_vts_node_t *ngx_http_vts_own_server(ngx_http_request_t *r,
+    ngx_http_vts_store_t *store, ngx_http_vts_loc_conf_t *vlcf);
 
 /* vts_display.cpp: the display location's content handler */
 ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);

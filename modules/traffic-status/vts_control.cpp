@@ -2,10 +2,12 @@
  * traffic-status: the control endpoint,
  * <location>/control?cmd=status|reset|delete&group=GROUP[&zone=ZONE].
  *
- * parse: cmd and group by table, zone URL-decoded and split by what the
- * group names (NAME, or GROUP[@NAME]) -> a selection; status renders the
- * selected JSON sections, reset / delete ask the store to apply the
- * operation to every matching node.
+ * parse: the arguments URL-decoded, cmd and group by table, zone split by
+ * what the group names (NAME, or GROUP[@NAME]) -> a selection; status
+ * renders the selected JSON sections (group=*: the whole document,
+ * zone=::main: the main section, one named entry: that entry alone),
+ * reset / delete ask the store to apply the operation to every matching
+ * node (delete with expire=T: only those idle for longer than T).
  */
 
 #include "vts_display.h"
@@ -34,6 +36,10 @@ struct control_t {
     ngx_str_t                    zgroup;
     ngx_str_t                    zname;
     vts_select_t                 sel;
+    bool                         main;      /* zone=::main */
+    ngx_str_t                    expire_arg;
+    bool                         has_expire;
+    uint64_t                     idle_before;  /* msec; 0: any */
 };
 
 
@@ -73,6 +79,25 @@ select_zone(control_t &c)
 }
 
 
+/* an argument, URL-decoded into the pool; NGX_DECLINED: absent */
+ngx_int_t
+arg(ngx_http_request_t *r, const char *name, ngx_str_t *v)
+{
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), v) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+    u_char *dst = (u_char *) ngx_pnalloc(r->pool, v->len + 1);
+    if (dst == nullptr) {
+        return NGX_ERROR;
+    }
+    u_char *src = v->data, *d = dst;
+    ngx_unescape_uri(&d, &src, v->len, 0);
+    v->data = dst;
+    v->len = d - dst;
+    return NGX_OK;
+}
+
+
 /* the selection the group and zone arguments make */
 void
 select_scope(control_t &c)
@@ -86,9 +111,12 @@ select_scope(control_t &c)
     sel.cache = kind == 0 || kind == NGX_HTTP_VTS_CACHE;
     sel.upstreams = c.scope->upstreams;
 
+    static const ngx_str_t main_zone = ngx_string("::main");
+    c.main = c.has_zone && ngx_http_vts_str_eq(c.zone, &main_zone);
     bool all_zones = !c.has_zone || (c.zone.len == 1 && c.zone.data[0] == '*');
-    if (kind != 0 && !all_zones) {
+    if (kind != 0 && !all_zones && !c.main) {
         select_zone(c);
+        sel.bare = sel.name != nullptr;
     }
 }
 
@@ -97,28 +125,27 @@ select_scope(control_t &c)
 ngx_int_t
 parse(ngx_http_request_t *r, control_t &c, const char **err)
 {
-    if (ngx_http_arg(r, (u_char *) "cmd", 3, &c.cmd_arg) != NGX_OK) {
+    ngx_int_t rc = arg(r, "cmd", &c.cmd_arg);
+    if (rc != NGX_OK) {
         *err = "missing cmd (status, reset or delete)";
-        return NGX_DECLINED;
+        return rc;
     }
-    if (ngx_http_arg(r, (u_char *) "group", 5, &c.group_arg) != NGX_OK) {
+    rc = arg(r, "group", &c.group_arg);
+    if (rc != NGX_OK) {
         *err = "missing group (server, filter, upstream@alone, "
                "upstream@group, cache or *)";
-        return NGX_DECLINED;
+        return rc;
     }
-    c.has_zone = ngx_http_arg(r, (u_char *) "zone", 4, &c.zone) == NGX_OK;
-
-    /* the arguments are still URL-encoded */
-    if (c.has_zone) {
-        u_char *dst = (u_char *) ngx_pnalloc(r->pool, c.zone.len + 1);
-        if (dst == nullptr) {
-            return NGX_ERROR;
-        }
-        u_char *src = c.zone.data, *d = dst;
-        ngx_unescape_uri(&d, &src, c.zone.len, 0);
-        c.zone.data = dst;
-        c.zone.len = d - dst;
+    rc = arg(r, "zone", &c.zone);
+    if (rc == NGX_ERROR) {
+        return rc;
     }
+    c.has_zone = rc == NGX_OK;
+    rc = arg(r, "expire", &c.expire_arg);
+    if (rc == NGX_ERROR) {
+        return rc;
+    }
+    c.has_expire = rc == NGX_OK;
 
     bool known = false;
     for (auto &k : commands) {
@@ -158,9 +185,17 @@ status(ngx_http_request_t *r, vts_render_t &rd, control_t &c)
     vts_out_t o(r->pool);
     bool comma = false;
 
+    if (c.scope->kind == 0 && !c.main) {        /* group=*: as /format/json */
+        ngx_http_vts_render_json(o, rd);
+        o.putc('\n');
+        return ngx_http_vts_send(r, NGX_HTTP_OK, "application/json", o);
+    }
     o.putc('{');
+    if (c.main) {
+        ngx_http_vts_json_main(o, rd);
+    }
     for (auto &s : sections) {
-        if (!(c.sel.*s.selected)) {
+        if (c.main || !(c.sel.*s.selected)) {
             continue;
         }
         if (comma) {
@@ -183,7 +218,28 @@ matches(ngx_http_vts_node_t *n, void *data)
            && (c.sel.group == nullptr
                || ngx_http_vts_str_eq(ngx_http_vts_node_group(n), c.sel.group))
            && (c.sel.name == nullptr
-               || ngx_http_vts_str_eq(ngx_http_vts_node_name(n), c.sel.name));
+               || ngx_http_vts_str_eq(ngx_http_vts_node_name(n), c.sel.name))
+           && (c.idle_before == 0
+               || ngx_http_vts_load(&n->last_msec) < c.idle_before);
+}
+
+
+/* delete&expire=T (seconds, or 30m, 1h, 7d): only the zones whose last
+   request is older than T; false: T is unreadable */
+bool
+parse_expire(control_t &c, uint64_t now)
+{
+    c.idle_before = 0;
+    if (!c.has_expire || c.cmd != CMD_DELETE) {
+        return true;
+    }
+    time_t t = ngx_parse_time(&c.expire_arg, 1);
+    if (t == (time_t) NGX_ERROR || c.expire_arg.len == 0) {
+        return false;
+    }
+    uint64_t ms = (uint64_t) t * 1000;
+    c.idle_before = ms < now ? now - ms : 1;
+    return true;
 }
 
 
@@ -192,8 +248,10 @@ change(ngx_http_request_t *r, vts_render_t &rd, control_t &c)
 {
     ngx_http_vts_op_e op = c.cmd == CMD_RESET ? NGX_HTTP_VTS_RESET
                                               : NGX_HTTP_VTS_DELETE;
-    ngx_uint_t counts = ngx_http_vts_store_apply(&rd.vmcf->store, op, matches,
-                                                 &c);
+    bool valid = parse_expire(c, rd.now);
+    ngx_uint_t counts = valid ? ngx_http_vts_store_apply(&rd.vmcf->store, op,
+                                                         matches, &c)
+                              : 0;
     vts_out_t o(r->pool);
 
     o.put("{\"processingReturn\":");
@@ -210,8 +268,13 @@ change(ngx_http_request_t *r, vts_render_t &rd, control_t &c)
     }
     o.put(",\"processingCounts\":");
     o.u64(counts);
+    if (!valid) {
+        o.put(",\"error\":\"invalid expire (seconds, or a time such as "
+              "30m, 1h, 7d): nothing deleted\"");
+    }
     o.put("}\n");
-    return ngx_http_vts_send(r, NGX_HTTP_OK, "application/json", o);
+    return ngx_http_vts_send(r, valid ? NGX_HTTP_OK : NGX_HTTP_BAD_REQUEST,
+                             "application/json", o);
 }
 
 } // namespace

@@ -23,6 +23,7 @@ struct sample_t {
     int64_t     response_msec;    /* < 0: none */
     ngx_int_t   cache;            /* < 0: none */
     uint64_t    now;
+    bool        ignored;          /* ignore_status: only the time moves */
 };
 
 
@@ -90,7 +91,24 @@ void
 count_node(ngx_http_vts_node_t *node, sample_t *s)
 {
     if (node) {
-        count(&node->stats, s);
+        ngx_http_vts_touch(node, s->now);
+        if (!s->ignored) {
+            count(&node->stats, s);
+        }
+    }
+}
+
+
+/* measure_status_codes: the exact code's counter of a server zone */
+void
+count_code(ngx_http_vts_codes_t *codes, ngx_http_vts_node_t *node,
+    sample_t *s)
+{
+    ngx_uint_t slot = s->status <= NGX_HTTP_VTS_CODE_MAX
+                      ? codes->slot[s->status] : 0;
+
+    if (slot < node->ncodes) {
+        ngx_http_vts_add(&ngx_http_vts_node_codes(node)[slot], 1);
     }
 }
 
@@ -141,31 +159,59 @@ take_sample(ngx_http_request_t *r, sample_t *s)
 }
 
 
+/* the server zone keys of a request: Host (with filter_by_host, unless
+   filters are off in the scope), and server_name ("_" without one) */
+bool
+host_key(ngx_http_request_t *r, ngx_http_vts_loc_conf_t *vlcf, ngx_str_t *host)
+{
+    *host = r->headers_in.server;
+    return vlcf->filter_by_host && vlcf->filter && host->len;
+}
+
+
+ngx_str_t
+server_key(ngx_http_request_t *r)
+{
+    ngx_http_core_srv_conf_t *cscf = (ngx_http_core_srv_conf_t *)
+        ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    ngx_str_t server = cscf->server_name;
+
+    if (server.len == 0) {
+        ngx_str_set(&server, "_");
+    }
+    return server;
+}
+
+
 /* by Host (under its cap), else by server_name, else into the sum only */
 void
 count_server(ngx_http_request_t *r, ngx_http_vts_store_t *store,
     ngx_http_vts_loc_conf_t *vlcf, sample_t *s)
 {
     ngx_http_vts_node_t *node = nullptr;
+    ngx_str_t host;
 
-    if (vlcf->filter_by_host && r->headers_in.server.len) {
-        ngx_str_t host = r->headers_in.server;
+    if (host_key(r, vlcf, &host)) {
         node = ngx_http_vts_store_get(store, NGX_HTTP_VTS_SERVER, &empty_group,
                                       &host, vlcf->buckets,
                                       NGX_HTTP_VTS_CAP_HOST);
     }
     if (node == nullptr) {
-        ngx_http_core_srv_conf_t *cscf = (ngx_http_core_srv_conf_t *)
-            ngx_http_get_module_srv_conf(r, ngx_http_core_module);
-        ngx_str_t server = cscf->server_name;
-        if (server.len == 0) {
-            ngx_str_set(&server, "_");
-        }
+        ngx_str_t server = server_key(r);
         node = ngx_http_vts_store_get(store, NGX_HTTP_VTS_SERVER, &empty_group,
                                       &server, vlcf->buckets,
                                       NGX_HTTP_VTS_CAP_NONE);
     }
-    count(node ? &node->stats : ngx_http_vts_store_overflow(store), s);
+    if (node == nullptr) {
+        if (!s->ignored) {
+            count(ngx_http_vts_store_overflow(store), s);
+        }
+        return;
+    }
+    count_node(node, s);
+    if (store->codes && !s->ignored) {
+        count_code(store->codes, node, s);
+    }
 }
 
 
@@ -273,6 +319,26 @@ count_cache(ngx_http_request_t *r, ngx_http_vts_store_t *store, sample_t *s)
 } // namespace
 
 
+ngx_http_vts_node_t *
+ngx_http_vts_own_server(ngx_http_request_t *r, ngx_http_vts_store_t *store,
+    ngx_http_vts_loc_conf_t *vlcf)
+{
+    ngx_http_vts_node_t *node = nullptr;
+    ngx_str_t host;
+
+    if (host_key(r, vlcf, &host)) {
+        node = ngx_http_vts_store_find(store, NGX_HTTP_VTS_SERVER, &empty_group,
+                                       &host);
+    }
+    if (node == nullptr) {
+        ngx_str_t server = server_key(r);
+        node = ngx_http_vts_store_find(store, NGX_HTTP_VTS_SERVER, &empty_group,
+                                       &server);
+    }
+    return node;
+}
+
+
 ngx_int_t
 ngx_http_vts_log_handler(ngx_http_request_t *r)
 {
@@ -291,12 +357,17 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     sample_t s;
     take_sample(r, &s);
+    s.ignored = vlcf->ignore_status
+                && s.status >= 100 && s.status < 600
+                && (vlcf->ignore_status & (1 << (s.status / 100)));
 
     count_server(r, store, vlcf, &s);
     if (vlcf->filter && vlcf->filters && vlcf->filters->nelts) {
         count_filters(r, store, vlcf, &s);
     }
-    if (r->upstream_states && r->upstream_states->nelts) {
+    if (vmcf->stats_by_upstream
+        && r->upstream_states && r->upstream_states->nelts)
+    {
         count_upstream(r, store, vlcf, &s);
     }
     count_cache(r, store, &s);

@@ -28,6 +28,8 @@ struct ngx_http_vts_select_t {
     uint8_t     upstreams = NGX_HTTP_VTS_UPSTREAMS_ANY;
     ngx_str_t  *group = nullptr;     /* filter group or upstream group */
     ngx_str_t  *name = nullptr;      /* zone / key / peer */
+    bool        bare = false;        /* one named entry: "NAME":{...} only,
+                                        without the section and group */
 };
 
 typedef ngx_http_vts_select_t  vts_select_t;
@@ -105,6 +107,8 @@ ngx_int_t ngx_http_vts_stream(ngx_http_request_t *r, vts_render_t &rd,
 
 /* vts_json.cpp */
 void ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd);
+void ngx_http_vts_json_main(vts_out_t &o, vts_render_t &rd);  /* hostName ..
+                                                         sharedZones */
 void ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd,
     vts_select_t &sel);
 void ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd,

@@ -77,36 +77,77 @@ samples(vts_out_t &o, const ngx_http_vts_sample_t *smp, uint64_t pos)
 }
 
 
+/* cumulative, as in Prometheus: each bucket counts every request at or
+   under its bound */
 void
 buckets(vts_out_t &o, const stats_t *st, const uint64_t *counters)
 {
+    uint64_t cum[NGX_HTTP_VTS_BUCKET_MAX], c = 0;
+
+    for (uint32_t k = 0; k < st->nbuckets; k++) {
+        c += counters[k];
+        cum[k] = c;
+    }
     o.put("{\"msecs\":");
     u64_array(o, st->bucket_msec, st->nbuckets);
     o.put(",\"counters\":");
-    u64_array(o, counters, st->nbuckets);
+    u64_array(o, cum, st->nbuckets);
     o.putc('}');
 }
 
 
+/* "1xx":N .. "5xx":N[, "miss":N .. "scarce":N]; upstream peers have no
+   cache statuses (as VTS) */
 void
-responses(vts_out_t &o, const stats_t *st)
+class_members(vts_out_t &o, const uint64_t *classes, const uint64_t *cache,
+    bool with_classes)
 {
-    o.put("\"responses\":{");
-    for (int k = 0; k < 5; k++) {
-        o.putc('"');
+    bool comma = false;
+
+    for (int k = 0; with_classes && k < 5; k++) {
+        o.put(comma ? ",\"" : "\"");
         o.put(ngx_http_vts_class_names[k]);
         o.put("\":");
-        o.u64(st->responses[k]);
-        o.putc(',');
+        o.u64(classes[k]);
+        comma = true;
     }
-    for (int k = 0; k < NGX_HTTP_VTS_CACHE_N; k++) {
-        if (k) {
-            o.putc(',');
-        }
-        o.putc('"');
+    for (int k = 0; cache && k < NGX_HTTP_VTS_CACHE_N; k++) {
+        o.put(comma ? ",\"" : "\"");
         o.put(ngx_http_vts_cache_names[k]);
         o.put("\":");
-        o.u64(st->cache[k]);
+        o.u64(cache[k]);
+        comma = true;
+    }
+}
+
+
+void
+responses(vts_out_t &o, const stats_t *st, bool cache)
+{
+    o.put("\"responses\":{");
+    class_members(o, st->responses, cache ? st->cache : nullptr, true);
+    o.putc('}');
+}
+
+
+/* VTS's overflow counts of its 64-bit counters: ours never wrap in
+   practice (a request per nanosecond takes 584 years), so all zero */
+void
+over_counts(vts_out_t &o, bool requests, bool upstream)
+{
+    static const uint64_t zeros[NGX_HTTP_VTS_CACHE_N] = {};
+
+    o.put(",\"overCounts\":{\"maxIntegerSize\":18446744073709551615");
+    if (requests) {
+        o.put(",\"requestCounter\":0");
+    }
+    o.put(",\"inBytes\":0,\"outBytes\":0,");
+    class_members(o, zeros, upstream ? nullptr : zeros, requests);
+    if (requests) {
+        o.put(",\"requestMsecCounter\":0");
+    }
+    if (upstream) {
+        o.put(",\"responseMsecCounter\":0");
     }
     o.putc('}');
 }
@@ -123,7 +164,7 @@ stats_body(vts_out_t &o, vts_render_t &rd, const stats_t *st, bool upstream,
     member(o, "inBytes", st->in_bytes);
     member(o, "outBytes", st->out_bytes);
     o.putc(',');
-    responses(o, st);
+    responses(o, st, !upstream);
     member(o, "requestMsecCounter", st->request_msec_total);
     member(o, "requestMsec", sum_avg ? *sum_avg : ngx_http_vts_req_avg(rd, st));
     o.put(",\"requestMsecs\":");
@@ -143,6 +184,35 @@ stats_body(vts_out_t &o, vts_render_t &rd, const stats_t *st, bool upstream,
         o.put(",\"responseBuckets\":");
         buckets(o, st, st->resp_buckets);
     }
+}
+
+
+/* ,"statusCodes":{"other":N,"200":N,...}: measure_status_codes; with
+   "all" only the codes seen */
+void
+status_codes(vts_out_t &o, ngx_http_vts_codes_t *codes, const uint64_t *v)
+{
+    o.put(",\"statusCodes\":{\"other\":");
+    o.u64(v ? v[0] : 0);
+    for (uint16_t k = 1; k < codes->n; k++) {
+        uint64_t c = v ? ngx_http_vts_load(&v[k]) : 0;
+        if (codes->all && c == 0) {
+            continue;
+        }
+        o.put(",\"");
+        o.u64(codes->code[k]);
+        o.put("\":");
+        o.u64(c);
+    }
+    o.putc('}');
+}
+
+
+const uint64_t *
+node_codes(vts_render_t &rd, ngx_http_vts_node_t *n)
+{
+    ngx_http_vts_codes_t *codes = rd.vmcf->store.codes;
+    return n->ncodes == codes->n ? ngx_http_vts_node_codes(n) : nullptr;
 }
 
 
@@ -169,7 +239,35 @@ entry(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n)
          n->kind == NGX_HTTP_VTS_SERVER ? &rd.vlcf->sum_key : nullptr);
     o.put(":{");
     stats_body(o, rd, &st, false, nullptr);
+    over_counts(o, true, false);
+    if (n->kind == NGX_HTTP_VTS_SERVER && rd.vmcf->store.codes) {
+        status_codes(o, rd.vmcf->store.codes, node_codes(rd, n));
+    }
     o.putc('}');
+}
+
+
+/* the sum key's exact codes: the sum over the server zones */
+void
+sum_codes(vts_out_t &o, vts_render_t &rd)
+{
+    ngx_http_vts_codes_t *codes = rd.vmcf->store.codes;
+    uint64_t *sum = (uint64_t *) ngx_pcalloc(rd.r->pool,
+                                             codes->n * sizeof(uint64_t));
+    ngx_uint_t first, last;
+
+    if (sum == nullptr) {
+        o.failed = true;
+        return;
+    }
+    ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
+    for (ngx_uint_t i = first; i < last; i++) {
+        const uint64_t *v = node_codes(rd, rd.snap.nodes[i]);
+        for (uint16_t k = 0; v && k < codes->n; k++) {
+            sum[k] += ngx_http_vts_load(&v[k]);
+        }
+    }
+    status_codes(o, codes, sum);
 }
 
 
@@ -192,7 +290,9 @@ peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n,
     member(o, "maxFails", pi.max_fails);
     member(o, "failTimeout", (uint64_t) pi.fail_timeout);
     o.put(pi.backup ? ",\"backup\":true" : ",\"backup\":false");
-    o.put(pi.down ? ",\"down\":true}" : ",\"down\":false}");
+    o.put(pi.down ? ",\"down\":true" : ",\"down\":false");
+    over_counts(o, true, true);
+    o.putc('}');
 }
 
 
@@ -211,9 +311,12 @@ peer_selected(vts_select_t &sel, ngx_str_t group, ngx_http_vts_peer_t &pi)
 }
 
 
+} // namespace
+
+
 /* hostName .. sharedZones: the members before the zone sections */
 void
-main_section(vts_out_t &o, vts_render_t &rd)
+ngx_http_vts_json_main(vts_out_t &o, vts_render_t &rd)
 {
     o.put("\"hostName\":");
     str(o, ((ngx_cycle_t *) ngx_cycle)->hostname);
@@ -237,13 +340,13 @@ main_section(vts_out_t &o, vts_render_t &rd)
     member(o, "maxSize", rd.snap.max_size);
     member(o, "usedSize", rd.snap.used_size);
     member(o, "usedNode", rd.snap.used_node);
+    member(o, "freeSize", rd.snap.free_size);
     o.put(",\"droppedNodes\":{\"zoneFull\":");
     o.u64(rd.snap.dropped_full);
     member(o, "maxNode", rd.snap.dropped_limit);
+    member(o, "evicted", rd.snap.dropped_evicted);
     o.put("}}");
 }
-
-} // namespace
 
 
 void
@@ -253,7 +356,9 @@ ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
     bool comma = false;
 
     ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
-    o.put("\"serverZones\":{");
+    if (!sel.bare) {
+        o.put("\"serverZones\":{");
+    }
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_node_t *n = rd.snap.nodes[i];
         if (!selected(n, nullptr, sel.name)) {
@@ -276,9 +381,15 @@ ngx_http_vts_json_servers(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
         str(o, rd.vlcf->sum_key);
         o.put(":{");
         stats_body(o, rd, &st, false, &avg);
+        over_counts(o, true, false);
+        if (rd.vmcf->store.codes) {
+            sum_codes(o, rd);
+        }
         o.putc('}');
     }
-    o.putc('}');
+    if (!sel.bare) {
+        o.putc('}');
+    }
 }
 
 
@@ -290,6 +401,15 @@ ngx_http_vts_json_filters(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
     bool open = false;
 
     ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_FILTER, &first, &last);
+    if (sel.bare) {
+        for (ngx_uint_t i = first; i < last; i++) {
+            if (selected(rd.snap.nodes[i], sel.group, sel.name)) {
+                entry(o, rd, rd.snap.nodes[i]);
+                break;
+            }
+        }
+        return;
+    }
     o.put("\"filterZones\":{");
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_node_t *n = rd.snap.nodes[i];
@@ -324,11 +444,22 @@ ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
     bool open = false;
     bool first_peer = true;
 
-    o.put("\"upstreamZones\":{");
+    if (!sel.bare) {
+        o.put("\"upstreamZones\":{");
+    }
     ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi,
                                ngx_http_vts_node_t *n)
     {
         if (!peer_selected(sel, group, pi)) {
+            return;
+        }
+        if (sel.bare) {
+            if (first_peer) {
+                str(o, pi.name);
+                o.putc(':');
+                peer(o, rd, n, pi);
+            }
+            first_peer = false;
             return;
         }
         if (!open || !ngx_http_vts_str_eq(group, &cur)) {
@@ -350,7 +481,9 @@ ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
     if (open) {
         o.putc(']');
     }
-    o.putc('}');
+    if (!sel.bare) {
+        o.putc('}');
+    }
 }
 
 
@@ -365,7 +498,9 @@ ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
         o.failed = true;
         return;
     }
-    o.put("\"cacheZones\":{");
+    if (!sel.bare) {
+        o.put("\"cacheZones\":{");
+    }
     for (ngx_uint_t i = 0; i < n; i++) {
         if (sel.name && !ngx_http_vts_str_eq(rows[i].name, sel.name)) {
             continue;
@@ -380,11 +515,15 @@ ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
         member(o, "usedSize", rows[i].used);
         member(o, "inBytes", rows[i].st.in_bytes);
         member(o, "outBytes", rows[i].st.out_bytes);
-        o.putc(',');
-        responses(o, &rows[i].st);
+        o.put(",\"responses\":{");
+        class_members(o, nullptr, rows[i].st.cache, false);
+        o.putc('}');
+        over_counts(o, false, false);
         o.putc('}');
     }
-    o.putc('}');
+    if (!sel.bare) {
+        o.putc('}');
+    }
 }
 
 
@@ -394,7 +533,7 @@ ngx_http_vts_render_json(vts_out_t &o, vts_render_t &rd)
     vts_select_t all;
 
     o.putc('{');
-    main_section(o, rd);
+    ngx_http_vts_json_main(o, rd);
     o.putc(',');
     ngx_http_vts_json_servers(o, rd, all);
     o.putc(',');

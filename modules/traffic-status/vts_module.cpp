@@ -32,6 +32,15 @@ postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
     *h = ngx_http_vts_log_handler;
+
+    if (vmcf->limits) {
+        h = (ngx_http_handler_pt *)
+            ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+        *h = ngx_http_vts_limit_handler;
+    }
     return NGX_OK;
 }
 
@@ -84,7 +93,7 @@ exit_master(ngx_cycle_t *cycle)
 
 
 ngx_http_module_t  module_ctx = {
-    NULL,                               /* preconfiguration */
+    ngx_http_vts_add_variables,         /* preconfiguration */
     postconfiguration,                  /* postconfiguration */
     ngx_http_vts_create_main_conf,      /* create main configuration */
     ngx_http_vts_init_main_conf,        /* init main configuration */

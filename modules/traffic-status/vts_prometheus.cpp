@@ -14,7 +14,9 @@ namespace {
 
 typedef ngx_http_vts_stats_t  stats_t;
 
-/* the labels of one entry, e.g. host="x" or upstream="u",backend="b" */
+/* the labels of one entry, e.g. host="x" or upstream="u",backend="b";
+   text: rendered once per entry (render_labels), copied into each of its
+   series (escaping a name once, not ~30 times, is most of the speed) */
 struct labels_t {
     const char *k1;
     ngx_str_t   v1;
@@ -22,6 +24,7 @@ struct labels_t {
     ngx_str_t   v2;
     bool        names = false;           /* v1, v2 are node names */
     const ngx_str_t *reserved = nullptr; /* the sum key, for host names */
+    ngx_str_t   text = ngx_null_string;
 };
 
 struct entry_t {
@@ -35,12 +38,12 @@ struct entry_t {
 /* one kind of entries: the family prefix and its quirks */
 struct kind_t {
     const char *prefix;
-    const char *code_label;   /* VTS labels filter status classes "direction" */
+    const char *code_label;   /* the status class label (VTS v0.2.7: code) */
     bool        upstream;
 };
 
 const kind_t  servers = { "nginx_vts_server", "code", false };
-const kind_t  filters = { "nginx_vts_filter", "direction", false };
+const kind_t  filters = { "nginx_vts_filter", "code", false };
 const kind_t  upstreams = { "nginx_vts_upstream", "code", true };
 
 
@@ -60,32 +63,120 @@ family(vts_out_t &o, const char *name, const char *type, const char *help)
 
 
 void
-series_start(vts_out_t &o, const char *name, const char *suffix, labels_t &l)
+put_label(vts_out_t &o, const char *k, ngx_str_t v, bool name,
+    const ngx_str_t *reserved)
 {
-    o.put(name);
-    if (suffix) {
-        o.put(suffix);
-    }
-    o.putc('{');
-    o.put(l.k1);
+    o.put(k);
     o.put("=\"");
-    if (l.names) {
-        ngx_http_vts_put_name(o, l.v1, l.reserved);
+    if (name) {
+        ngx_http_vts_put_name(o, v, reserved);
     } else {
-        ngx_http_vts_prom_label(o, l.v1);
+        ngx_http_vts_prom_label(o, v);
     }
     o.putc('"');
-    if (l.k2) {
-        o.putc(',');
-        o.put(l.k2);
-        o.put("=\"");
-        if (l.names) {
-            ngx_http_vts_put_name(o, l.v2, nullptr);
-        } else {
-            ngx_http_vts_prom_label(o, l.v2);
-        }
-        o.putc('"');
+}
+
+
+/* l.text = k1="v1"[,k2="v2"], escaped, in one piece of lab's buffer (it
+   reserves the worst case: a name byte renders as at most 5 bytes) */
+void
+render_labels(vts_out_t &lab, labels_t &l)
+{
+    size_t max = 5 * (l.v1.len + l.v2.len) + 64;
+
+    if (!lab.reserve(max)) {
+        ngx_str_null(&l.text);
+        return;
     }
+    u_char *start = lab.b->last;
+    put_label(lab, l.k1, l.v1, l.names, l.reserved);
+    if (l.k2) {
+        lab.putc(',');
+        put_label(lab, l.k2, l.v2, l.names, nullptr);
+    }
+    l.text.data = start;
+    l.text.len = lab.b->last - start;
+}
+
+
+/*
+ * One sample line, composed in a local buffer and written with one put
+ * (60k lines a scrape: fewer calls into the output is most of the
+ * speed).  Labels too long for the buffer get a pool one.
+ */
+struct line_t {
+    u_char   local[512];
+    u_char  *start;
+    u_char  *p;
+
+    line_t(vts_out_t &o, size_t labels_len) {
+        start = local;
+        if (labels_len + 192 > sizeof(local)) {
+            start = (u_char *) ngx_pnalloc(o.pool, labels_len + 192);
+            if (start == nullptr) {
+                o.failed = true;
+                start = local;      /* written to, never sent */
+            }
+        }
+        p = start;
+    }
+
+    void add(const void *d, size_t n) { p = ngx_cpymem(p, d, n); }
+    void add(const char *s) { add(s, ngx_strlen(s)); }
+    void add(ngx_str_t s) { add(s.data, s.len); }
+    template <size_t N> void lit(const char (&s)[N]) { add(s, N - 1); }
+    void c(u_char ch) { *p++ = ch; }
+
+    /* digits without ngx_sprintf's format parsing */
+    void u64(uint64_t v) {
+        u_char buf[NGX_INT64_LEN], *d = buf + sizeof(buf);
+        do {
+            *--d = (u_char) ('0' + v % 10);
+            v /= 10;
+        } while (v);
+        add(d, buf + sizeof(buf) - d);
+    }
+
+    void secs(uint64_t ms) {
+        u64(ms / 1000);
+        c('.');
+        c((u_char) ('0' + ms % 1000 / 100));
+        c((u_char) ('0' + ms % 100 / 10));
+        c((u_char) ('0' + ms % 10));
+    }
+
+    /* the value (seconds when secs), the newline, and out */
+    void end(vts_out_t &o, uint64_t v, bool secs) {
+        if (secs) {
+            this->secs(v);
+        } else {
+            u64(v);
+        }
+        c('\n');
+        o.put(start, p - start);
+    }
+};
+
+
+void
+put_secs(vts_out_t &o, uint64_t ms)
+{
+    line_t line(o, 0);
+    line.secs(ms);
+    o.put(line.start, line.p - line.start);
+}
+
+
+/* NAME[SUFFIX]{LABELS */
+void
+series_start(line_t &line, const char *name, const char *suffix, labels_t &l)
+{
+    line.add(name);
+    if (suffix) {
+        line.add(suffix);
+    }
+    line.c('{');
+    line.add(l.text);
 }
 
 
@@ -94,21 +185,39 @@ void
 value(vts_out_t &o, const char *name, labels_t &l, const char *extra_k,
     const char *extra_v, uint64_t v, bool secs)
 {
-    series_start(o, name, nullptr, l);
+    line_t line(o, l.text.len);
+
+    series_start(line, name, nullptr, l);
     if (extra_k) {
-        o.putc(',');
-        o.put(extra_k);
-        o.put("=\"");
-        o.put(extra_v);
-        o.putc('"');
+        line.c(',');
+        line.add(extra_k);
+        line.lit("=\"");
+        line.add(extra_v);
+        line.c('"');
     }
-    o.put("} ");
-    if (secs) {
-        o.secs(v);
+    line.lit("} ");
+    line.end(o, v, secs);
+}
+
+
+/* NAME_SUFFIX{LABELS[,le="B"]} V */
+void
+hist_line(vts_out_t &o, const char *name, const char *suffix, labels_t &l,
+    const uint64_t *le_ms, bool inf, uint64_t v, bool secs)
+{
+    line_t line(o, l.text.len);
+
+    series_start(line, name, suffix, l);
+    if (le_ms) {
+        line.lit(",le=\"");
+        line.secs(*le_ms);
+        line.lit("\"} ");
+    } else if (inf) {
+        line.lit(",le=\"+Inf\"} ");
     } else {
-        o.u64(v);
+        line.lit("} ");
     }
-    o.putc('\n');
+    line.end(o, v, secs);
 }
 
 
@@ -121,26 +230,13 @@ histogram(vts_out_t &o, const char *name, labels_t &l, stats_t *st,
 
     for (uint32_t k = 0; k < st->nbuckets; k++) {
         cum += counters[k];
-        series_start(o, name, "_bucket", l);
-        o.put(",le=\"");
-        o.secs(st->bucket_msec[k]);
-        o.put("\"} ");
-        o.u64(cum);
-        o.putc('\n');
+        hist_line(o, name, "_bucket", l, &st->bucket_msec[k], false, cum,
+                  false);
     }
     cum += overflow;
-    series_start(o, name, "_bucket", l);
-    o.put(",le=\"+Inf\"} ");
-    o.u64(cum);
-    o.putc('\n');
-    series_start(o, name, "_sum", l);
-    o.put("} ");
-    o.secs(sum_ms);
-    o.putc('\n');
-    series_start(o, name, "_count", l);
-    o.put("} ");
-    o.u64(cum);
-    o.putc('\n');
+    hist_line(o, name, "_bucket", l, nullptr, true, cum, false);
+    hist_line(o, name, "_sum", l, nullptr, false, sum_ms, true);
+    hist_line(o, name, "_count", l, nullptr, false, cum, false);
 }
 
 
@@ -162,7 +258,6 @@ requests(vts_out_t &o, const char *name, const kind_t &k, entry_t &e)
         value(o, name, e.l, k.code_label, ngx_http_vts_class_names[c],
               e.st->responses[c], false);
     }
-    value(o, name, e.l, k.code_label, "total", e.st->requests, false);
 }
 
 void
@@ -269,9 +364,15 @@ entries(vts_out_t &o, const kind_t &k, entry_t *e, ngx_uint_t n)
 {
     char name[128];
     bool any_buckets = false;
+    vts_out_t lab(o.pool);
 
     for (ngx_uint_t i = 0; i < n; i++) {
         any_buckets = any_buckets || e[i].st->nbuckets;
+        render_labels(lab, e[i].l);
+    }
+    if (lab.failed) {
+        o.failed = true;
+        return;
     }
 
     for (auto &f : families) {
@@ -303,7 +404,7 @@ main_families(vts_out_t &o, vts_render_t &rd)
 
     family(o, "nginx_vts_start_time_seconds", "gauge", "Nginx start time");
     o.put("nginx_vts_start_time_seconds ");
-    o.secs(rd.snap.start_msec);
+    put_secs(o, rd.snap.start_msec);
     o.putc('\n');
 
     family(o, "nginx_vts_main_connections", "gauge", "Nginx connections");
@@ -330,16 +431,59 @@ main_families(vts_out_t &o, vts_render_t &rd)
     o.u64(rd.snap.used_size);
     o.put("\nnginx_vts_main_shm_usage_bytes{shared=\"used_node\"} ");
     o.u64(rd.snap.used_node);
+    o.put("\nnginx_vts_main_shm_usage_bytes{shared=\"free_size\"} ");
+    o.u64(rd.snap.free_size);
     o.putc('\n');
 
     family(o, "nginx_vts_main_shm_dropped_nodes_total", "counter",
            "New entries not stored because the zone was full or a "
-           "filter_max_node cap was reached (nginx-portable addition)");
+           "cap was reached, and entries evicted by filter_max_node "
+           "(nginx-portable addition)");
     o.put("nginx_vts_main_shm_dropped_nodes_total{reason=\"zone_full\"} ");
     o.u64(rd.snap.dropped_full);
     o.put("\nnginx_vts_main_shm_dropped_nodes_total{reason=\"max_node\"} ");
     o.u64(rd.snap.dropped_limit);
+    o.put("\nnginx_vts_main_shm_dropped_nodes_total{reason=\"evicted\"} ");
+    o.u64(rd.snap.dropped_evicted);
     o.putc('\n');
+}
+
+
+/* measure_status_codes: nginx_vts_status_code_requests_total{host,code} per
+   server zone ("all": the codes seen) */
+void
+status_code_family(vts_out_t &o, vts_render_t &rd)
+{
+    ngx_http_vts_codes_t *codes = rd.vmcf->store.codes;
+    ngx_uint_t first, last;
+
+    if (codes == nullptr) {
+        return;
+    }
+    const char *name = "nginx_vts_status_code_requests_total";
+    vts_out_t lab(o.pool);
+    family(o, name, "counter", "The requests counter by status code");
+    ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
+    for (ngx_uint_t i = first; i < last; i++) {
+        ngx_http_vts_node_t *n = rd.snap.nodes[i];
+        if (n->ncodes != codes->n) {
+            continue;
+        }
+        labels_t l = { "host", ngx_http_vts_node_name(n), nullptr,
+                       ngx_null_string, true, &rd.vlcf->sum_key };
+        render_labels(lab, l);
+        const uint64_t *v = ngx_http_vts_node_codes(n);
+        for (uint16_t k = 0; k < codes->n; k++) {
+            uint64_t c = ngx_http_vts_load(&v[k]);
+            if (k && codes->all && c == 0) {
+                continue;
+            }
+            u_char code[NGX_INT_T_LEN + 1];
+            *ngx_sprintf(code, "%ui", (ngx_uint_t) codes->code[k]) = '\0';
+            value(o, name, l, "code", k ? (const char *) code : "other", c,
+                  false);
+        }
+    }
 }
 
 
@@ -433,27 +577,33 @@ cache_families(vts_out_t &o, vts_render_t &rd)
     if (n == 0) {
         return NGX_OK;
     }
+    labels_t *l = (labels_t *) ngx_palloc(rd.r->pool, n * sizeof(labels_t));
+    vts_out_t lab(o.pool);
+    if (l == nullptr) {
+        return NGX_ERROR;
+    }
+    for (ngx_uint_t i = 0; i < n; i++) {
+        l[i] = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
+        render_labels(lab, l[i]);
+    }
 
     const char *name = "nginx_vts_cache_usage_bytes";
     family(o, name, "gauge", "The cache zone capacity in bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
-        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
-        value(o, name, l, "cache_size", "max", rows[i].max, false);
-        value(o, name, l, "cache_size", "used", rows[i].used, false);
+        value(o, name, l[i], "cache_size", "max", rows[i].max, false);
+        value(o, name, l[i], "cache_size", "used", rows[i].used, false);
     }
     name = "nginx_vts_cache_bytes_total";
     family(o, name, "counter", "The cache zone request/response bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
-        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
-        value(o, name, l, "direction", "in", rows[i].st.in_bytes, false);
-        value(o, name, l, "direction", "out", rows[i].st.out_bytes, false);
+        value(o, name, l[i], "direction", "in", rows[i].st.in_bytes, false);
+        value(o, name, l[i], "direction", "out", rows[i].st.out_bytes, false);
     }
     name = "nginx_vts_cache_requests_total";
     family(o, name, "counter", "The cache requests counter");
     for (ngx_uint_t i = 0; i < n; i++) {
-        labels_t l = { "cache_zone", rows[i].name, nullptr, ngx_null_string };
         for (int c = 0; c < NGX_HTTP_VTS_CACHE_N; c++) {
-            value(o, name, l, "status", ngx_http_vts_cache_names[c],
+            value(o, name, l[i], "status", ngx_http_vts_cache_names[c],
                   rows[i].st.cache[c], false);
         }
     }
@@ -481,6 +631,7 @@ ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd)
     e[m].l = { "host", rd.vlcf->sum_key, nullptr, ngx_null_string };
     e[m].st = &st[m];
     entries(o, servers, e, m + 1);
+    status_code_family(o, rd);
 
     m = node_entries(rd, NGX_HTTP_VTS_FILTER, e, st);
     entries(o, filters, e, m);

@@ -139,6 +139,14 @@ rbtree_insert(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
 }
 
 
+size_t
+ngx_http_vts_node_size(ngx_http_vts_node_t *n)
+{
+    u_char *codes = (u_char *) ngx_http_vts_node_codes(n);
+    return (size_t) (codes - (u_char *) n) + n->ncodes * sizeof(uint64_t);
+}
+
+
 static void
 graveyard_collect_locked(ngx_http_vts_store_t *store)
 {
@@ -150,11 +158,40 @@ graveyard_collect_locked(ngx_http_vts_store_t *store)
             >= NGX_HTTP_VTS_GRACE_MSEC)
         {
             *pp = n->free_next;
+            store->sh->used_bytes -= ngx_http_vts_node_size(n);
             ngx_slab_free_locked(store->shpool, n);
             continue;
         }
         pp = &n->free_next;
     }
+}
+
+
+/* the default cap's count slot of a filter group: its own, else a free
+   one (claimed when counting), else (table crowded) the last probed,
+   shared with another group */
+static uint32_t *
+group_count(ngx_http_vts_shctx_t *sh, ngx_str_t group, bool claim)
+{
+    uint32_t h = ngx_crc32_short(group.data, group.len) | 1;
+    ngx_uint_t first_free = NGX_HTTP_VTS_GROUP_SLOTS, k = 0;
+
+    for (ngx_uint_t probe = 0; probe < 8; probe++) {
+        k = (h + probe) % NGX_HTTP_VTS_GROUP_SLOTS;
+        if (sh->group_hash[k] == h) {
+            return &sh->group_count[k];
+        }
+        if (sh->group_count[k] == 0 && first_free == NGX_HTTP_VTS_GROUP_SLOTS) {
+            first_free = k;
+        }
+    }
+    if (first_free < NGX_HTTP_VTS_GROUP_SLOTS) {
+        if (claim) {
+            sh->group_hash[first_free] = h;
+        }
+        return &sh->group_count[first_free];      /* 0: a new group */
+    }
+    return &sh->group_count[k];
 }
 
 
@@ -173,8 +210,11 @@ cap_count(ngx_http_vts_shctx_t *sh, uint8_t cls)
 
 
 static bool
-cap_reached(ngx_http_vts_store_t *store, uint8_t cls)
+cap_reached(ngx_http_vts_store_t *store, uint8_t cls, ngx_str_t *group)
 {
+    if (cls == NGX_HTTP_VTS_CAP_GROUP) {
+        return *group_count(store->sh, *group, false) >= store->group_max;
+    }
     uint64_t *count = cap_count(store->sh, cls);
 
     if (count == nullptr) {
@@ -185,6 +225,23 @@ cap_reached(ngx_http_vts_store_t *store, uint8_t cls)
     }
     ngx_http_vts_cap_t *caps = (ngx_http_vts_cap_t *) store->filter_caps->elts;
     return *count >= caps[cls - NGX_HTTP_VTS_CAP_FILTER].max;
+}
+
+
+static void
+cap_add(ngx_http_vts_shctx_t *sh, ngx_http_vts_node_t *n, int delta)
+{
+    if (n->cap_class == NGX_HTTP_VTS_CAP_GROUP) {
+        uint32_t *c = group_count(sh, ngx_http_vts_node_group(n), delta > 0);
+        if (delta > 0 || *c) {
+            *c += delta;
+        }
+        return;
+    }
+    uint64_t *count = cap_count(sh, n->cap_class);
+    if (count && (delta > 0 || *count)) {
+        *count += delta;
+    }
 }
 
 
@@ -201,11 +258,7 @@ ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
     node->free_next = sh->graveyard;
     sh->graveyard = node;
     sh->nodes--;
-
-    uint64_t *count = cap_count(sh, node->cap_class);
-    if (count && *count) {
-        (*count)--;
-    }
+    cap_add(sh, node, -1);
     __atomic_fetch_add(&sh->generation, 1, __ATOMIC_RELEASE);
 }
 
@@ -235,7 +288,11 @@ ngx_http_vts_create_locked(ngx_http_vts_store_t *store, uint8_t kind,
         graveyard_collect_locked(store);
     }
 
-    size_t size = offsetof(ngx_http_vts_node_t, data) + group->len + name->len;
+    uint16_t ncodes = (kind == NGX_HTTP_VTS_SERVER && store->codes)
+                      ? store->codes->n : 0;
+    size_t size = ngx_align(offsetof(ngx_http_vts_node_t, data) + group->len
+                            + name->len, sizeof(uint64_t))
+                  + ncodes * sizeof(uint64_t);
     ngx_http_vts_node_t *n =
         (ngx_http_vts_node_t *) ngx_slab_calloc_locked(store->shpool, size);
     if (n == nullptr) {
@@ -246,6 +303,8 @@ ngx_http_vts_create_locked(ngx_http_vts_store_t *store, uint8_t kind,
     n->kind = kind;
     n->group_len = (uint16_t) group->len;
     n->name_len = (uint32_t) name->len;
+    n->ncodes = ncodes;
+    n->last_msec = ngx_http_vts_now_msec();
     ngx_memcpy(n->data, group->data, group->len);
     ngx_memcpy(n->data + group->len, name->data, name->len);
     stats_init_buckets(&n->stats, buckets);
@@ -253,19 +312,56 @@ ngx_http_vts_create_locked(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_rbtree_insert(&sh->rbtree, &n->rb);
     ngx_queue_insert_tail(&sh->queue, &n->queue);
     sh->nodes++;
+    sh->used_bytes += size;
     return n;
 }
 
 
-/* a new node under its cap; a drop is counted (max_node or zone_full) */
+/* filter_max_node keeps the newest: the least recently updated entry of
+   the cap class (of the group, for the default cap) makes room */
+static bool
+evict_locked(ngx_http_vts_store_t *store, uint8_t cls, ngx_str_t *group)
+{
+    ngx_http_vts_shctx_t *sh = store->sh;
+    ngx_http_vts_node_t *oldest = nullptr;
+
+    for (ngx_queue_t *q = ngx_queue_head(&sh->queue);
+         q != ngx_queue_sentinel(&sh->queue); q = ngx_queue_next(q))
+    {
+        ngx_http_vts_node_t *n = ngx_queue_data(q, ngx_http_vts_node_t, queue);
+        if (n->cap_class != cls
+            || (cls == NGX_HTTP_VTS_CAP_GROUP
+                && !ngx_http_vts_str_eq(ngx_http_vts_node_group(n), group)))
+        {
+            continue;
+        }
+        if (oldest == nullptr || n->last_msec < oldest->last_msec) {
+            oldest = n;
+        }
+    }
+    if (oldest == nullptr) {
+        return false;
+    }
+    ngx_http_vts_unlink_locked(store, oldest);
+    sh->dropped_evicted++;
+    return true;
+}
+
+
+/* a new node under its cap; a drop is counted (max_node or zone_full).
+   Filter entries at their cap evict (request path) or are refused
+   (restore: evict false) */
 static ngx_http_vts_node_t *
 create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_str_t *group, ngx_str_t *name, uint32_t hash, ngx_array_t *buckets,
-    uint8_t cls)
+    uint8_t cls, bool evict)
 {
     ngx_http_vts_shctx_t *sh = store->sh;
 
-    if (cap_reached(store, cls)) {
+    if (cap_reached(store, cls, group)
+        && !(evict && cls >= NGX_HTTP_VTS_CAP_GROUP
+             && evict_locked(store, cls, group)))
+    {
         sh->dropped_limit++;
         return nullptr;
     }
@@ -276,10 +372,7 @@ create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
         return nullptr;
     }
     n->cap_class = cls;
-    uint64_t *count = cap_count(sh, cls);
-    if (count) {
-        (*count)++;
-    }
+    cap_add(sh, n, 1);
     return n;
 }
 
@@ -296,7 +389,8 @@ get_locked(ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
     if (n) {
         return n;
     }
-    return create_capped_locked(store, kind, group, name, hash, buckets, cls);
+    return create_capped_locked(store, kind, group, name, hash, buckets, cls,
+                                true);
 }
 
 
@@ -304,7 +398,8 @@ ngx_http_vts_node_t *
 ngx_http_vts_create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_str_t *group, ngx_str_t *name, uint32_t hash, uint8_t cls)
 {
-    return create_capped_locked(store, kind, group, name, hash, nullptr, cls);
+    return create_capped_locked(store, kind, group, name, hash, nullptr, cls,
+                                false);
 }
 
 
@@ -443,13 +538,42 @@ ngx_http_vts_store_get(ngx_http_vts_store_t *store, uint8_t kind,
 }
 
 
+ngx_http_vts_node_t *
+ngx_http_vts_store_find(ngx_http_vts_store_t *store, uint8_t kind,
+    ngx_str_t *group, ngx_str_t *name)
+{
+    ngx_str_t g = *group, nm = *name;
+
+    g.len = ngx_min(g.len, (size_t) NGX_HTTP_VTS_NAME_MAX);
+    nm.len = ngx_min(nm.len, (size_t) NGX_HTTP_VTS_NAME_MAX);
+    uint32_t hash = ngx_http_vts_key_hash(kind, &g, &nm);
+    /* a preaccess check or a variable may come before this request's log
+       phase: forget unlinked nodes first, as the counting does */
+    ngx_http_vts_store_sync_worker(store);
+    if (worker_cache) {
+        cache_slot_t *slot =
+            &worker_cache[hash & (NGX_HTTP_VTS_CACHE_SLOTS - 1)];
+        if (slot->node && slot->hash == hash
+            && node_matches(slot->node, kind, &g, &nm))
+        {
+            return slot->node;
+        }
+    }
+    ngx_shmtx_lock(&store->shpool->mutex);
+    ngx_http_vts_node_t *n =
+        ngx_http_vts_lookup_locked(store->sh, kind, &g, &nm, hash);
+    ngx_shmtx_unlock(&store->shpool->mutex);
+    return n;
+}
+
+
 /* the cap a new filter entry of this group counts against: the first
    matching prefix, else the prefix-less cap, else none */
 uint8_t
 ngx_http_vts_store_filter_class(ngx_http_vts_store_t *store, ngx_str_t *group)
 {
     if (store->filter_caps == nullptr) {
-        return NGX_HTTP_VTS_CAP_NONE;
+        return NGX_HTTP_VTS_CAP_GROUP;
     }
     ngx_http_vts_cap_t *c = (ngx_http_vts_cap_t *) store->filter_caps->elts;
     ngx_int_t any = -1;
@@ -468,7 +592,7 @@ ngx_http_vts_store_filter_class(ngx_http_vts_store_t *store, ngx_str_t *group)
         }
     }
     return any >= 0 ? (uint8_t) (NGX_HTTP_VTS_CAP_FILTER + any)
-                    : (uint8_t) NGX_HTTP_VTS_CAP_NONE;
+                    : (uint8_t) NGX_HTTP_VTS_CAP_GROUP;
 }
 
 

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#define NGX_HTTP_VTS_MODULE_VERSION   "v0.2.2-np"
+#define NGX_HTTP_VTS_MODULE_VERSION   "v0.2.7-np"
 #define NGX_HTTP_VTS_BUCKET_MAX       32
 #define NGX_HTTP_VTS_AVG_SAMPLES      64
 #define NGX_HTTP_VTS_NAME_MAX         1024      /* longer keys are cut */
@@ -37,8 +37,14 @@ enum ngx_http_vts_kind_e : uint8_t {
 enum ngx_http_vts_cap_class_e : uint8_t {
     NGX_HTTP_VTS_CAP_NONE = 0,
     NGX_HTTP_VTS_CAP_HOST = 1,
-    NGX_HTTP_VTS_CAP_FILTER = 2
+    NGX_HTTP_VTS_CAP_GROUP = 2,         /* the default cap of each group */
+    NGX_HTTP_VTS_CAP_FILTER = 3
 };
+
+/* filter entries per filter group when no filter_max_node names the
+   group; per-group counts live in a small table of the zone */
+#define NGX_HTTP_VTS_GROUP_MAX_DEFAULT  1024
+#define NGX_HTTP_VTS_GROUP_SLOTS        1024
 
 enum {
     NGX_HTTP_VTS_AVG_AMM = 0,
@@ -108,10 +114,22 @@ struct ngx_http_vts_node_t {
     uint8_t               cap_class;    /* ngx_http_vts_cap_class_e */
     uint8_t               pad;
     uint16_t              group_len;
-    uint16_t              pad2;
+    uint16_t              ncodes;       /* exact status code counters */
     uint32_t              name_len;
+    uint64_t              last_msec;    /* last request (or creation) */
     ngx_http_vts_stats_t  stats;
-    u_char                data[1];      /* group bytes, then name bytes */
+    u_char                data[1];      /* group bytes, name bytes, then
+                                           ncodes uint64_t (aligned) */
+};
+
+/* measure_status_codes: code -> counter slot (0: "other") */
+#define NGX_HTTP_VTS_CODE_MIN  100
+#define NGX_HTTP_VTS_CODE_MAX  599
+struct ngx_http_vts_codes_t {
+    bool       all;                     /* every code, shown when seen */
+    uint16_t   n;                       /* slots, "other" included */
+    uint16_t   slot[NGX_HTTP_VTS_CODE_MAX + 1];
+    uint16_t   code[NGX_HTTP_VTS_CODE_MAX - NGX_HTTP_VTS_CODE_MIN + 2];
 };
 
 /* a filter_max_node cap: at most max filter entries whose group starts
@@ -129,6 +147,8 @@ struct ngx_http_vts_store_t {
     ngx_slab_pool_t       *shpool;
     ngx_array_t           *filter_caps;  /* ngx_http_vts_cap_t */
     ngx_uint_t             host_max;     /* cap of Host-keyed server zones */
+    ngx_uint_t             group_max;    /* default cap of a filter group */
+    ngx_http_vts_codes_t  *codes;        /* measure_status_codes, or null */
 
     /* called once when a new zone is created (dump restore) */
     void                 (*on_create)(ngx_http_vts_store_t *store,
@@ -174,6 +194,10 @@ ngx_http_vts_node_t *ngx_http_vts_store_get(ngx_http_vts_store_t *store,
 uint8_t ngx_http_vts_store_filter_class(ngx_http_vts_store_t *store,
     ngx_str_t *group);
 ngx_http_vts_stats_t *ngx_http_vts_store_overflow(ngx_http_vts_store_t *store);
+/* an existing node (worker cache, else the rbtree), never created; for
+   the limits and the $vts_* variables */
+ngx_http_vts_node_t *ngx_http_vts_store_find(ngx_http_vts_store_t *store,
+    uint8_t kind, ngx_str_t *group, ngx_str_t *name);
 
 /* one entry's counters (vts_vars); false when there is none */
 bool ngx_http_vts_store_read(ngx_http_vts_store_t *store, uint8_t kind,
@@ -219,9 +243,11 @@ struct ngx_http_vts_snapshot_t {
     uint64_t               used_node;
     uint64_t               dropped_full;
     uint64_t               dropped_limit;
+    uint64_t               dropped_evicted;
     uint64_t               start_msec;
     size_t                 max_size;
-    size_t                 used_size;
+    size_t                 used_size;   /* bytes held by nodes */
+    size_t                 free_size;   /* bytes the allocator can give */
     ngx_str_t              zone_name;
     ngx_http_vts_stats_t  *overflow;    /* requests no server node took */
 };
@@ -286,6 +312,24 @@ ngx_http_vts_node_name(ngx_http_vts_node_t *n)
 {
     ngx_str_t s = { n->name_len, n->data + n->group_len };
     return s;
+}
+
+
+/* the exact status code counters after the key (ncodes of them) */
+static inline uint64_t *
+ngx_http_vts_node_codes(ngx_http_vts_node_t *n)
+{
+    return (uint64_t *) ngx_align_ptr(n->data + n->group_len + n->name_len,
+                                      sizeof(uint64_t));
+}
+
+
+static inline void
+ngx_http_vts_touch(ngx_http_vts_node_t *n, uint64_t now)
+{
+    if (ngx_http_vts_load(&n->last_msec) != now) {
+        ngx_http_vts_set_u64(&n->last_msec, now);
+    }
 }
 
 

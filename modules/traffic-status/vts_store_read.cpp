@@ -164,6 +164,10 @@ ngx_http_vts_store_apply(ngx_http_vts_store_t *store, ngx_http_vts_op_e op,
         counts++;
         if (op == NGX_HTTP_VTS_RESET) {
             stats_reset(&n->stats);
+            uint64_t *codes = ngx_http_vts_node_codes(n);
+            for (ngx_uint_t k = 0; k < n->ncodes; k++) {
+                ngx_http_vts_set_u64(&codes[k], 0);
+            }
         } else {
             ngx_http_vts_unlink_locked(store, n);
         }
@@ -329,8 +333,10 @@ ngx_http_vts_store_snapshot(ngx_http_vts_store_t *store, ngx_pool_t *pool,
     s->used_node = sh->nodes;
     s->dropped_full = sh->dropped_full;
     s->dropped_limit = sh->dropped_limit;
+    s->dropped_evicted = sh->dropped_evicted;
     s->start_msec = sh->start_msec;
-    s->used_size = s->max_size - shpool->pfree * ngx_pagesize;
+    s->used_size = sh->used_bytes;
+    s->free_size = shpool->pfree * ngx_pagesize;
     s->nodes = (ngx_http_vts_node_t **) ngx_palloc(pool,
         sizeof(ngx_http_vts_node_t *) * (sh->nodes + 1));
     if (s->nodes == nullptr) {

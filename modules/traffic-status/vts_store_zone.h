@@ -21,9 +21,15 @@ struct ngx_http_vts_shctx_t {
     uint64_t              filter_nodes[NGX_HTTP_VTS_CAPS_MAX + 1];
     uint64_t              dropped_full;
     uint64_t              dropped_limit;
+    uint64_t              dropped_evicted;
+    uint64_t              used_bytes;   /* held by nodes (graveyard too) */
     uint64_t              start_msec;
     uint64_t              upgrade_from; /* pid of the master whose final
                                            dump is still to be merged */
+    /* filter entries per group under the default cap: (group hash,
+       count) slots, probed linearly; colliding groups share a count */
+    uint32_t              group_hash[NGX_HTTP_VTS_GROUP_SLOTS];
+    uint32_t              group_count[NGX_HTTP_VTS_GROUP_SLOTS];
     ngx_http_vts_stats_t  overflow;     /* requests whose server entry
                                            could not be stored: in the sum */
 };
@@ -39,6 +45,7 @@ ngx_http_vts_node_t *ngx_http_vts_create_locked(ngx_http_vts_store_t *store,
 ngx_http_vts_node_t *ngx_http_vts_create_capped_locked(
     ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
     ngx_str_t *name, uint32_t hash, uint8_t cap_class);
+size_t ngx_http_vts_node_size(ngx_http_vts_node_t *n);
 void ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
     ngx_http_vts_node_t *node);
 

@@ -3,6 +3,9 @@
  * GROUP/ZONE/NAME makes $VAR read one stored statistic when it is used
  * (not in the rewrite phase); an entry that does not exist yields 0.
  * NAME is looked up in one field table (name -> counter or average).
+ * A GROUP or NAME with variables is split and looked up per request.
+ * The $vts_* variables read the request's own server zone through the
+ * same table.
  */
 
 #include "vts_conf.h"
@@ -17,32 +20,36 @@ struct field_t {
     ngx_str_t   name;
     size_t      offset;          /* of a counter in stats_t */
     average_e   average;         /* or a moving average */
+    ngx_str_t   limit_name;      /* its name as a limit_traffic MEMBER */
 };
 
-#define COUNTER(name, member) \
-    { ngx_string(name), offsetof(stats_t, member), AVG_NONE }
+#define COUNTER(name, member, limit) \
+    { ngx_string(name), offsetof(stats_t, member), AVG_NONE, \
+      ngx_string(limit) }
 
 const field_t  fields[] = {
-    COUNTER("requestCounter", requests),
-    COUNTER("inBytes", in_bytes),
-    COUNTER("outBytes", out_bytes),
-    COUNTER("1xx", responses[0]),
-    COUNTER("2xx", responses[1]),
-    COUNTER("3xx", responses[2]),
-    COUNTER("4xx", responses[3]),
-    COUNTER("5xx", responses[4]),
-    COUNTER("cacheMiss", cache[NGX_HTTP_VTS_CACHE_MISS]),
-    COUNTER("cacheBypass", cache[NGX_HTTP_VTS_CACHE_BYPASS]),
-    COUNTER("cacheExpired", cache[NGX_HTTP_VTS_CACHE_EXPIRED]),
-    COUNTER("cacheStale", cache[NGX_HTTP_VTS_CACHE_STALE]),
-    COUNTER("cacheUpdating", cache[NGX_HTTP_VTS_CACHE_UPDATING]),
-    COUNTER("cacheRevalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED]),
-    COUNTER("cacheHit", cache[NGX_HTTP_VTS_CACHE_HIT]),
-    COUNTER("cacheScarce", cache[NGX_HTTP_VTS_CACHE_SCARCE]),
-    COUNTER("requestMsecCounter", request_msec_total),
-    { ngx_string("requestMsec"), 0, AVG_REQUEST },
-    COUNTER("responseMsecCounter", response_msec_total),
-    { ngx_string("responseMsec"), 0, AVG_RESPONSE },
+    COUNTER("requestCounter", requests, "request"),
+    COUNTER("inBytes", in_bytes, "in"),
+    COUNTER("outBytes", out_bytes, "out"),
+    COUNTER("1xx", responses[0], "1xx"),
+    COUNTER("2xx", responses[1], "2xx"),
+    COUNTER("3xx", responses[2], "3xx"),
+    COUNTER("4xx", responses[3], "4xx"),
+    COUNTER("5xx", responses[4], "5xx"),
+    COUNTER("cacheMiss", cache[NGX_HTTP_VTS_CACHE_MISS], "cache_miss"),
+    COUNTER("cacheBypass", cache[NGX_HTTP_VTS_CACHE_BYPASS], "cache_bypass"),
+    COUNTER("cacheExpired", cache[NGX_HTTP_VTS_CACHE_EXPIRED], "cache_expired"),
+    COUNTER("cacheStale", cache[NGX_HTTP_VTS_CACHE_STALE], "cache_stale"),
+    COUNTER("cacheUpdating", cache[NGX_HTTP_VTS_CACHE_UPDATING],
+            "cache_updating"),
+    COUNTER("cacheRevalidated", cache[NGX_HTTP_VTS_CACHE_REVALIDATED],
+            "cache_revalidated"),
+    COUNTER("cacheHit", cache[NGX_HTTP_VTS_CACHE_HIT], "cache_hit"),
+    COUNTER("cacheScarce", cache[NGX_HTTP_VTS_CACHE_SCARCE], "cache_scarce"),
+    COUNTER("requestMsecCounter", request_msec_total, ""),
+    { ngx_string("requestMsec"), 0, AVG_REQUEST, ngx_null_string },
+    COUNTER("responseMsecCounter", response_msec_total, ""),
+    { ngx_string("responseMsec"), 0, AVG_RESPONSE, ngx_null_string },
 };
 
 #undef COUNTER
@@ -92,6 +99,26 @@ split_spec(ngx_str_t spec, ngx_str_t *group, ngx_str_t *zone, ngx_str_t *field)
 }
 
 
+ngx_uint_t
+find_field(ngx_str_t name)
+{
+    for (ngx_uint_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (ngx_http_vts_str_eq(name, &fields[i].name)) {
+            return i;
+        }
+    }
+    return NGX_CONF_UNSET_UINT;
+}
+
+
+const ngx_http_vts_scope_t *
+find_scope(ngx_str_t group)
+{
+    const ngx_http_vts_scope_t *scope = ngx_http_vts_scope_find(&group);
+    return scope && scope->kind ? scope : nullptr;
+}
+
+
 /* NGX_OK, NGX_DECLINED after logging a bad argument, NGX_ERROR */
 ngx_int_t
 parse_set(ngx_conf_t *cf, ngx_str_t spec, ngx_http_vts_set_t *s)
@@ -103,21 +130,21 @@ parse_set(ngx_conf_t *cf, ngx_str_t spec, ngx_http_vts_set_t *s)
                            "expected GROUP/ZONE/NAME", &spec);
         return NGX_DECLINED;
     }
+    if (ngx_strlchr(group.data, group.data + group.len, '$')
+        || ngx_strlchr(field.data, field.data + field.len, '$'))
+    {
+        s->dynamic = true;
+        return ngx_http_vts_compile(cf, &spec, &s->spec);
+    }
 
-    s->scope = ngx_http_vts_scope_find(&group);
-    if (s->scope == nullptr || s->scope->kind == 0) {
+    s->scope = find_scope(group);
+    if (s->scope == nullptr) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid group \"%V\", "
                            "expected server, filter, upstream@alone, "
                            "upstream@group or cache", &group);
         return NGX_DECLINED;
     }
-
-    s->field = NGX_CONF_UNSET_UINT;
-    for (ngx_uint_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (ngx_http_vts_str_eq(field, &fields[i].name)) {
-            s->field = i;
-        }
-    }
+    s->field = find_field(field);
     if (s->field == NGX_CONF_UNSET_UINT) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown statistic \"%V\"",
                            &field);
@@ -198,17 +225,17 @@ find_set(ngx_http_vts_loc_conf_t *vlcf, uintptr_t index)
 }
 
 
-/* the stored key of ZONE in the set's group; false: ZONE names none */
+/* the stored key of ZONE in the scope; false: ZONE names none */
 bool
-set_key(ngx_http_vts_set_t *set, ngx_str_t zone, ngx_str_t *group,
+set_key(const ngx_http_vts_scope_t *scope, ngx_str_t zone, ngx_str_t *group,
     ngx_str_t *name)
 {
     ngx_str_null(group);
     *name = zone;
 
-    if (set->scope->upstreams == NGX_HTTP_VTS_UPSTREAMS_ALONE) {
+    if (scope->upstreams == NGX_HTTP_VTS_UPSTREAMS_ALONE) {
         *group = ngx_http_vts_nogroups;
-    } else if (set->scope->grouped) {
+    } else if (scope->grouped) {
         u_char *at =
             (u_char *) ngx_strlchr(zone.data, zone.data + zone.len, '@');
         if (at == nullptr) {
@@ -220,6 +247,44 @@ set_key(ngx_http_vts_set_t *set, ngx_str_t zone, ngx_str_t *group,
         name->len = zone.data + zone.len - at - 1;
     }
     return true;
+}
+
+
+ngx_int_t
+set_number(ngx_http_request_t *r, ngx_http_variable_value_t *v, uint64_t val)
+{
+    u_char *p = (u_char *) ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == nullptr) {
+        return NGX_ERROR;
+    }
+    v->len = ngx_sprintf(p, "%uL", val) - p;
+    v->data = p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+
+/* the set's scope, zone and field for this request; false: none */
+bool
+resolve_set(ngx_http_request_t *r, ngx_http_vts_set_t *set,
+    const ngx_http_vts_scope_t **scope, ngx_str_t *zone, ngx_uint_t *field)
+{
+    if (!set->dynamic) {
+        *scope = set->scope;
+        *field = set->field;
+        return ngx_http_complex_value(r, &set->zone, zone) == NGX_OK;
+    }
+    ngx_str_t spec, group, name;
+    if (ngx_http_complex_value(r, &set->spec, &spec) != NGX_OK
+        || !split_spec(spec, &group, zone, &name))
+    {
+        return false;
+    }
+    *scope = find_scope(group);
+    *field = find_field(name);
+    return *scope && *field != NGX_CONF_UNSET_UINT;
 }
 
 
@@ -241,32 +306,96 @@ set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         return NGX_OK;
     }
 
+    const ngx_http_vts_scope_t *scope;
     ngx_str_t zone, group, name;
-    if (ngx_http_complex_value(r, &set->zone, &zone) != NGX_OK) {
-        return NGX_ERROR;
-    }
-    if (!set_key(set, zone, &group, &name)) {
-        return NGX_OK;
-    }
-
-    stats_t st;
+    ngx_uint_t field;
     uint64_t val = 0;
-    if (ngx_http_vts_store_read(&vmcf->store, set->scope->kind, &group, &name,
-                                &st))
+    stats_t st;
+    if (resolve_set(r, set, &scope, &zone, &field)
+        && set_key(scope, zone, &group, &name)
+        && ngx_http_vts_store_read(&vmcf->store, scope->kind, &group, &name,
+                                   &st))
     {
-        val = field_value(fields[set->field], st, vlcf);
+        val = field_value(fields[field], st, vlcf);
     }
+    return set_number(r, v, val);
+}
 
-    u_char *p = (u_char *) ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (p == nullptr) {
-        return NGX_ERROR;
+
+/* $vts_NAME: a field of the request's own server zone (0 without one) */
+ngx_int_t
+own_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t field)
+{
+    ngx_http_vts_main_conf_t *vmcf = ngx_http_vts_main_conf(r);
+    uint64_t val = 0;
+
+    if (vmcf->enable && ngx_http_vts_store_ready(&vmcf->store)) {
+        ngx_http_vts_loc_conf_t *vlcf = ngx_http_vts_loc_conf(r);
+        ngx_http_vts_node_t *n =
+            ngx_http_vts_own_server(r, &vmcf->store, vlcf);
+        if (n) {
+            stats_t st;
+            ngx_http_vts_read_stats(&st, &n->stats);
+            val = field_value(fields[field], st, vlcf);
+        }
     }
-    v->len = ngx_sprintf(p, "%uL", val) - p;
-    v->data = p;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    return NGX_OK;
+    return set_number(r, v, val);
 }
 
 } // namespace
+
+
+/* a limit_traffic MEMBER: the offset of its counter in the stats */
+bool
+ngx_http_vts_limit_member(ngx_str_t name, size_t *offset)
+{
+    for (auto &f : fields) {
+        if (f.limit_name.len && ngx_http_vts_str_eq(name, &f.limit_name)) {
+            *offset = f.offset;
+            return true;
+        }
+    }
+    return false;
+}
+
+
+ngx_int_t
+ngx_http_vts_add_variables(ngx_conf_t *cf)
+{
+    static const struct {
+        ngx_str_t    name;
+        const char  *field;
+    } own[] = {
+        { ngx_string("vts_request_counter"), "requestCounter" },
+        { ngx_string("vts_in_bytes"), "inBytes" },
+        { ngx_string("vts_out_bytes"), "outBytes" },
+        { ngx_string("vts_1xx_counter"), "1xx" },
+        { ngx_string("vts_2xx_counter"), "2xx" },
+        { ngx_string("vts_3xx_counter"), "3xx" },
+        { ngx_string("vts_4xx_counter"), "4xx" },
+        { ngx_string("vts_5xx_counter"), "5xx" },
+        { ngx_string("vts_cache_miss_counter"), "cacheMiss" },
+        { ngx_string("vts_cache_bypass_counter"), "cacheBypass" },
+        { ngx_string("vts_cache_expired_counter"), "cacheExpired" },
+        { ngx_string("vts_cache_stale_counter"), "cacheStale" },
+        { ngx_string("vts_cache_updating_counter"), "cacheUpdating" },
+        { ngx_string("vts_cache_revalidated_counter"), "cacheRevalidated" },
+        { ngx_string("vts_cache_hit_counter"), "cacheHit" },
+        { ngx_string("vts_cache_scarce_counter"), "cacheScarce" },
+        { ngx_string("vts_request_time_counter"), "requestMsecCounter" },
+        { ngx_string("vts_request_time"), "requestMsec" },
+    };
+    for (auto &o : own) {
+        ngx_str_t name = o.name;
+        ngx_http_variable_t *v = ngx_http_add_variable(cf, &name,
+                                                       NGX_HTTP_VAR_NOCACHEABLE);
+        if (v == nullptr) {
+            return NGX_ERROR;
+        }
+        ngx_str_t field = { ngx_strlen(o.field), (u_char *) o.field };
+        v->get_handler = own_variable;
+        v->data = find_field(field);
+    }
+    return NGX_OK;
+}

@@ -1,11 +1,19 @@
 """Helpers for the traffic-status tests: raw requests and keep-alive
 connections, the status server's JSON, an nginx of plain backends."""
+import re
 import socket
 import threading
 
 from support import probes
 from support.confs import conf_wrap
-from support.net import http_get
+from support.net import free_port, http_get, raw_request  # noqa: F401 (raw_request: re-exported)
+
+
+def promtool(text):
+    """promtool check metrics as the older tests expect it: (0 when clean,
+    else 1; the output).  New tests use support.probes.promtool."""
+    ok, out = probes.promtool(text)
+    return (0 if ok else 1), out
 
 
 def req(path, host='counted.test', extra=b''):
@@ -123,3 +131,16 @@ def many_requests(port, raws, conns=4):
     for t in threads:
         t.join()
     return sum(counts)
+
+
+def assert_nginx_t_fails(nginx_factory, http_extra, message):
+    """`nginx -t` of a small config with http_extra fails with message and
+    the file and line."""
+    text = conf_wrap(f"""
+    vhost_traffic_status_zone;
+    {http_extra}
+    server {{ listen 127.0.0.1:{free_port()}; }}
+""")
+    r = nginx_factory(text, start=False).test_config()
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert re.search(r'nginx\.conf:\d+', r.stderr), r.stderr

@@ -83,8 +83,12 @@
          c.writing + ", waiting " + c.waiting + ", accepted " + c.accepted + ", requests " +
          c.requests);
     var s = d.sharedZones || {};
-    text("shm", "zone " + s.name + ": " + bytes(s.usedSize) + " / " + bytes(s.maxSize) + ", " +
-         s.usedNode + " entries");
+    var dropped = s.droppedNodes || {};
+    text("shm", "zone " + s.name + ": " + bytes(s.usedSize) + " in " + s.usedNode +
+         " entries, " + bytes(s.freeSize) + " free of " + bytes(s.maxSize) +
+         ((dropped.zoneFull || dropped.maxNode || dropped.evicted)
+          ? ", dropped " + (dropped.zoneFull + dropped.maxNode) + ", evicted " + dropped.evicted
+          : ""));
     text("health", health ? "health checker: on" : "health checker: not served");
   }
 
