@@ -21,7 +21,9 @@ RENDERS = 20
 
 def full_zone_conf(fport, sport):
     return counted_and_status(
-        fport, sport, http='    vhost_traffic_status_zone shared:vts:64m;',
+        fport, sport, http='    vhost_traffic_status_zone shared:vts:64m;\n'
+                           # above the default 1024 per group: the zone itself must fill
+                           '    vhost_traffic_status_filter_max_node 100000 x;',
         counted='vhost_traffic_status_filter_by_set_key $arg_x x;',
         status='location /plain { return 200 "plain\\n"; }')
 
