@@ -147,6 +147,12 @@ python3 "$gen" --table objs/np_symtab_pass1.c "${ffi_names[@]}"
 cc_sym objs/np_symtab_pass1.c objs/np_symtab_pass1.o
 
 wrap="-Wl,--wrap=dlsym objs/np_static_dlsym.o"
+# No libcrypt for the target (Debian has no cross libxcrypt): a crypt() that
+# fails closed (the file says which auth_basic schemes still work).
+if [ -n "$NP_CROSS" ] && [ ! -f "/usr/$NP_TRIPLET/lib/libcrypt.a" ]; then
+    cc_sym "$NP_ROOT/build/static-symbols/np_crypt_unavailable.c" objs/np_crypt_unavailable.o
+    wrap="$wrap objs/np_crypt_unavailable.o"
+fi
 # The build directory out of the debug info (and so out of the build-id),
 # given to make rather than configure so `nginx -V` does not show it.
 make_cc="$NP_CC -ffile-prefix-map=$B/nginx=."

@@ -39,6 +39,7 @@ LUA_INFO = r'''
             content_by_lua_block {
                 -- LuaJIT: a hot loop must become a trace (machine code) and
                 -- give the interpreter's answer.
+                local ffi = require "ffi"
                 local jutil = require "jit.util"
                 local function sum(n) local s = 0 for i = 1, n do s = s + i %% 7 end return s end
                 jit.flush()
@@ -66,7 +67,7 @@ LUA_INFO = r'''
                 local jit_on = ffi.new("uint32_t[1]")
                 C.pcre2_config_8(1, jit_on)                       -- PCRE2_CONFIG_JIT
                 local target = ffi.new("char[64]")
-                C.pcre2_config_8(11, target)                      -- PCRE2_CONFIG_JITTARGET
+                C.pcre2_config_8(2, target)                       -- PCRE2_CONFIG_JITTARGET
                 local err, off = ffi.new("int[1]"), ffi.new("size_t[1]")
                 local code = C.pcre2_compile_8("b+c", 3, 0, err, off, nil)
                 local jc = C.pcre2_jit_compile_8(code, 1)          -- PCRE2_JIT_COMPLETE
@@ -165,6 +166,7 @@ def test_default_config_serves_and_the_checker_tracks_a_killed_backend(tmp_path)
 
         st, text = ns.http('http://127.0.0.1:18080/metrics', timeout=5 * SLOW)
         assert st == 200
+        text += '\n'                           # NetNS.http strips the final newline
         ok, why = promtool(text)
         assert ok, why
         assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in text
@@ -175,7 +177,7 @@ def test_default_config_serves_and_the_checker_tracks_a_killed_backend(tmp_path)
         assert 'peer %s is turned down' % PEER in n.error_log
         assert ns_post(ns, 'http://127.0.0.1:18081/demo/revive?backend=' + PEER) == '200'
         wait_for(lambda: states().get(PEER) == 'UP', timeout=15 * SLOW, interval=1, what='UP again')
-        ok, why = promtool(ns.http('http://127.0.0.1:18080/metrics', timeout=5 * SLOW)[1])
+        ok, why = promtool(ns.http('http://127.0.0.1:18080/metrics', timeout=5 * SLOW)[1] + '\n')
         assert ok, why
     finally:
         n.stop(timeout=15 * SLOW)
