@@ -1,7 +1,6 @@
 """Shared by the arm64 tier: is the bundle under test aarch64, how to run
 things under qemu, and the generous deadlines emulation needs (qemu-user
 runs nginx and LuaJIT roughly ten times slower than the host)."""
-import os
 import shutil
 import subprocess
 
@@ -13,7 +12,6 @@ from support.bundle import BUNDLE, EXEC_WRAPPER, ROOT
 # native suite's.
 SLOW = 10
 NGINX = BUNDLE / 'sbin' / 'nginx'
-X86_BUNDLE = ROOT / 'dist' / 'nginx-portable'
 VERSION = (ROOT / 'VERSION').read_text().strip()
 
 
@@ -43,8 +41,3 @@ def run_target(*args, timeout=30 * SLOW, **kw):
 
 def cross_tool(name):
     return 'aarch64-linux-gnu-' + name
-
-
-def env_without_arch():
-    return {k: v for k, v in os.environ.items() if k not in ('NP_BUILD_DIR', 'NP_BUNDLE_OUT', 'NP_VARIANT',
-                                                           'NP_MODULES')}
