@@ -1,5 +1,5 @@
 # Convenience wrappers; the real steps are the scripts in build/ and tests/.
-.PHONY: all bundle run stop test asan test-asan test-stress bench bench-report clean
+.PHONY: all bundle bundle-arm64 run stop test asan test-asan test-arm64 test-stress bench bench-report clean
 
 PREFIX_DIR := $(CURDIR)/dist/nginx-portable
 
@@ -7,6 +7,11 @@ all: bundle
 
 bundle:
 	bash build/build.sh
+
+# The same bundle for aarch64, cross-built (dist/nginx-portable-aarch64 and
+# its tarball; build/arch.sh).
+bundle-arm64:
+	NP_ARCH=aarch64 bash build/build.sh
 
 run:
 	bash build/run.sh
@@ -28,13 +33,18 @@ ASAN_SUITES := tests/build tests/upstream tests/traffic-status tests/healthcheck
 test-asan: asan
 	NP_BUNDLE=$(CURDIR)/.build/asan/bundle bash tests/run.sh $(ASAN_SUITES)
 
+# The aarch64 bundle's tests, every nginx run under qemu-aarch64-static.
+test-arm64:
+	NP_ARCH=aarch64 bash tests/run.sh tests/arm64
+
 # Both tiers with the CPU contended (a niced busy loop per core): what a busy
 # CI machine does to timing (tests/stress.sh).
 test-stress:
 	bash tests/stress.sh
 	NP_STRESS_TIER=asan bash tests/stress.sh
 
-# Tarball, OCI image, SBOM and SHA256SUMS in dist/ (release/README.md).
+# Both architectures' tarballs, OCI images (+ one multi-platform index), SBOMs
+# and SHA256SUMS in dist/ (release/README.md).
 .PHONY: release
 release:
 	bash release/release.sh

@@ -2,11 +2,13 @@
 # The one build pipeline: build tools, fetch + verify every source once,
 # dependency builds (cached), the Lua runtime files, nginx, the bundle (and for
 # the released variant its tarball).  NP_VARIANT / NP_BUILD_DIR / NP_BUNDLE_OUT
-# choose the variant and directories (build/common.sh).
+# choose the variant and directories (build/common.sh), NP_ARCH the target
+# (build/arch.sh: x86_64, or aarch64 cross-built).
 . "$(dirname "$0")/common.sh"
 bash "$NP_ROOT/build/install-deps.sh" build
 "$NP_ROOT/build/fetch.sh"
-"$NP_ROOT/build/deps.sh"
+# deps.sh builds for this machine (x86_64), deps-cross.sh for another NP_ARCH.
+if [ -z "$NP_CROSS" ]; then "$NP_ROOT/build/deps.sh"; else "$NP_ROOT/build/deps-cross.sh"; fi
 mkdir -p "$NP_B"
 "$NP_ROOT/build/lualib.sh" "$NP_LUALIB_STAGE"
 "$NP_ROOT/build/nginx.sh"

@@ -9,6 +9,7 @@ NP_LOCK=$NP_ROOT/build/deps.lock
 NP_CACHE=${NGINX_PORTABLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nginx-portable}
 NP_DOWNLOADS=$NP_CACHE/downloads
 NP_JOBS=${NP_JOBS:-$(nproc)}
+. "$NP_ROOT/build/arch.sh"
 
 np_log() { printf '[build] %s\n' "$*" >&2; }
 np_die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
@@ -35,24 +36,45 @@ np_components() { awk '$1 == "component" { print $2 }' "$NP_LOCK"; }
 np_version() { awk -v c="$1" '$1 == "component" && $2 == c { print $3 }' "$NP_LOCK"; }
 np_source_date_epoch() { awk '$1 == "source-date-epoch" { print $2 }' "$NP_LOCK"; }
 
+# Another architecture's dependencies are cross-built by deps-cross.sh, keyed by
+# that recipe and the architecture table as well; x86_64 keeps the key above.
+np_cross_deps_key() {
+    (np_lock_inputs; echo "$NP_ARCH"
+     cat "$NP_ROOT/build/deps-cross.sh" "$NP_ROOT/build/arch.sh" "$NP_ROOT/build/flags.sh") \
+        | sha256sum | cut -c1-16
+}
+
 # The unpacked, Debian-patched source tree of a component.
 np_srcdir() { echo "$NP_CACHE/src/$1-$(np_lock_key)"; }
 # Static libraries and headers of OpenSSL, PCRE, zlib and LuaJIT.
-np_depsdir() { echo "$NP_CACHE/deps-$(np_deps_key)"; }
+np_depsdir() {
+    if [ "$NP_ARCH" = x86_64 ]; then echo "$NP_CACHE/deps-$(np_deps_key)"
+    else echo "$NP_CACHE/deps-$NP_ARCH-$(np_cross_deps_key)"; fi
+}
+# deps.sh is the native x86_64 recipe: never let it fill another arch's prefix.
+if [ "$NP_ARCH" != x86_64 ] && [ "$(basename "$0")" = deps.sh ]; then
+    np_die "build/deps.sh builds x86_64; NP_ARCH=$NP_ARCH is built by build/deps-cross.sh"
+fi
 
 # One place for the variant and its directories (every script uses these):
 #   NP_VARIANT=release (default) | asan   flags, and the build dir .build/<variant>/
 #   NP_BUILD_DIR=DIR                       another build dir (parallel work)
 #   NP_BUNDLE_OUT=DIR                      another bundle dir
+#   NP_ARCH=x86_64 (default) | aarch64     build/arch.sh; aarch64 builds in
+#                                          .build/aarch64/, bundle dist/nginx-portable-aarch64
 # The release variant in the default build dir is the one that is released:
-# dist/nginx-portable plus the tarball.
+# dist/nginx-portable (dist/nginx-portable-<arch> for another arch) plus the tarball.
 NP_VARIANT=${NP_VARIANT:-release}
-NP_B=${NP_BUILD_DIR:-$NP_ROOT/.build/$NP_VARIANT}
+if [ "$NP_ARCH" = x86_64 ]; then NP_DIST_NAME=nginx-portable; NP_DEFAULT_B=$NP_ROOT/.build/$NP_VARIANT
+else NP_DIST_NAME=nginx-portable-$NP_ARCH; NP_DEFAULT_B=$NP_ROOT/.build/$NP_ARCH; fi
+NP_B=${NP_BUILD_DIR:-$NP_DEFAULT_B}
 NP_LUALIB_STAGE=$NP_B/lualib-stage
 if [ -n "${NP_BUNDLE_OUT:-}" ]; then NP_OUT=$NP_BUNDLE_OUT
-elif [ "$NP_VARIANT" = release ] && [ -z "${NP_BUILD_DIR:-}" ]; then NP_OUT=$NP_ROOT/dist/nginx-portable
+elif [ "$NP_VARIANT" = release ] && [ -z "${NP_BUILD_DIR:-}" ]; then NP_OUT=$NP_ROOT/dist/$NP_DIST_NAME
 else NP_OUT=$NP_B/bundle; fi
 case $NP_VARIANT in release|asan) ;; *) np_die "NP_VARIANT must be release or asan, not '$NP_VARIANT'" ;; esac
+# The sanitizer runtimes are dynamic and host-only: the ASan tier is x86_64's.
+[ "$NP_VARIANT" = release ] || [ "$NP_ARCH" = x86_64 ] || np_die "NP_VARIANT=$NP_VARIANT is built for x86_64 only"
 
 # np_need_src COMPONENT...: fail clearly when fetch.sh has not run.
 np_need_src() {

@@ -2,17 +2,21 @@
 # Install the Debian packages the build and the tests need.  Runs apt only
 # when something is missing, so a warm machine pays nothing.
 #
-#   install-deps.sh          build + test tools
-#   install-deps.sh build    build tools only
+#   install-deps.sh          build + test tools (both architectures)
+#   install-deps.sh build    build tools only (+ the cross toolchain when NP_ARCH=aarch64)
 set -euo pipefail
 
 build_pkgs=(build-essential dpkg-dev autoconf automake libtool patch perl python3 file binutils ca-certificates)
 test_pkgs=(python3-pytest openssl curl wrk nghttp2-client prometheus chromium nginx-light
            libclang-rt-14-dev iproute2 procps psmisc umoci skopeo logrotate python3-yaml valgrind
            systemd strace python3-jsonschema)
+# The aarch64 build (NP_ARCH=aarch64, build/arch.sh): Debian's cross toolchain,
+# and qemu to run configure's test programs and the tests (no binfmt needed).
+cross_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 
 want=("${build_pkgs[@]}")
-[ "${1:-all}" = build ] || want+=("${test_pkgs[@]}")
+[ "${1:-all}" = build ] || want+=("${test_pkgs[@]}" "${cross_pkgs[@]}")
+[ "${1:-all}" != build ] || [ "${NP_ARCH:-x86_64}" = x86_64 ] || want+=("${cross_pkgs[@]}")
 
 missing=()
 for p in "${want[@]}"; do

@@ -12,8 +12,11 @@
 # lua-nginx-module add are removed (with -static-pie they crash the binary
 # before main), and the link gets $(NP_LINK_EXTRA) for the dlsym table
 # (build/static-symbols).  Output: .build/<variant>/nginx/objs/nginx.
+# Another NP_ARCH (build/arch.sh) is cross-compiled with $NP_CC; configure's
+# test programs then run under qemu (build/cross-configure/).
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
+np_target_flags
 
 variant=$NP_VARIANT
 B=$NP_B
@@ -100,13 +103,27 @@ configure_args=(
     "${our_modules[@]}"
 )
 
-conf_key=$( (printf '%s\n' "${configure_args[@]}"; cat "$0" "$NP_ROOT/modules/cxx/config.sh"
+# Cross: configure compiles and *runs* test programs (type sizes, endianness,
+# malloc_trim): build/cross-configure/ puts a `cc` on PATH that compiles with
+# the cross compiler and turns each objs/autotest into a qemu launcher, and a
+# `uname -m` that names the target (configure picks alignment and cache-line
+# size by it).  The answers are the target's own, not guesses.
+configure_env=()
+if [ -n "$NP_CROSS" ]; then
+    command -v "$NP_QEMU" >/dev/null || np_die "$NP_QEMU is missing: run build/install-deps.sh build"
+    configure_env=(PATH="$NP_ROOT/build/cross-configure:$PATH" CC=cc
+                   NP_TARGET_CC="$NP_CC" NP_TARGET_MACHINE="$NP_ARCH"
+                   # some test programs link dynamically: the cross libc's ld.so
+                   NP_QEMU="$NP_QEMU -L /usr/$NP_TRIPLET")
+fi
+
+conf_key=$( (printf '%s\n' "$NP_ARCH" "${configure_args[@]}"; cat "$0" "$NP_ROOT/modules/cxx/config.sh"
              for m in "${our_modules[@]}"; do cat "$NP_ROOT/modules/${m##*/}/config"; done) \
             | sha256sum | cut -c1-16)
 cd "$B/nginx"
 if [ "$(cat "$B/.configure-key" 2>/dev/null)" != "$conf_key" ] || [ ! -f objs/Makefile ]; then
     np_log "configuring nginx ($variant)"
-    LUAJIT_LIB=../deps/lib LUAJIT_INC=../deps/include/luajit-2.1 \
+    env "${configure_env[@]}" LUAJIT_LIB=../deps/lib LUAJIT_INC=../deps/include/luajit-2.1 \
         ./configure "${configure_args[@]}" > "$B/configure.log" 2>&1 \
         || { tail -30 "$B/configure.log" >&2; np_die "nginx configure failed; see $B/configure.log"; }
     # See the header comment: no -Wl,-E, and a hook for the dlsym table.
@@ -120,7 +137,7 @@ fi
 # --- compile and link twice --------------------------------------------------
 lualib_stage=$NP_LUALIB_STAGE
 gen=$NP_ROOT/build/static-symbols/gen_symtab.py
-cc_sym() { cc $cflags -ffile-prefix-map="$B/nginx"=. -ffile-prefix-map="$NP_ROOT"=. \
+cc_sym() { $NP_CC $cflags -ffile-prefix-map="$B/nginx"=. -ffile-prefix-map="$NP_ROOT"=. \
                 -Wno-builtin-declaration-mismatch -c "$1" -o "$2"; }
 
 cc_sym "$NP_ROOT/build/static-symbols/np_static_dlsym.c" objs/np_static_dlsym.o
@@ -130,9 +147,15 @@ python3 "$gen" --table objs/np_symtab_pass1.c "${ffi_names[@]}"
 cc_sym objs/np_symtab_pass1.c objs/np_symtab_pass1.o
 
 wrap="-Wl,--wrap=dlsym objs/np_static_dlsym.o"
+# No libcrypt for the target (Debian has no cross libxcrypt): a crypt() that
+# fails closed (the file says which auth_basic schemes still work).
+if [ -n "$NP_CROSS" ] && [ ! -f "/usr/$NP_TRIPLET/lib/libcrypt.a" ]; then
+    cc_sym "$NP_ROOT/build/static-symbols/np_crypt_unavailable.c" objs/np_crypt_unavailable.o
+    wrap="$wrap objs/np_crypt_unavailable.o"
+fi
 # The build directory out of the debug info (and so out of the build-id),
 # given to make rather than configure so `nginx -V` does not show it.
-make_cc="cc -ffile-prefix-map=$B/nginx=."
+make_cc="$NP_CC -ffile-prefix-map=$B/nginx=."
 if [ -f objs/np_symtab.o ] && make -q -f objs/Makefile objs/nginx 2>/dev/null \
    && [ "$(cat objs/np_ffi_names 2>/dev/null)" = "${ffi_names[*]}" ]; then
     np_log "nginx ($variant) is up to date"

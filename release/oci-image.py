@@ -18,6 +18,10 @@ sorted keys.  Two layers: the base files, then the bundle.
                                                   docker load: also has manifest.json)
     oci-image.py --bundle DIR --layout DIR          the same, unpacked (umoci, skopeo oci:)
     oci-image.py --bundle DIR --rootfs DIR          only the root filesystem (Dockerfile)
+    oci-image.py --bundle x86_64=DIR --bundle aarch64=DIR --out IMAGE.oci.tar
+                                                  one multi-platform image: index.json
+                                                  names an image index of both manifests
+                                                  (no docker manifest.json: one platform only)
 """
 import argparse
 import datetime
@@ -184,20 +188,17 @@ def lock_epoch(root):
     sys.exit('no source-date-epoch in deps.lock')
 
 
-def build(a):
-    root = pathlib.Path(__file__).resolve().parent.parent
-    version = a.version or (root / 'VERSION').read_text().strip()
-    epoch = a.epoch if a.epoch is not None else lock_epoch(root)
-    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+# Our architecture names (build/arch.sh) -> OCI platforms (Go's names).
+PLATFORMS = {'x86_64': {'architecture': 'amd64'},
+             'aarch64': {'architecture': 'arm64', 'variant': 'v8'}}
+
+
+def image_manifest(bundle, arch, a, version, epoch, created, blobs):
+    """One platform's layers, config and manifest into blobs -> the manifest's descriptor."""
     layers_entries = [
         ('base: passwd, group, nsswitch.conf, hosts, CA bundle, /tmp', base_entries(a.ca, UID, GID)),
-        ('bundle: /%s' % PREFIX, bundle_entries(a.bundle, UID, GID)),
+        ('bundle: /%s' % PREFIX, bundle_entries(bundle, UID, GID)),
     ]
-    if a.rootfs:
-        write_rootfs(pathlib.Path(a.rootfs), [e for _, es in layers_entries for e in es])
-    if not (a.out or a.layout):
-        return
-    blobs = {}
     layers, diff_ids, history = [], [], []
     for what, entries in layers_entries:
         raw = layer_tar(entries, epoch)
@@ -217,7 +218,7 @@ def build(a):
     }
     config = {
         'created': created,
-        'architecture': 'amd64',
+        **PLATFORMS[arch],
         'os': 'linux',
         'config': {
             'User': '%d:%d' % (UID, GID),
@@ -245,29 +246,46 @@ def build(a):
     }
     man = jbytes(manifest)
     blobs[digest(man)] = man
-    index = {
-        'schemaVersion': 2,
-        'mediaType': 'application/vnd.oci.image.index.v1+json',
-        'manifests': [{
-            'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+    return {'mediaType': 'application/vnd.oci.image.manifest.v1+json',
             'digest': digest(man), 'size': len(man),
-            'platform': {'architecture': 'amd64', 'os': 'linux'},
-            'annotations': {
-                'org.opencontainers.image.ref.name': version,
-                'io.containerd.image.name': 'docker.io/library/nginx-portable:' + version,
-            },
-        }],
-    }
-    files = {
-        'oci-layout': jbytes({'imageLayoutVersion': '1.0.0'}),
-        'index.json': jbytes(index),
-        # docker load before Docker 25 reads only this file.
-        'manifest.json': jbytes([{
+            'platform': dict(PLATFORMS[arch], os='linux')}, cfg, layers
+
+
+def build(a):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    version = a.version or (root / 'VERSION').read_text().strip()
+    epoch = a.epoch if a.epoch is not None else lock_epoch(root)
+    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+    if a.rootfs:
+        (arch, bundle), = a.bundles
+        write_rootfs(pathlib.Path(a.rootfs), base_entries(a.ca, UID, GID) + bundle_entries(bundle, UID, GID))
+    if not (a.out or a.layout):
+        return
+    blobs = {}
+    made = [image_manifest(bundle, arch, a, version, epoch, created, blobs) for arch, bundle in a.bundles]
+    ref = {'org.opencontainers.image.ref.name': version,
+           'io.containerd.image.name': 'docker.io/library/nginx-portable:' + version}
+    files = {'oci-layout': jbytes({'imageLayoutVersion': '1.0.0'})}
+    if len(made) == 1:
+        (desc, cfg, layers), = made
+        top = dict(desc, annotations=ref)
+        # docker load before Docker 25 reads only this file (one platform only).
+        files['manifest.json'] = jbytes([{
             'Config': 'blobs/sha256/' + digest(cfg)[7:],
             'RepoTags': ['nginx-portable:' + version],
             'Layers': ['blobs/sha256/' + l['digest'][7:] for l in layers],
-        }]),
-    }
+        }])
+    else:
+        # Several platforms: index.json names one image index (the tag), which
+        # lists each platform's manifest -- what a registry serves for a
+        # multi-platform tag, and what `skopeo inspect --raw` shows.
+        nested = jbytes({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.index.v1+json',
+                         'manifests': [desc for desc, _, _ in made]})
+        blobs[digest(nested)] = nested
+        top = {'mediaType': 'application/vnd.oci.image.index.v1+json',
+               'digest': digest(nested), 'size': len(nested), 'annotations': ref}
+    files['index.json'] = jbytes({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.index.v1+json',
+                                  'manifests': [top]})
     for d, data in blobs.items():
         files['blobs/sha256/' + d[7:]] = data
     if a.layout:
@@ -281,7 +299,7 @@ def build(a):
         tmp = pathlib.Path(str(a.out) + '.tmp')
         tmp.write_bytes(layer_tar(entries, epoch))
         tmp.replace(a.out)
-    print(digest(man))
+    print(top['digest'])
 
 
 def write_rootfs(dest, entries):
@@ -304,18 +322,31 @@ def write_rootfs(dest, entries):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--bundle', required=True, help='the bundle directory (dist/nginx-portable)')
+    ap.add_argument('--bundle', required=True, action='append',
+                    help='the bundle directory (dist/nginx-portable), or ARCH=DIR (x86_64=..., '
+                         'aarch64=...); repeat for a multi-platform image')
     ap.add_argument('--ca', default='/etc/ssl/certs/ca-certificates.crt', help='CA bundle to ship')
     ap.add_argument('--version', help='image tag (default: VERSION)')
     ap.add_argument('--epoch', type=int, help='timestamp (default: source-date-epoch of deps.lock)')
     ap.add_argument('--out', help='write the OCI layout as one tar archive')
     ap.add_argument('--layout', help='write the OCI layout into this directory')
-    ap.add_argument('--rootfs', help='write the root filesystem into this directory')
+    ap.add_argument('--rootfs', help='write the root filesystem into this directory (one bundle)')
     a = ap.parse_args()
     if not (a.out or a.layout or a.rootfs):
         ap.error('one of --out, --layout, --rootfs is required')
-    if not os.access(os.path.join(a.bundle, 'sbin', 'nginx'), os.X_OK):
-        ap.error('no sbin/nginx in %s' % a.bundle)
+    a.bundles = []
+    for spec in a.bundle:
+        arch, sep, path = spec.partition('=')
+        arch, path = (arch, path) if sep else ('x86_64', spec)
+        if arch not in PLATFORMS:
+            ap.error('unknown architecture %r (one of %s)' % (arch, ', '.join(PLATFORMS)))
+        if not os.access(os.path.join(path, 'sbin', 'nginx'), os.X_OK):
+            ap.error('no sbin/nginx in %s' % path)
+        a.bundles.append((arch, path))
+    if len({arch for arch, _ in a.bundles}) != len(a.bundles):
+        ap.error('one bundle per architecture')
+    if a.rootfs and len(a.bundles) != 1:
+        ap.error('--rootfs takes one bundle')
     build(a)
 
 

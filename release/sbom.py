@@ -16,7 +16,7 @@ The output is a pure function of its inputs (timestamp = SOURCE_DATE_EPOCH of
 the lock, serial number derived from the tarball checksum), so it is
 reproducible like the artifacts it describes.
 
-    sbom.py --root REPO --tarball T.tar.gz --bundle DIR [--image OCI.tar] [--ca FILE] -o OUT
+    sbom.py --root REPO --tarball T.tar.gz --bundle DIR [--arch aarch64] [--image OCI.tar]... [--ca FILE] -o OUT
 """
 import argparse
 import datetime
@@ -32,14 +32,22 @@ import uuid
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import vex  # noqa: E402  (release/vex.py: the VEX, from release/vex.json)
 
-TOOLCHAIN = [
-    # (component, Debian binary package, SPDX license, static archive inside it)
-    ('glibc', 'libc6-dev', 'LGPL-2.1-or-later', '/usr/lib/x86_64-linux-gnu/libc.a'),
-    ('libstdc++', 'libstdc++-12-dev', 'GPL-3.0-or-later WITH GCC-exception-3.1',
-     '/usr/lib/gcc/x86_64-linux-gnu/12/libstdc++.a'),
-    ('libgcc', 'libgcc-12-dev', 'GPL-3.0-or-later WITH GCC-exception-3.1',
-     '/usr/lib/gcc/x86_64-linux-gnu/12/libgcc.a'),
-]
+GCC_LICENSE = 'GPL-3.0-or-later WITH GCC-exception-3.1'
+TOOLCHAINS = {
+    # arch -> [(component, Debian binary package, SPDX license, static archive inside it)]
+    'x86_64': [
+        ('glibc', 'libc6-dev', 'LGPL-2.1-or-later', '/usr/lib/x86_64-linux-gnu/libc.a'),
+        ('libstdc++', 'libstdc++-12-dev', GCC_LICENSE, '/usr/lib/gcc/x86_64-linux-gnu/12/libstdc++.a'),
+        ('libgcc', 'libgcc-12-dev', GCC_LICENSE, '/usr/lib/gcc/x86_64-linux-gnu/12/libgcc.a'),
+    ],
+    # Debian's cross toolchain (build/arch.sh): its own, separately versioned glibc.
+    'aarch64': [
+        ('glibc', 'libc6-dev-arm64-cross', 'LGPL-2.1-or-later', '/usr/aarch64-linux-gnu/lib/libc.a'),
+        ('libstdc++', 'libstdc++-12-dev-arm64-cross', GCC_LICENSE,
+         '/usr/lib/gcc-cross/aarch64-linux-gnu/12/libstdc++.a'),
+        ('libgcc', 'libgcc-12-dev-arm64-cross', GCC_LICENSE, '/usr/lib/gcc-cross/aarch64-linux-gnu/12/libgcc.a'),
+    ],
+}
 CVE = re.compile(r'CVE-\d{4}-\d{4,}', re.I)
 
 
@@ -190,22 +198,23 @@ def third_party(root, c, require_patches):
     return comp
 
 
-def dpkg_version(pkg):
-    r = subprocess.run(['dpkg-query', '-W', '-f=${Version}', pkg], capture_output=True, text=True)
+def dpkg_version(pkg, field='Version'):
+    r = subprocess.run(['dpkg-query', '-W', '-f=${%s}' % field, pkg], capture_output=True, text=True)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def toolchain():
+def toolchain(arch):
     out = []
-    for name, pkg, lic, archive in TOOLCHAIN:
+    for name, pkg, lic, archive in TOOLCHAINS[arch]:
         ver = dpkg_version(pkg)
         if not ver:
             continue
+        deb_arch = dpkg_version(pkg, 'Architecture')
         comp = {
             'type': 'library', 'bom-ref': name, 'name': name,
             'version': ver.split(':', 1)[-1].rsplit('-', 1)[0],
             'licenses': [{'expression': lic}] if ' ' in lic else [{'license': {'id': lic}}],
-            'purl': 'pkg:deb/debian/%s@%s?arch=amd64&distro=debian-12' % (pkg, purl_version(ver)),
+            'purl': 'pkg:deb/debian/%s@%s?arch=%s&distro=debian-12' % (pkg, purl_version(ver), deb_arch),
             'properties': [
                 {'name': 'debian:package', 'value': pkg},
                 {'name': 'debian:package-type', 'value': 'binary'},
@@ -245,7 +254,10 @@ def main():
     ap.add_argument('--lock', type=pathlib.Path)
     ap.add_argument('--tarball', type=pathlib.Path, required=True)
     ap.add_argument('--bundle', type=pathlib.Path, required=True)
-    ap.add_argument('--image', type=pathlib.Path, help='OCI archive (its checksum is recorded)')
+    ap.add_argument('--arch', default='x86_64', choices=sorted(TOOLCHAINS),
+                    help='the architecture of the bundle (its toolchain archives are listed)')
+    ap.add_argument('--image', type=pathlib.Path, action='append', default=[],
+                    help='OCI archive holding this bundle (its checksum is recorded); may repeat')
     ap.add_argument('--ca', type=pathlib.Path, help='CA bundle shipped in the image')
     ap.add_argument('--require-patches', action='store_true',
                     help='fail unless every Debian source tree is in the cache')
@@ -260,7 +272,7 @@ def main():
     created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
     third = [third_party(root, c, a.require_patches) for c in comps]
-    tool = toolchain()
+    tool = toolchain(a.arch)
     own = ours(root, version, a.bundle)
     linked = [c['bom-ref'] for c in third if c['name'] not in ('lua-resty-core', 'lua-resty-lrucache')]
     linked += [c['bom-ref'] for c in tool] + [c['bom-ref'] for c in own if c['type'] == 'library']
@@ -269,9 +281,9 @@ def main():
               'properties': [{'name': 'nginx-portable:linkage', 'value': 'static-pie, no shared libraries'}]}
     components = [binary] + third + tool + own
     artifacts = [{'name': 'nginx-portable:artifact:' + a.tarball.name, 'value': 'sha256:' + tar_sha}]
-    if a.image:
-        artifacts.append({'name': 'nginx-portable:artifact:' + a.image.name,
-                          'value': 'sha256:' + sha256_file(a.image)})
+    for image in a.image:
+        artifacts.append({'name': 'nginx-portable:artifact:' + image.name,
+                          'value': 'sha256:' + sha256_file(image)})
     if a.ca:
         ver = dpkg_version('ca-certificates') or 'unknown'
         components.append({
@@ -302,6 +314,7 @@ def main():
             },
             'properties': [
                 {'name': 'nginx-portable:source-date-epoch', 'value': str(epoch)},
+                {'name': 'nginx-portable:architecture', 'value': a.arch},
                 {'name': 'nginx-portable:lock-sha256', 'value': sha256_file(lock)},
             ] + artifacts,
         },

@@ -1,9 +1,14 @@
 """nginx processes from the bundle under test (NP_BUNDLE, default
 dist/nginx-portable): per-test prefixes, copies of the bundle, and the
 `nginx_factory` fixture that stops what it started and fails the test on a
-crash or sanitizer report in the error log."""
+crash or sanitizer report in the error log.
+
+NP_EXEC_WRAPPER (e.g. `qemu-aarch64-static`, set by tests/run.sh for
+NP_ARCH=aarch64) is put in front of every nginx command line; unset, the
+binary runs directly."""
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,11 +19,12 @@ from support.net import port_open, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUNDLE = pathlib.Path(os.environ.get('NP_BUNDLE', ROOT / 'dist' / 'nginx-portable'))
+EXEC_WRAPPER = shlex.split(os.environ.get('NP_EXEC_WRAPPER', ''))
 
 
 def _is_sanitizer_build():
     try:
-        out = subprocess.run([str(BUNDLE / 'sbin' / 'nginx'), '-V'], capture_output=True,
+        out = subprocess.run([*EXEC_WRAPPER, str(BUNDLE / 'sbin' / 'nginx'), '-V'], capture_output=True,
                              text=True, timeout=10).stderr
     except OSError:
         return False
@@ -51,8 +57,12 @@ class Nginx:
         p = self.prefix / 'logs' / 'error.log'
         return p.read_text(errors='replace') if p.exists() else ''
 
+    def command(self, *args):
+        """The nginx command line with -p (and the exec wrapper, if any)."""
+        return [*EXEC_WRAPPER, self.binary, '-p', str(self.prefix) + '/', *args]
+
     def run(self, *args, check=False, timeout=30):
-        return subprocess.run([self.binary, '-p', str(self.prefix) + '/', *args],
+        return subprocess.run(self.command(*args),
                               env=self.env, capture_output=True, text=True,
                               timeout=timeout, check=check)
 
@@ -71,6 +81,10 @@ class Nginx:
             return []
         out = subprocess.run(['ps', '-o', 'pid=,args=', '--ppid', str(mp)],
                              capture_output=True, text=True).stdout
+        if EXEC_WRAPPER:
+            # An emulator keeps its own argv: no process titles to tell
+            # workers from helper processes, so every child counts.
+            return sorted(int(l.split()[0]) for l in out.splitlines())
         return sorted(int(l.split()[0]) for l in out.splitlines()
                       if 'worker process' in l and 'shutting down' not in l)
 
@@ -125,6 +139,23 @@ class Nginx:
         """The first crash marker in the error log (or a sanitizer log), else None."""
         log = self.error_log + self.sanitizer_reports()
         return next((m for m in CRASH_MARKERS if m in log), None)
+
+
+def snapshot_tree(dest):
+    """The tree's tracked and not-ignored untracked files (the work in progress
+    of everyone included), without .build/ and dist/."""
+    files = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                           cwd=ROOT, capture_output=True, check=True).stdout.split(b'\0')
+    for f in files:
+        if not f:
+            continue
+        src = ROOT / os.fsdecode(f)
+        if not src.exists() and not src.is_symlink():
+            continue                                  # deleted in the work tree
+        dst = dest / os.fsdecode(f)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst, follow_symlinks=False)
+    return dest
 
 
 def copy_bundle(dest, src=None):

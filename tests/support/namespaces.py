@@ -131,7 +131,7 @@ class NamespacedNginx(Nginx):
     def run(self, *args, check=False, timeout=30):
         cmd = ('mount --bind "$1" /etc/hosts && shift && exec "$@"')
         return subprocess.run(['unshare', '-m', 'sh', '-c', cmd, 'sh', str(self.hosts_file),
-                               self.binary, '-p', str(self.prefix) + '/', *args],
+                               *self.command(*args)],
                               env=self.env, capture_output=True, text=True,
                               timeout=timeout, check=check)
 
