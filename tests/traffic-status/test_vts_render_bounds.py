@@ -128,17 +128,19 @@ def test_concurrent_renders_of_a_full_zone_are_bounded(full_zone, fmt):
           'worker RSS %+.1f MB (peak %.1f MB), plain requests: %d, median %.1f ms, max %.1f ms'
           % (fmt, entries, size / 1e6, took, RENDERS, grown_mb, peak / 1024, len(plain),
              statistics.median(plain) * 1000, max(plain) * 1000))
-    # at most 4 views run at once in a worker, each sending 64 KB pieces; what
-    # a view holds besides is the Prometheus view's copy of every entry's
-    # counters (vts_prometheus.cpp: ~3 KB an entry, ~50 MB here).  Before: 20
-    # whole documents and copies held at once, +1 GB.
+    # at most 4 views run at once in a worker, each sending 64 KB pieces; no
+    # view copies every entry's counters (the Prometheus one read ~3 KB an
+    # entry into a copy, ~50 MB a render here, until it read the zone
+    # itself).  Before: 20 whole documents and copies held at once, +1 GB.
     # (ASan's allocator keeps up to 256 MB of freed memory in quarantine)
-    limit = 300 + (256 if IS_ASAN else 0)
+    limit = 100 + (256 if IS_ASAN else 0)
     assert grown_mb < limit, 'worker RSS grew by %.1f MB' % grown_mb
     assert plain, "no plain request overlapped the renders"
     # a plain request waits for time slices, not for whole renders (before:
     # up to 20 whole renders, 19-29 s)
     slow = [x for x in plain if x > 0.1]
-    # (one outlier allowed: the machine is shared, the clients start meanwhile)
-    assert statistics.median(plain) < 0.1 and len(slow) <= max(1, len(plain) // 10), \
-        ['%.0f ms' % (x * 1000) for x in plain]
+    # a few outliers allowed (at most 10 %, at least 2): 20 curl processes and
+    # nginx share 2 cores here, and scheduling alone delays a request now and
+    # then; none may wait for a whole render (1 s)
+    assert statistics.median(plain) < 0.1 and len(slow) <= max(2, len(plain) // 10) \
+        and max(plain) < 1.0, ['%.0f ms' % (x * 1000) for x in plain]
