@@ -16,8 +16,14 @@ delay is its last client request sent to the victim after that moment
 load = wrk -t2 -c32 on keep-alive connections.  The figure of a trial is the
 slowest worker; each case reports the median and the worst of --trials.
 
+With --slow-peer MS the upstream also has a backup peer that accepts
+connections and never answers (a listener nobody accepts from), and the
+checker's timeout is MS: every round then ends MS after the victim's check,
+which must not delay the other workers' DOWN (it did before the version was
+bumped at the decision instead of at the round's end).
+
 Usage: NP_BUNDLE=<bundle> python3 bench/healthcheck/bench_propagation.py
-       [--trials 5] [--interval 500] [--json out.json]
+       [--trials 5] [--interval 500] [--slow-peer MS] [--json out.json]
 Prints one JSON line.  Stops everything it started.
 """
 import argparse
@@ -61,21 +67,24 @@ def backend_conf(pv, ph, fail_flag, log):
     }}""", workers=1, affinity=False)
 
 
-def front_conf(port, pv, ph, interval, zone):
+def front_conf(port, pv, ph, interval, zone, slow):
     zone_line = 'zone u 64k;' if zone else ''
+    slow_line = 'server 127.0.0.1:%d backup;' % slow[0] if slow else ''
+    timeout = slow[1] if slow else 500
     return main_conf(f"""
     lua_shared_dict healthcheck 1m;
     upstream u {{
         {zone_line}
         server 127.0.0.1:{pv};
         server 127.0.0.1:{ph};
+        {slow_line}
     }}
     init_worker_by_lua_block {{
         local hc = require "resty.upstream.healthcheck"
         local ok, err = hc.spawn_checker{{
             shm = "healthcheck", upstream = "u", type = "http",
             http_req = "GET /hc HTTP/1.0\\r\\nHost: hc\\r\\n\\r\\n",
-            interval = {interval}, timeout = 500, fall = {FALL}, rise = 1,
+            interval = {interval}, timeout = {timeout}, fall = {FALL}, rise = 1,
             valid_statuses = {{200}},
         }}
         if not ok then ngx.log(ngx.ERR, "spawn_checker: ", err) end
@@ -166,13 +175,23 @@ def trial(front_port, pv, fail_flag, log):
     return max(delays.values()) if delays else None, len(workers)
 
 
-def run_case(zone, load, trials, interval, tmp):
+def silent_listener():
+    """A listening socket nobody accepts from: connects succeed, reads time out."""
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    s.listen(128)
+    return s
+
+
+def run_case(zone, load, trials, interval, tmp, slow_ms):
     pv, ph, fport = free_port(), free_port(), free_port()
+    hole = silent_listener() if slow_ms else None
+    slow = (hole.getsockname()[1], slow_ms) if hole else None
     fail_flag = tmp / ('fail-%d' % pv)
     log = tmp / ('backend-%d.log' % pv)
     log.touch()
     backend = Server(backend_conf(pv, ph, fail_flag, log)).start(pv, ph)
-    front = Server(front_conf(fport, pv, ph, interval, zone)).start(fport)
+    front = Server(front_conf(fport, pv, ph, interval, zone, slow)).start(fport)
     client = None
     try:
         wait_state(fport, '127.0.0.1:%d' % pv, 'UP')
@@ -198,6 +217,8 @@ def run_case(zone, load, trials, interval, tmp):
             client.join()
         front.stop()
         backend.stop()
+        if hole:
+            hole.close()
     return {'median_ms': round(statistics.median(results), 1), 'max_ms': round(max(results), 1),
             'workers_seen': min(seen)}
 
@@ -206,16 +227,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--trials', type=int, default=5)
     ap.add_argument('--interval', type=int, default=500)
+    ap.add_argument('--slow-peer', type=int, default=0, metavar='MS')
     ap.add_argument('--json')
     a = ap.parse_args()
     tmp = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / ('np-prop-%d' % os.getpid())
     tmp.mkdir(parents=True, exist_ok=True)
     os.chmod(tmp, 0o777)
-    out = {'bench': 'down_propagation', 'interval_ms': a.interval, 'workers': WORKERS}
+    out = {'bench': 'down_propagation', 'interval_ms': a.interval, 'workers': WORKERS,
+           'slow_peer_ms': a.slow_peer}
     for zone in (False, True):
         for load in (False, True):
             key = '%s_%s' % ('zone' if zone else 'nozone', 'load' if load else 'idle')
-            out[key] = run_case(zone, load, a.trials, a.interval, tmp)
+            out[key] = run_case(zone, load, a.trials, a.interval, tmp, a.slow_peer)
             print(key, out[key], file=sys.stderr)
     line = json.dumps(out)
     print(line)

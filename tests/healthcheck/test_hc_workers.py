@@ -71,6 +71,31 @@ def test_every_worker_follows_the_state(nginx_factory, backends):
                          for w in local_views(port, 'foo', WORKERS).values()), timeout=2)
 
 
+def test_down_reaches_every_worker_before_the_round_ends(nginx_factory, backends):
+    """A DOWN decision is published when it is made, not when the round ends:
+    a peer that holds every check for the whole timeout (6 s) must not hold
+    back the other workers' balancers (lualib/README.md: one sync period,
+    0.1 s, plus scheduling delay)."""
+    b = backends(3)                      # checked in order: b0, victim b1, slow b2
+    port = free_port()
+    nginx_factory(conf_for([x.addr for x in b], port, interval=100, timeout=6000, fall=1),
+                  workers=WORKERS, wait_ports=[('127.0.0.1', port)])
+    wait_for(lambda: b[2].health >= 2, what='first rounds')
+    b[2].delay, b[2].mode = 30, 'slow'
+    wait_state(port, b[2].addr, 'DOWN', timeout=15)
+    b[1].status, b[1].mode = 500, 'status'
+    wait_state(port, b[1].addr, 'DOWN', timeout=15)
+    t_down = time.monotonic()
+
+    def all_down():
+        v = local_views(port, 'foo', WORKERS)
+        return all(w[b[1].addr] == 'down' for w in v.values())
+    wait_for(all_down, timeout=10, interval=0.01, what='every worker applied the DOWN')
+    took = time.monotonic() - t_down
+    # the round still waits for b2 for seconds; generous for a busy machine
+    assert took < 2.0, took
+
+
 def test_killed_worker_rounds_are_taken_over(nginx_factory, backends):
     b = backends(2)
     b[1].mode, b[1].delay = 'slow', 0.2       # long rounds: likely killed mid-round

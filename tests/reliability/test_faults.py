@@ -76,7 +76,7 @@ def test_worker_sigkilled_mid_round(tmp_path):
         # the checker still works: a backend failure is detected and routed around
         b[0].status, b[0].mode = 500, 'status'
         wait_for(lambda: peer_states(port).get(addrs[0]) == 'DOWN', timeout=10, what='DOWN')
-        # every worker applies the DOWN within one sync period (0.2 s) plus
+        # every worker applies the DOWN within one sync period (0.1 s) plus
         # scheduling delay (lualib/README.md): wait for that, generously, on a
         # busy machine, then no client request may reach b0 any more
         wait_for(lambda: routed_around(port, 'b0'), timeout=5, what='every worker routes around b0')

@@ -45,7 +45,9 @@ local PEER_KINDS = keys.PEER_KINDS
 local REASONS = probe.REASONS
 
 -- seconds: how often every worker compares the state versions in the shm
-local SYNC_PERIOD = 0.2
+-- (the bound for a DOWN to reach a worker's balancer without `zone`; one
+-- shm get per upstream when nothing changed)
+local SYNC_PERIOD = 0.1
 
 local _M = {}
 
@@ -248,17 +250,20 @@ function _M.sync(ctx)
 end
 local sync = _M.sync
 
--- this worker records the round's changes for the others (version number,
--- state file); the caller checked every peer of primary and backup
-function _M.publish(ctx, primary, backup)
+-- tells the other workers that the states changed: their sync timers
+-- compare this number (this worker applied the change itself already)
+local function bump_version(ctx)
     local ver, err = safe_incr(ctx.dict, ctx.keys.version, 1)
     if not ver then
         errlog("failed to bump the state version of upstream \"",
                ctx.upstream, "\": ", err)
     end
+end
+
+-- the round changed states (each change was announced when it was made, so
+-- a slow peer later in the round does not hold it back): the state file
+function _M.publish(ctx, primary, backup)
     save_file(ctx, primary, backup)
-    -- this worker applied the changes itself: re-sync on the next tick
-    -- anyway (cheap) by not recording the version
 end
 
 -- one timer per worker: applies state changes made by the worker running
@@ -346,6 +351,7 @@ local function transition(ctx, peer, down, n, reason)
     record_peer(ctx, peer, "state_changed", ngx_now())
     safe_incr(ctx.dict, ctx.keys:peer("transitions", peer.role, peer.name), 1)
     set_down(ctx, peer, is_backup, down)
+    bump_version(ctx)
 end
 
 -- passive checks (passive.lua): live traffic turned the peer DOWN; the
