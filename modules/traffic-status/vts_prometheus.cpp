@@ -535,9 +535,7 @@ node_entries(vts_render_t &rd, uint8_t kind, entry_t *e)
         }
         e[m].st = &node->stats;
         e[m].req_avg = ngx_http_vts_req_avg(rd, e[m].st);
-        if (ngx_http_vts_stream_current) {
-            ngx_http_vts_stream_check_slice();
-        }
+        ngx_http_vts_stream_check_slice();
     }
     return m;
 }

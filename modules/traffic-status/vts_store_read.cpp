@@ -122,10 +122,8 @@ ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,
     for (size_t i = 0; i < sizeof(*dst) / sizeof(uint64_t); i++) {
         d[i] = ngx_http_vts_load(&s[i]);
     }
-    if (ngx_http_vts_stream_current) {
-        /* a view copying every entry first must not hold the worker */
-        ngx_http_vts_stream_check_slice();
-    }
+    /* a view reading every entry must not hold the worker */
+    ngx_http_vts_stream_check_slice();
 }
 
 

@@ -286,7 +286,7 @@ local function run_round(ctx)
     ctx.changed = false
     check_all(ctx, build_targets(ctx, primary, backup))
     if ctx.changed then
-        state.publish(ctx, primary, backup)
+        state.save_file(ctx, primary, backup)
     end
     return true
 end

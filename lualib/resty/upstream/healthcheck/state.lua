@@ -262,9 +262,7 @@ end
 
 -- the round changed states (each change was announced when it was made, so
 -- a slow peer later in the round does not hold it back): the state file
-function _M.publish(ctx, primary, backup)
-    save_file(ctx, primary, backup)
-end
+_M.save_file = save_file
 
 -- one timer per worker: applies state changes made by the worker running
 -- the rounds to this worker's peers within SYNC_PERIOD (cheap: one shm get
@@ -364,7 +362,7 @@ function _M.passive_down(ctx, peer, n, reason)
     transition(ctx, peer, true, n, reason)
     local primary, backup = fetch_peers(ctx.upstream)
     if primary then
-        _M.publish(ctx, primary, backup)
+        save_file(ctx, primary, backup)
     end
 end
 
