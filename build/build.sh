@@ -7,8 +7,8 @@
 . "$(dirname "$0")/common.sh"
 bash "$NP_ROOT/build/install-deps.sh" build
 "$NP_ROOT/build/fetch.sh"
-# deps.sh builds for this machine (x86_64), deps-cross.sh for another NP_ARCH.
-if [ -z "$NP_CROSS" ]; then "$NP_ROOT/build/deps.sh"; else "$NP_ROOT/build/deps-cross.sh"; fi
+# deps.sh builds for NP_ARCH: natively, or cross-built for aarch64.
+"$NP_ROOT/build/deps.sh"
 mkdir -p "$NP_B"
 "$NP_ROOT/build/lualib.sh" "$NP_LUALIB_STAGE"
 "$NP_ROOT/build/nginx.sh"

@@ -14,14 +14,30 @@ NP_JOBS=${NP_JOBS:-$(nproc)}
 np_log() { printf '[build] %s\n' "$*" >&2; }
 np_die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-# The lock's hash, combined with the scripts that turn it into artefacts, so
-# a change to either invalidates the cache.
+# Cache keys.  Each component's unpacked source is keyed by its own lock lines,
+# and each dependency's build by those lines, its recipe (build/deps/NAME.sh),
+# the shared recipe helpers and the flags: a bump of nginx or of a Lua module
+# leaves OpenSSL, PCRE2, zlib and LuaJIT cached for every architecture.
 # Only the lines that select inputs count (not comments or upstream URLs).
 np_lock_inputs() { grep -Ev '^[[:space:]]*(#|upstream[[:space:]]|$)' "$NP_LOCK"; }
-np_lock_key() { np_lock_inputs | sha256sum | cut -c1-16; }
-np_deps_key() {
-    (np_lock_inputs; cat "$NP_ROOT/build/deps.sh" "$NP_ROOT/build/flags.sh") | sha256sum | cut -c1-16
+# np_lock_component C -> that component's input lines (and the source date)
+np_lock_component() {
+    awk -v c="$1" '
+        /^[[:space:]]*#/ || NF == 0 || $1 == "upstream" { next }
+        $1 == "source-date-epoch" { print; next }
+        $1 == "component" { cur = $2 }
+        cur == c { print }
+    ' "$NP_LOCK"
 }
+np_comp_key() { np_lock_component "$1" | sha256sum | cut -c1-16; }
+# The C libraries deps.sh builds, one cached prefix each.
+NP_DEPS="zlib pcre2 openssl luajit2"
+np_dep_key() {  # np_dep_key DEP -> key of DEP's build for NP_ARCH
+    (np_lock_component "$1"; echo "$NP_ARCH"
+     cat "$NP_ROOT/build/deps/$1.sh" "$NP_ROOT/build/deps/recipe.sh" \
+         "$NP_ROOT/build/flags.sh" "$NP_ROOT/build/arch.sh") | sha256sum | cut -c1-16
+}
+np_dep_prefix() { echo "$NP_CACHE/dep/$NP_ARCH/$1-$(np_dep_key "$1")"; }
 
 # np_lock_field COMPONENT KEYWORD -> the rest of that component's KEYWORD lines
 np_lock_field() {
@@ -36,25 +52,22 @@ np_components() { awk '$1 == "component" { print $2 }' "$NP_LOCK"; }
 np_version() { awk -v c="$1" '$1 == "component" && $2 == c { print $3 }' "$NP_LOCK"; }
 np_source_date_epoch() { awk '$1 == "source-date-epoch" { print $2 }' "$NP_LOCK"; }
 
-# Another architecture's dependencies are cross-built by deps-cross.sh, keyed by
-# that recipe and the architecture table as well; x86_64 keeps the key above.
-np_cross_deps_key() {
-    (np_lock_inputs; echo "$NP_ARCH"
-     cat "$NP_ROOT/build/deps-cross.sh" "$NP_ROOT/build/arch.sh" "$NP_ROOT/build/flags.sh") \
-        | sha256sum | cut -c1-16
-}
-
-# The unpacked, Debian-patched source tree of a component.
-np_srcdir() { echo "$NP_CACHE/src/$1-$(np_lock_key)"; }
-# Static libraries and headers of OpenSSL, PCRE, zlib and LuaJIT.
+# The unpacked (Debian-patched, or tree-verified) source tree of a component.
+np_srcdir() { echo "$NP_CACHE/src/$1-$(np_comp_key "$1")"; }
+# Static libraries and headers of OpenSSL, PCRE, zlib and LuaJIT for NP_ARCH:
+# one directory of hard links over the four prefixes, named by their keys.
 np_depsdir() {
-    if [ "$NP_ARCH" = x86_64 ]; then echo "$NP_CACHE/deps-$(np_deps_key)"
-    else echo "$NP_CACHE/deps-$NP_ARCH-$(np_cross_deps_key)"; fi
+    local d keys=
+    for d in $NP_DEPS; do keys="$keys $(np_dep_key "$d")"; done
+    echo "$NP_CACHE/deps-$NP_ARCH-$(echo "$keys" | sha256sum | cut -c1-16)"
 }
-# deps.sh is the native x86_64 recipe: never let it fill another arch's prefix.
-if [ "$NP_ARCH" != x86_64 ] && [ "$(basename "$0")" = deps.sh ]; then
-    np_die "build/deps.sh builds x86_64; NP_ARCH=$NP_ARCH is built by build/deps-cross.sh"
-fi
+# The local source mirror (upstream-tag tarballs, ../shared/sources/README.md):
+# NP_SOURCES, else the sources/ of a shared/ directory beside the checkout.
+np_sources_dir() {
+    if [ -n "${NP_SOURCES:-}" ]; then echo "$NP_SOURCES"
+    elif [ -d "$NP_ROOT/../shared/sources" ]; then (cd "$NP_ROOT/../shared/sources" && pwd)
+    fi
+}
 
 # One place for the variant and its directories (every script uses these):
 #   NP_VARIANT=release (default) | asan   flags, and the build dir .build/<variant>/

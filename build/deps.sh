@@ -1,88 +1,55 @@
 #!/usr/bin/env bash
 # Build the static C dependencies (zlib, PCRE2 with JIT, OpenSSL 3.5, LuaJIT)
-# from the Debian-patched trees fetch.sh unpacked (build.sh runs it first),
-# into one cached prefix keyed by the lock file and the flags (np_depsdir).
-# The prefix also gets bin/openssl, the CLI of the same OpenSSL tree (a test
-# client: the bundle's TLS against the very library it links).  A finished
-# prefix is never rebuilt.
+# for NP_ARCH (build/arch.sh: native x86_64, or cross-built for aarch64) from
+# the trees fetch.sh unpacked (build.sh runs it first).  Each one is built by
+# its recipe build/deps/NAME.sh into its own cached prefix, keyed by its own
+# lock lines, that recipe, deps/recipe.sh, flags.sh and arch.sh (np_dep_key):
+# a finished prefix is never rebuilt, and a bump of one component rebuilds
+# only that component.  np_depsdir then joins the four prefixes (hard links)
+# into the one include/ + lib/ + bin/ tree nginx.sh compiles against.
 . "$(dirname "$0")/common.sh"
 . "$NP_ROOT/build/flags.sh"
+np_target_flags
+[ -z "$NP_CROSS" ] || command -v "$NP_CC" >/dev/null \
+    || np_die "$NP_CC is missing: run build/install-deps.sh build"
 
-D=$(np_depsdir)
-[ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
-
-np_need_src zlib pcre2 openssl luajit2
-np_cache_lock deps
-[ -f "$D/.complete" ] && { np_log "dependencies cached in $D"; exit 0; }
-# Compiled in a fixed directory whatever the cache's location: source paths
-# (__FILE__, OpenSSL's recorded flags) are then the same on every machine.
-work=/tmp/nginx-portable-deps-$(np_deps_key)
-exec 8>"$work.lock" && flock 8
-rm -rf "$D" "$work" && mkdir -p "$work"
-logdir=$work/logs && mkdir -p "$logdir"
-
-run() {  # run NAME CMD... : quiet unless it fails
-    local name=$1; shift
-    if ! "$@" >>"$logdir/$name.log" 2>&1; then
-        tail -40 "$logdir/$name.log" >&2
-        np_die "$name failed; full log: $logdir/$name.log"
-    fi
+build_one() {  # build_one DEP -> its prefix, complete
+    local dep=$1 D work src
+    D=$(np_dep_prefix "$dep")
+    [ -f "$D/.complete" ] && return 0
+    np_need_src "$dep"
+    np_cache_lock "dep-$NP_ARCH-$dep"
+    [ -f "$D/.complete" ] && return 0
+    src=$(np_srcdir "$dep")
+    # Compiled in a fixed directory whatever the cache's location: source paths
+    # (__FILE__, OpenSSL's recorded flags) are then the same on every machine.
+    work=/tmp/nginx-portable-dep-$NP_ARCH-$dep-$(np_dep_key "$dep")
+    exec 8>"$work.lock" && flock 8
+    rm -rf "$D" "$work" && mkdir -p "$work" "$D"
+    cp -a "$src" "$work/tree"
+    np_log "building $dep ($NP_ARCH)"
+    local start=$SECONDS
+    (
+        . "$NP_ROOT/build/deps/recipe.sh"
+        . "$NP_ROOT/build/deps/$dep.sh"
+        cd "$work/tree" && np_build_dep
+    )
+    rm -f "$D"/lib/*.so* "$D"/lib/*.la
+    rm -rf "$work"
+    touch "$D/.complete"
+    np_log "$dep ($NP_ARCH) built in $((SECONDS - start)) s into $D"
 }
 
-build_zlib() {
-    cp -a "$(np_srcdir zlib)" "$work/zlib" && cd "$work/zlib"
-    run zlib env CFLAGS="$NP_CFLAGS" ./configure --static --prefix="$D"
-    run zlib make -j"$NP_JOBS" libz.a
-    run zlib make install
-}
-
-build_pcre2() {
-    cp -a "$(np_srcdir pcre2)" "$work/pcre2" && cd "$work/pcre2"
-    # The 8-bit library only (nginx and lua-nginx-module use no other), with JIT.
-    # Debian's diff touches sources only: the shipped configure stays valid.
-    run pcre2 ./configure --prefix="$D" --disable-shared --enable-static --enable-jit \
-        --enable-unicode --enable-pcre2-8 --disable-pcre2-16 --disable-pcre2-32 \
-        --disable-pcre2grep-libz --disable-pcre2grep-libbz2 CFLAGS="$NP_CFLAGS"
-    run pcre2 make -j"$NP_JOBS" libpcre2-8.la libpcre2-posix.la
-    run pcre2 make install-libLTLIBRARIES install-includeHEADERS install-nodist_includeHEADERS
-}
-
-build_openssl() {
-    cp -a "$(np_srcdir openssl)" "$work/openssl" && cd "$work/openssl"
-    # no-module: providers are compiled into libcrypto (nothing to dlopen in a
-    # static binary); no-dso/no-engine: no dynamic engines either.
-    # OPENSSLDIR=/etc/ssl is where most distros keep certs/ and openssl.cnf.
-    # --prefix is a fixed, path-independent value (libcrypto embeds it); the
-    # files are installed through DESTDIR and copied here.
-    run openssl ./Configure linux-x86_64 no-shared no-module no-dso no-engine no-tests \
-        --prefix=/usr/local --libdir=lib --openssldir=/etc/ssl $NP_CFLAGS
-    run openssl make -j"$NP_JOBS" build_libs
-    run openssl make -j"$NP_JOBS" apps/openssl
-    run openssl make install_dev DESTDIR="$work/openssl-root"
-    cp -r "$work/openssl-root/usr/local/include" "$work/openssl-root/usr/local/lib" "$D/"
-    mkdir -p "$D/bin" && cp apps/openssl "$D/bin/openssl"
-}
-
-build_luajit() {
-    cp -a "$(np_srcdir luajit2)" "$work/luajit" && cd "$work/luajit"
-    # PREFIX stays /usr/local so LuaJIT's compiled-in package.path names the
-    # usual system directories, not this cache; DESTDIR puts the files here.
-    run luajit make -j"$NP_JOBS" amalg BUILDMODE=static PREFIX=/usr/local \
-        CFLAGS="$NP_CFLAGS" Q=
-    run luajit make install PREFIX=/usr/local DESTDIR="$work/luajit-root"
-    mkdir -p "$D/lib" "$D/include"
-    cp "$work/luajit-root/usr/local/lib/libluajit-5.1.a" "$D/lib/"
-    cp -r "$work/luajit-root/usr/local/include/luajit-2.1" "$D/include/"
-    cp "$work/luajit-root/usr/local/bin/luajit"* "$D/bin-luajit" 2>/dev/null || true
-}
-
-mkdir -p "$D"
-start=$SECONDS
-for dep in zlib pcre2 openssl luajit; do
-    np_log "building $dep"
-    ( "build_$dep" )
-done
-rm -f "$D"/lib/*.so* "$D"/lib/*.la
-rm -rf "$work"
-touch "$D/.complete"
-np_log "dependencies built in $((SECONDS - start)) s into $D"
+all=$(np_depsdir)
+[ -f "$all/.complete" ] && { np_log "dependencies cached in $all"; exit 0; }
+for dep in $NP_DEPS; do ( build_one "$dep" ); done
+np_cache_lock "deps-$NP_ARCH"
+if [ ! -f "$all/.complete" ]; then
+    rm -rf "$all.tmp" && mkdir -p "$all.tmp"
+    for dep in $NP_DEPS; do
+        cp -al "$(np_dep_prefix "$dep")/." "$all.tmp/"
+    done
+    rm -f "$all.tmp/.complete" && touch "$all.tmp/.complete"
+    rm -rf "$all" && mv "$all.tmp" "$all"
+fi
+np_log "dependencies ready in $all"

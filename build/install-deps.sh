@@ -6,10 +6,10 @@
 #   install-deps.sh build    build tools only (+ the cross toolchain when NP_ARCH=aarch64)
 set -euo pipefail
 
-build_pkgs=(build-essential dpkg-dev autoconf automake libtool patch perl python3 file binutils ca-certificates)
+build_pkgs=(build-essential dpkg-dev autoconf automake libtool patch perl python3 file binutils ca-certificates git curl)
 test_pkgs=(python3-pytest openssl curl wrk nghttp2-client prometheus chromium nginx-light
            libclang-rt-14-dev iproute2 procps psmisc umoci skopeo logrotate python3-yaml valgrind
-           systemd strace python3-jsonschema)
+           systemd strace python3-jsonschema ngtcp2-client python3-dnslib)
 # The aarch64 build (NP_ARCH=aarch64, build/arch.sh): Debian's cross toolchain,
 # and qemu to run configure's test programs and the tests (no binfmt needed).
 cross_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)

@@ -1,0 +1,21 @@
+# OpenSSL 3.5.  no-module: providers are compiled into libcrypto (nothing to
+# dlopen in a static binary); no-dso/no-engine: no dynamic engines either.
+# OPENSSLDIR=/etc/ssl is where most distros keep certs/ and openssl.cnf.
+# --prefix is a fixed, path-independent value (libcrypto embeds it); the files
+# are installed through DESTDIR and copied into $D.  A native build also gets
+# bin/openssl, the CLI of the same tree (the tests' TLS client: the bundle's
+# TLS against the very library it links); a cross build has none.
+np_build_dep() {
+    local cross=()
+    [ -z "$NP_CROSS" ] || cross=(--cross-compile-prefix="$NP_CROSS")
+    # shellcheck disable=SC2086 # NP_CFLAGS is a list of flags
+    np_run ./Configure "$NP_OPENSSL_TARGET" "${cross[@]}" no-shared no-module no-dso no-engine no-tests \
+        --prefix=/usr/local --libdir=lib --openssldir=/etc/ssl $NP_CFLAGS
+    np_run make -j"$NP_JOBS" build_libs
+    np_run make install_dev DESTDIR="$work/root"
+    cp -r "$work/root/usr/local/include" "$work/root/usr/local/lib" "$D/"
+    if [ -z "$NP_CROSS" ]; then
+        np_run make -j"$NP_JOBS" apps/openssl
+        mkdir -p "$D/bin" && cp apps/openssl "$D/bin/openssl"
+    fi
+}
