@@ -26,7 +26,8 @@ np_need_src nginx lua-nginx-module ngx_devel_kit
 [ -d "$NP_LUALIB_STAGE" ] || np_die "no staged lualib in $NP_LUALIB_STAGE: run build/build.sh"
 
 # --- sources: fresh patched copies whenever the lock or our patches change ---
-src_key=$( (np_lock_key; cat "$NP_ROOT"/build/patches/*/*.patch) | sha256sum | cut -c1-16)
+src_key=$( (for c in nginx lua-nginx-module ngx_devel_kit; do np_comp_key "$c"; done
+          cat "$NP_ROOT"/build/patches/*/*.patch) | sha256sum | cut -c1-16)
 if [ "$(cat "$B/.src-key" 2>/dev/null)" != "$src_key" ]; then
     np_log "preparing sources in $B"
     rm -rf "$B/nginx" "$B/lua-nginx-module" "$B/ngx_devel_kit" "$B/.configure-key"
@@ -86,14 +87,15 @@ configure_args=(
     --with-http_ssl_module --with-http_v2_module --with-http_realip_module
     --with-http_stub_status_module --with-http_gzip_static_module
     --with-stream --with-stream_ssl_module --with-stream_realip_module
+    # HTTP/3 on OpenSSL 3.5's QUIC API.
+    --with-http_v3_module
     # What nginx.org's packages build and carries no open CVE here.  Left out
-    # (SECURITY.md): ssi and stream_ssl_preread, whose open CVEs
-    # (CVE-2026-56434, CVE-2026-123640) have fixes only in sources that do not
-    # download; mail, mp4, dav, slice, flv as before.
+    # (SECURITY.md): stream_ssl_preread, whose CVE-2026-123640 is not fixed in
+    # 1.30.4; mail, mp4, dav, flv as before.  ssi and slice are back: 1.30.4
+    # fixes CVE-2026-56434 and CVE-2026-60005.
     --with-http_auth_request_module --with-http_sub_module
     --with-http_secure_link_module --with-http_gunzip_module
-    --with-http_addition_module
-    --without-http_ssi_module
+    --with-http_addition_module --with-http_slice_module
     # PCRE2 (the static one in ../deps), JIT in nginx core and in ngx.re.
     --with-pcre --with-pcre-jit
     --with-cc-opt="$cflags"
@@ -123,8 +125,10 @@ conf_key=$( (printf '%s\n' "$NP_ARCH" "${configure_args[@]}"; cat "$0" "$NP_ROOT
 cd "$B/nginx"
 if [ "$(cat "$B/.configure-key" 2>/dev/null)" != "$conf_key" ] || [ ! -f objs/Makefile ]; then
     np_log "configuring nginx ($variant)"
+    # A git tree of nginx has auto/configure (a release tarball: ./configure).
+    configure=./configure; [ -f "$configure" ] || configure=auto/configure
     env "${configure_env[@]}" LUAJIT_LIB=../deps/lib LUAJIT_INC=../deps/include/luajit-2.1 \
-        ./configure "${configure_args[@]}" > "$B/configure.log" 2>&1 \
+        "$configure" "${configure_args[@]}" > "$B/configure.log" 2>&1 \
         || { tail -30 "$B/configure.log" >&2; np_die "nginx configure failed; see $B/configure.log"; }
     # See the header comment: no -Wl,-E, and a hook for the dlsym table.
     sed -i -e 's/[[:space:]]*-Wl,-E\b//g' -e 's/^\(\t\$(LINK) -o objs\/nginx\)/\1 $(NP_LINK_EXTRA)/' objs/Makefile

@@ -24,9 +24,10 @@ C_KEYWORDS = {'if', 'while', 'for', 'return', 'sizeof', 'switch', 'typedef', 'st
               'union', 'enum', 'const', 'void', 'int', 'char', 'unsigned', 'signed',
               'long', 'short', 'double', 'float', 'static', 'extern', 'volatile'}
 # Declared by resty.core but never called in this build: the stream subsystem
-# (resty.core picks http at run time), macOS-only variants, and ngx.pipe, whose
-# C side needs OpenResty's nginx patches (absent here, as in Debian's module).
-FOREIGN = re.compile(r'^ngx_stream_lua_|_macos$|^ngx_http_lua_ffi_pipe_')
+# (resty.core picks http at run time), macOS-only variants, and ngx.pipe and
+# ngx.proxyssl / ngx.ssl.proxyssl* (lua-resty-core 0.1.33), whose C side is
+# compiled only with OpenResty's nginx patches (absent here, as in Debian's module).
+FOREIGN = re.compile(r'^ngx_stream_lua_|_macos$|^ngx_http_lua_ffi_pipe_|^ngx_http_lua_ffi_proxy_ssl_')
 
 
 def ffi_declared_functions(lualib):

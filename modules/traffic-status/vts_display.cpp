@@ -213,7 +213,13 @@ group_peers(vts_render_t &rd, ngx_http_upstream_srv_conf_t *uscf,
             pi.max_fails = p->max_fails;
             pi.fail_timeout = p->fail_timeout;
             pi.backup = backup;
-            pi.down = p->down != 0;
+            /* a bit set since nginx 1.29.6: failed, draining */
+            pi.down = (p->down & NGX_HTTP_UPSTREAM_FAILED) != 0;
+#ifdef NGX_HTTP_UPSTREAM_DRAINING
+            pi.drain = (p->down & NGX_HTTP_UPSTREAM_DRAINING) != 0;
+#else
+            pi.drain = false;
+#endif
             fn(ctx, uscf->host, &pi,
                ngx_http_vts_snapshot_find(&rd.snap, NGX_HTTP_VTS_UPSTREAM,
                                           uscf->host, p->name));

@@ -41,7 +41,8 @@ struct ngx_http_vts_peer_t {
     ngx_uint_t  max_fails;
     time_t      fail_timeout;
     bool        backup;
-    bool        down;
+    bool        down;       /* the failed bit: `down`, set_peer_down */
+    bool        drain;      /* the draining bit: `drain` (nginx 1.29.6+) */
 };
 
 /* calls fn(void *ctx, group, peer, node or nullptr) for every configured

@@ -291,6 +291,7 @@ peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n,
     member(o, "failTimeout", (uint64_t) pi.fail_timeout);
     o.put(pi.backup ? ",\"backup\":true" : ",\"backup\":false");
     o.put(pi.down ? ",\"down\":true" : ",\"down\":false");
+    o.put(pi.drain ? ",\"drain\":true" : ",\"drain\":false");
     over_counts(o, true, true);
     o.putc('}');
 }

@@ -33,6 +33,7 @@ struct entry_t {
     uint64_t   req_avg;
     uint64_t   resp_avg;
     bool       down;
+    bool       drain;
 };
 
 /* one kind of entries: the family prefix and its quirks */
@@ -317,6 +318,12 @@ peer_down(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
     value(o, name, e.l, nullptr, nullptr, e.down ? 1 : 0, false);
 }
 
+void
+peer_drain(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.drain ? 1 : 0, false);
+}
+
 
 /* which kinds of entries a family is printed for */
 enum {
@@ -356,6 +363,8 @@ const struct {
       cache_total },
     { "_peer_down", "gauge", "1 when the peer is marked down (nginx-portable "
       "addition, not in VTS)", F_UPSTREAM, peer_down },
+    { "_peer_drain", "gauge", "1 when the peer is draining: `drain`, no new "
+      "requests (nginx-portable addition, not in VTS)", F_UPSTREAM, peer_drain },
 };
 
 
@@ -560,6 +569,7 @@ peer_entries(vts_render_t &rd, entry_t *e, stats_t *st, ngx_uint_t n)
         e[m].l = { "upstream", group, "backend", pi.name };
         e[m].st = &st[m];
         e[m].down = pi.down;
+        e[m].drain = pi.drain;
         e[m].req_avg = ngx_http_vts_req_avg(rd, &st[m]);
         e[m].resp_avg = ngx_http_vts_resp_avg(rd, &st[m]);
         m++;

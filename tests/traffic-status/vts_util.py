@@ -77,6 +77,25 @@ def get_json(port, path='/status/format/json'):
     return probes.get_json(port, path, headers={'Host': 'status.test'})
 
 
+# nginx 1.29+ answers 400 to a Host header outside RFC 3986's reg-name
+# characters, so hostile server-zone keys come in another header: X-Host,
+# which Lua makes the request's Host before the log phase counts it
+# (lua-nginx-module's own Host check refuses only '/', NUL and '..').  A
+# server-level set_by_lua runs in the server-rewrite phase, before a
+# location's `return`.
+HOST_FROM_HEADER = """
+        set_by_lua_block $np_host_from_header {
+            local h = ngx.var.http_x_host
+            if h then ngx.req.set_header("Host", h) end
+            return ""
+        }"""
+
+
+def hostile_host_request(host, extra=b''):
+    """A request whose server-zone key (with filter_by_host) is `host`: any bytes."""
+    return b'GET / HTTP/1.1\r\nHost: keys.test\r\nX-Host: ' + host + b'\r\n' + extra + b'\r\n'
+
+
 def counted_and_status(fport, sport, http='', counted='', status='', workers=1):
     """A whole nginx.conf: `http` directives, server default.test on fport
     (its own `counted` directives; / answers ok) and an uncounted status

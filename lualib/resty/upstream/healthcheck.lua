@@ -30,11 +30,23 @@ local round = require "resty.upstream.healthcheck.round"
 local state = require "resty.upstream.healthcheck.state"
 
 local ngx = ngx
+local ipairs = ipairs
 local tostring = tostring
 
 local _M = {
     _VERSION = "0.1.0",
 }
+
+-- `server NAME resolve` lines: their peers change at run time, and peer ids
+-- are list positions, so a check result could be applied to another peer
+local function resolved_server(u)
+    local servers = upstream.get_servers(u)
+    for _, srv in ipairs(servers or {}) do
+        if srv.resolve then
+            return srv.name
+        end
+    end
+end
 
 function _M.spawn_checker(opts)
     local ctx, err = options.validate(opts)
@@ -52,6 +64,12 @@ function _M.spawn_checker(opts)
     local primary, backup = state.fetch_peers(u)
     if not primary then
         return nil, backup
+    end
+    local resolved = resolved_server(u)
+    if resolved then
+        return nil, "upstream " .. u .. " has a server resolved at run time ("
+                    .. resolved .. " resolve): its peers change while nginx "
+                    .. "runs, which this checker does not support yet"
     end
     ctx.keys = keys.new(u)
 

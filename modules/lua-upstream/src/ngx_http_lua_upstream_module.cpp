@@ -169,6 +169,18 @@ push_server(lua_State *L, const ngx_http_upstream_server_t &server)
         set_string(L, "name", server.name);
     }
 
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    /* `server NAME resolve`: peers come and go with DNS at run time */
+    if (server.host.len) {
+        set_string(L, "host", server.host);
+        set_true(L, "resolve");
+    }
+
+    if (server.service.len) {
+        set_string(L, "service", server.service);
+    }
+#endif
+
     set_integer(L, "weight", static_cast<lua_Integer>(server.weight));
     set_integer(L, "max_fails", static_cast<lua_Integer>(server.max_fails));
     set_integer(L, "fail_timeout",
@@ -178,8 +190,12 @@ push_server(lua_State *L, const ngx_http_upstream_server_t &server)
         set_true(L, "backup");
     }
 
-    if (server.down) {
+    if (peer_failed(server.down)) {
         set_true(L, "down");
+    }
+
+    if (peer_draining(server.down)) {
+        set_true(L, "drain");
     }
 }
 
@@ -286,8 +302,12 @@ push_peer(lua_State *L, const peer_snapshot_t &peer, ngx_uint_t id)
         set_integer(L, "checked", static_cast<lua_Integer>(peer.checked));
     }
 
-    if (peer.down) {
+    if (peer_failed(peer.down)) {
         set_true(L, "down");
+    }
+
+    if (peer_draining(peer.down)) {
+        set_true(L, "drain");
     }
 }
 

@@ -263,9 +263,12 @@ set_peer_down(ngx_http_upstream_srv_conf_t *uscf, bool backup, long long id,
         return status_t::bad_peer_id;
     }
 
-    peer->down = down ? 1 : 0;
+    /* only the failed bit: a draining peer stays draining */
+    if (down) {
+        peer->down |= NGX_HTTP_UPSTREAM_FAILED;
 
-    if (!down) {
+    } else {
+        peer->down &= ~static_cast<ngx_uint_t>(NGX_HTTP_UPSTREAM_FAILED);
         peer->fails = 0;
     }
 

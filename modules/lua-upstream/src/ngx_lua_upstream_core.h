@@ -39,6 +39,34 @@ static_assert(std::is_trivially_copyable_v<peer_snapshot_t>
               && std::is_trivially_destructible_v<peer_snapshot_t>);
 
 
+/*
+ * peer->down (and a server line's down) is a bit set since nginx 1.29.6:
+ * failed (the `down` parameter, and what set_peer_down sets) and draining
+ * (the `drain` parameter, sticky sessions only).  The two are reported and
+ * changed separately; nginx 1.22 had only 0 and 1, the failed bit.
+ */
+#ifndef NGX_HTTP_UPSTREAM_FAILED
+#define NGX_HTTP_UPSTREAM_FAILED  1
+#endif
+
+inline bool
+peer_failed(ngx_uint_t down)
+{
+    return (down & NGX_HTTP_UPSTREAM_FAILED) != 0;
+}
+
+inline bool
+peer_draining(ngx_uint_t down)
+{
+#ifdef NGX_HTTP_UPSTREAM_DRAINING
+    return (down & NGX_HTTP_UPSTREAM_DRAINING) != 0;
+#else
+    (void) down;
+    return false;
+#endif
+}
+
+
 enum class status_t {
     ok,
     not_found,        /* "upstream not found" */

@@ -177,7 +177,9 @@
     var v = p.vts || {}, r = v.responses || {}, tr = el("tr", "peer");
     tr.setAttribute("data-peer", p.name);
     tr.setAttribute("data-state", state);
-    var shown = state + ((v.backup || (p.hc && p.hc.role === "backup")) ? " (backup)" : "");
+    var shown = state + ((v.backup || (p.hc && p.hc.role === "backup")) ? " (backup)" : "") +
+                (v.drain ? " (draining)" : "");
+    if (v.drain) { tr.setAttribute("data-drain", "true"); }
     var cells = [p.name, shown, v.requestCounter, rate(key, v.requestCounter, dt, last),
                  v.responseMsec, r["2xx"], r["4xx"], r["5xx"]]
       .concat(health_cells(p.hc, now), [v.weight, bytes(v.inBytes), bytes(v.outBytes)]);
@@ -195,6 +197,10 @@
     c.setAttribute("data-state", state);
     var badge = el("span", "badge " + state, state.toUpperCase());
     c.firstChild.appendChild(badge);
+    if (p.vts && p.vts.drain) {     /* `drain`: no new requests, sticky ones finish */
+      c.setAttribute("data-drain", "true");
+      c.firstChild.appendChild(el("span", "badge drain", "DRAINING"));
+    }
     var info = [];
     if (h && h.checked) {
       info.push(h.since ? "since " + ago(now - h.since * 1000) : "no change seen");
