@@ -1,5 +1,6 @@
-"""Shared by build/check-updates and build/bump: the lock file as data, and
-the archive as apt sees it through build/apt.sh's private configuration.
+"""Shared by build/check-updates and build/bump: the lock file as data, the
+archive as apt sees it through build/apt.sh's private configuration, and the
+local source mirror of upstream tag tarballs (git components).
 
 Nothing here trusts a listing: a version "downloads" only when every file of
 it answers (probe() asks the archive for each file, headers only)."""
@@ -19,7 +20,10 @@ class Offline(Exception):
 
 
 def parse(text=None):
-    """[{name, version, license, kind, package, debver, files: [(name, sha)], upstream, first, last}]:
+    """[{name, version, license, kind, files: [(name, sha)], upstream, first, last, kinds}]:
+    a `debian` line adds package and debver (kind source|orig|binary), a `git`
+    line repo, tag, commit and tree (kind 'git').  kinds lists every kind line
+    seen, so a component with two (a lock edited by hand) can be reported.
     first/last are the component's line numbers (0-based, last exclusive)."""
     lines = (LOCK.read_text() if text is None else text).splitlines()
     comps = []
@@ -28,18 +32,44 @@ def parse(text=None):
         if not f or f[0].startswith('#'):
             continue
         if f[0] == 'component':
-            comps.append({'name': f[1], 'version': f[2], 'license': f[3], 'kind': None, 'files': [],
-                          'upstream': None, 'first': i, 'last': i + 1})
-        elif comps and f[0] in ('debian', 'file', 'upstream'):
+            comps.append({'name': f[1], 'version': f[2], 'license': f[3], 'kind': None, 'kinds': [],
+                          'files': [], 'upstream': None, 'first': i, 'last': i + 1})
+        elif comps and f[0] in ('debian', 'git', 'file', 'upstream'):
             c = comps[-1]
             c['last'] = i + 1
             if f[0] == 'debian':
                 c['kind'], c['package'], c['debver'] = f[1], f[2], f[3]
+                c['kinds'].append(f[1])
+            elif f[0] == 'git':
+                c['kind'] = 'git'
+                c['kinds'].append('git')
+                c['repo'], c['tag'], c['commit'], c['tree'] = (f[1:] + [''] * 4)[:4]
             elif f[0] == 'file':
                 c['files'].append((f[1], f[2]))
             else:
                 c['upstream'] = (f[1], f[2])
     return comps
+
+
+def common(script, *args, timeout=60):
+    """Run SCRIPT after sourcing common.sh only (no apt: works offline); returns stdout."""
+    r = subprocess.run(['bash', '-c', '. "$0/build/common.sh"; ' + script, str(ROOT), *args],
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip()[-500:] or 'exit %d' % r.returncode)
+    return r.stdout
+
+
+def downloads_dir():
+    """The download cache fetch.sh reads first (NP_DOWNLOADS)."""
+    return pathlib.Path(common('echo "$NP_DOWNLOADS"').strip())
+
+
+def sources_dir():
+    """The local source mirror fetch.sh reads second (np_sources_dir: NP_SOURCES,
+    else ../shared/sources beside the checkout), or None."""
+    out = common('np_sources_dir').strip()
+    return pathlib.Path(out) if out and pathlib.Path(out).is_dir() else None
 
 
 def bash(script, *args, timeout=600):
@@ -116,3 +146,44 @@ def upstream_version(debver, component):
     if m and component == 'luajit2':
         return '%s-%s' % (m.group(1), m.group(2))          # OpenResty's tag spelling
     return v
+
+
+# Upstream versions of git components: 1.30.4, 0.10.30rc2, 2.1-20251030.  A
+# pre-release (rc, beta, alpha) sorts before the release it leads to.
+PRE_RELEASE = {'alpha': 0, 'a': 0, 'beta': 1, 'b': 1, 'pre': 2, 'rc': 2}
+UPSTREAM_VERSION = re.compile(r'(\d+(?:[.-]\d+)*)(?:[.~-]?(alpha|beta|pre|rc|a|b)\.?(\d*))?')
+
+
+def upstream_key(version):
+    """A sort key for an upstream version, or None when it is not one."""
+    m = UPSTREAM_VERSION.fullmatch(version)
+    if not m:
+        return None
+    numbers = tuple(int(n) for n in re.split(r'[.-]', m.group(1)))
+    if m.group(2) is None:
+        return numbers, 3, 0                     # the release itself: after its pre-releases
+    return numbers, PRE_RELEASE[m.group(2)], int(m.group(3) or 0)
+
+
+def mirror_versions(c, directory):
+    """[(version, file name)] of the files in DIRECTORY named like the git
+    component's pinned file with another version in place of its own, newest
+    first.  [] when the pinned file name does not contain the version."""
+    if len(c['files']) != 1 or c['version'] not in c['files'][0][0]:
+        return []
+    prefix, suffix = c['files'][0][0].split(c['version'], 1)
+    pattern = re.compile(re.escape(prefix) + r'(\d[\w.~-]*?)' + re.escape(suffix))
+    found = []
+    for p in directory.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_file() and upstream_key(m.group(1)) is not None:
+            found.append((m.group(1), p.name))
+    return sorted(found, key=lambda vf: upstream_key(vf[0]), reverse=True)
+
+
+def newer_in_mirror(c, directory):
+    """[(version, file name)] of the mirror's versions newer than the pinned one."""
+    pinned = upstream_key(c['version'])
+    if pinned is None:
+        return []
+    return [(v, f) for v, f in mirror_versions(c, directory) if upstream_key(v) > pinned]
