@@ -2,11 +2,14 @@
 """CycloneDX 1.5 JSON SBOM of the release, generated from build/deps.lock.
 
 Every `component` of the lock becomes a CycloneDX component with its version,
-SPDX license id, SHA-256 (the upstream release archive, or the Debian file the
-build actually used when upstream publishes none), a Debian purl, the Debian
-version and revision ("patch level"), and, when the unpacked sources are in the
-dependency cache, the Debian patch series that `dpkg-source -x` applied (CVE
-ids taken from patch names).  Our own patches (build/patches/) and modules are
+SPDX license id and the SHA-256 of the file the build consumed.  A Debian
+component also gets a Debian purl, the Debian version and revision ("patch
+level") and, when the unpacked sources are in the dependency cache, the Debian
+patch series that `dpkg-source -x` applied (CVE ids taken from patch names).  A
+git component (an upstream tag) gets its repository as a `vcs` reference, a
+GitHub purl of the tag (pkg:generic with a vcs_url elsewhere), the tag, commit
+and git tree id as properties and the commit in its pedigree; no Debian purl,
+as no Debian package is involved.  Our own patches (build/patches/) and modules are
 listed too, as are the static libraries of the build host's toolchain that end
 up inside sbin/nginx (glibc, libstdc++, libgcc: not in the lock; their Debian
 versions come from dpkg).  The `vulnerabilities` section is the VEX of
@@ -27,6 +30,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -71,7 +75,8 @@ def tree_hash(root):
 
 
 def parse_lock(path):
-    """[{name, version, license, debian: (kind, pkg, ver), files: [(name, sha)], upstream: (url, sum)}], epoch"""
+    """[{name, version, license, debian: (kind, pkg, ver) | None, git: (repo, tag, commit, tree) | None,
+    files: [(name, sha)], upstream: (url, sum)}], epoch"""
     comps, cur, epoch = [], None, None
     for raw in pathlib.Path(path).read_text().splitlines():
         f = raw.split()
@@ -80,11 +85,13 @@ def parse_lock(path):
         if f[0] == 'source-date-epoch':
             epoch = int(f[1])
         elif f[0] == 'component':
-            cur = {'name': f[1], 'version': f[2], 'license': f[3], 'debian': None, 'files': [],
-                   'upstream': None}
+            cur = {'name': f[1], 'version': f[2], 'license': f[3], 'debian': None, 'git': None,
+                   'files': [], 'upstream': None}
             comps.append(cur)
         elif f[0] == 'debian':
             cur['debian'] = (f[1], f[2], f[3])
+        elif f[0] == 'git':
+            cur['git'] = (f[1], f[2], f[3], f[4])
         elif f[0] == 'file':
             cur['files'].append((f[1], f[2]))
         elif f[0] == 'upstream':
@@ -134,9 +141,70 @@ def patch_entry(kind, label):
     return e
 
 
+def our_patches(root, name):
+    """Our patches of a component (build/patches/NAME/), in the order nginx.sh applies them."""
+    return [patch_entry('unofficial', 'build/patches/%s/%s' % (name, p.name))
+            for p in sorted((root / 'build' / 'patches' / name).glob('*.patch'))]
+
+
 def third_party(root, c, require_patches):
+    if c['git']:
+        return git_component(root, c)
+    return debian_component(root, c, require_patches)
+
+
+def base_component(c):
+    return {
+        'type': 'application' if c['name'] == 'nginx' else 'library',
+        'bom-ref': c['name'],
+        'name': c['name'],
+        'version': c['version'],
+        'licenses': [{'license': {'id': c['license']}}],
+    }
+
+
+def git_purl(c):
+    """pkg:github/OWNER/REPO@TAG for a GitHub repository, else pkg:generic with
+    the repository and commit as vcs_url."""
+    repo, tag, commit, tree = c['git']
+    m = re.fullmatch(r'https://github\.com/([^/]+)/([^/]+?)(?:\.git)?/?', repo)
+    if m:
+        return 'pkg:github/%s/%s@%s' % (m.group(1).lower(), m.group(2).lower(), purl_version(tag))
+    vcs = urllib.parse.quote('git+%s@%s' % (repo, commit), safe='/:')
+    return 'pkg:generic/%s@%s?vcs_url=%s' % (c['name'], purl_version(c['version']), vcs)
+
+
+def git_component(root, c):
+    """An upstream git tag: the tarball the build consumed (its one file), the
+    repository, tag, commit and tree id it is pinned by, and our patches."""
+    repo, tag, commit, tree = c['git']
+    comp = base_component(c)
+    comp['hashes'] = [{'alg': 'SHA-256', 'content': sha} for _, sha in c['files'][:1]]
+    comp['purl'] = git_purl(c)
+    comp['externalReferences'] = [{'type': 'vcs', 'url': repo,
+                                   'comment': 'tag %s, commit %s, git tree %s' % (tag, commit, tree)}]
+    patches = our_patches(root, c['name'])
+    comp['pedigree'] = {
+        'notes': 'Upstream git tag %s of %s (commit %s; the unpacked tarball is verified against git tree %s)%s.'
+                 % (tag, repo, commit, tree, '; our patches applied in this order' if patches else ''),
+        'commits': [{'uid': commit, 'url': commit_url(repo, commit)}],
+    }
+    if patches:
+        comp['pedigree']['patches'] = patches
+    props = [('git:repository', repo), ('git:tag', tag), ('git:commit', commit), ('git:tree', tree)]
+    props += [('git:file:' + name, 'sha256:' + sha) for name, sha in sorted(c['files'])]
+    props.append(('nginx-portable:patch-count', str(len(patches))))
+    comp['properties'] = [{'name': k, 'value': v} for k, v in props]
+    return comp
+
+
+def commit_url(repo, commit):
+    """Where a forge shows the commit (GitHub and GitLab spell it alike)."""
+    return '%s/commit/%s' % (repo.rstrip('/').removesuffix('.git'), commit)
+
+
+def debian_component(root, c, require_patches):
     kind, pkg, dver = c['debian']
-    ref = c['name']
     files = dict(c['files'])
     up_url, up_sum = c['upstream'] or (None, 'unpublished')
     # The component's hash is that of the file the build consumed: Debian's
@@ -158,16 +226,10 @@ def third_party(root, c, require_patches):
     ]
     for name in sorted(files):
         props.append(('debian:file:' + name, 'sha256:' + files[name]))
-    comp = {
-        'type': 'application' if c['name'] == 'nginx' else 'library',
-        'bom-ref': ref,
-        'name': c['name'],
-        'version': c['version'],
-        'licenses': [{'license': {'id': c['license']}}],
-        'hashes': hashes,
-        'purl': 'pkg:deb/debian/%s@%s?%sdistro=debian-12' % (
-            pkg, purl_version(dver), 'arch=source&' if kind in ('source', 'orig') else 'arch=all&'),
-    }
+    comp = base_component(c)
+    comp['hashes'] = hashes
+    comp['purl'] = 'pkg:deb/debian/%s@%s?%sdistro=debian-12' % (
+        pkg, purl_version(dver), 'arch=source&' if kind in ('source', 'orig') else 'arch=all&')
     if up_url:
         ext = {'type': 'distribution', 'url': up_url,
                'comment': 'upstream release' + ('' if up_hash else ' (no published checksum)')}
@@ -184,9 +246,8 @@ def third_party(root, c, require_patches):
         else:
             props.append(('debian:patch-count', str(len(deb))))
             patches += [patch_entry('backport' if CVE.search(n) else 'unofficial', 'debian/patches/' + n) for n in deb]
-    ours = sorted((root / 'build' / 'patches' / c['name']).glob('*.patch'))
-    for p in ours:
-        patches.append(patch_entry('unofficial', 'build/patches/%s/%s' % (c['name'], p.name)))
+    ours = our_patches(root, c['name'])
+    patches += ours
     props.append(('nginx-portable:patch-count', str(len(ours))))
     if patches:
         comp['pedigree'] = {

@@ -1,6 +1,8 @@
 """The SBOM is generated from build/deps.lock: every locked component with its
-version, license, checksum and Debian version/revision ("patch level") and the
-Debian patch series, deterministic output."""
+version, license and checksum; a Debian component with its Debian
+version/revision ("patch level") and patch series, a git component with its
+repository, tag, commit and tree (and no Debian purl); deterministic output.
+Needs a bundle (NP_BUNDLE, default dist/nginx-portable): skipped without one."""
 import hashlib
 import json
 import subprocess
@@ -24,6 +26,8 @@ def lock_components():
             cur = comps[f[1]] = {'version': f[2], 'license': f[3], 'files': {}}
         elif f[0] == 'debian':
             cur['debian'] = (f[1], f[2], f[3])
+        elif f[0] == 'git':
+            cur['git'] = (f[1], f[2], f[3], f[4])
         elif f[0] == 'file':
             cur['files'][f[1]] = f[2]
     return comps
@@ -31,6 +35,8 @@ def lock_components():
 
 @pytest.fixture(scope='module')
 def sbom(tmp_path_factory):
+    if not (BUNDLE / 'sbin' / 'nginx').is_file():
+        pytest.skip('no bundle at %s (build/build.sh, or NP_BUNDLE)' % BUNDLE)
     tmp = tmp_path_factory.mktemp('sbom')
     tarball = tmp / 'bundle.tar.gz'
     with tarfile.open(tarball, 'w:gz') as t:
@@ -51,28 +57,57 @@ def test_every_locked_component_is_listed_with_its_facts(sbom):
     bom, _ = sbom
     assert bom['bomFormat'] == 'CycloneDX' and bom['specVersion'] == '1.5'
     by_name = {c['name']: c for c in bom['components']}
+    kinds = set()
     for name, lc in lock_components().items():
         c = by_name[name]
         assert c['version'] == lc['version'], name
         assert c['licenses'] == [{'license': {'id': lc['license']}}], name
-        props = {p['name']: p['value'] for p in c['properties']}
-        kind, pkg, dver = lc['debian']
-        assert (props['debian:package'], props['debian:version']) == (pkg, dver), name
-        assert props['debian:revision'] == dver.split(':')[-1].rsplit('-', 1)[1], name
-        # the hash is that of a file the lock pins, and every pinned file is listed
+        # the hash is that of a file the lock pins
         assert c['hashes'][0]['alg'] == 'SHA-256' and c['hashes'][0]['content'] in lc['files'].values()
-        for fname, fsha in lc['files'].items():
-            assert props['debian:file:' + fname] == 'sha256:' + fsha
-        assert c['purl'].startswith('pkg:deb/debian/%s@' % pkg)
-        if kind == 'source':
-            assert int(props['debian:patch-count']) == len(c.get('pedigree', {}).get('patches', [])) \
-                - int(props['nginx-portable:patch-count'])
+        props = {p['name']: p['value'] for p in c['properties']}
+        if 'git' in lc:
+            kinds.add('git')
+            check_git_component(c, props, lc)
+        else:
+            kinds.add('debian')
+            check_debian_component(c, props, lc)
+    assert kinds == {'git', 'debian'}, kinds          # both paths of sbom.py were checked
+
+
+def check_debian_component(c, props, lc):
+    kind, pkg, dver = lc['debian']
+    assert (props['debian:package'], props['debian:version']) == (pkg, dver), c['name']
+    assert props['debian:revision'] == dver.split(':')[-1].rsplit('-', 1)[1], c['name']
+    for fname, fsha in lc['files'].items():            # every pinned file is listed
+        assert props['debian:file:' + fname] == 'sha256:' + fsha
+    assert c['purl'].startswith('pkg:deb/debian/%s@' % pkg)
+    if kind == 'source':
+        assert int(props['debian:patch-count']) == len(c.get('pedigree', {}).get('patches', [])) \
+            - int(props['nginx-portable:patch-count'])
+
+
+def check_git_component(c, props, lc):
+    repo, tag, commit, tree = lc['git']
+    assert (props['git:repository'], props['git:tag'], props['git:commit'], props['git:tree']) == \
+        (repo, tag, commit, tree), c['name']
+    (fname, fsha), = lc['files'].items()
+    assert props['git:file:' + fname] == 'sha256:' + fsha and c['hashes'][0]['content'] == fsha
+    assert not any(k.startswith('debian:') for k in props), c['name']
+    assert not c['purl'].startswith('pkg:deb/'), c['purl']
+    if repo.startswith('https://github.com/'):
+        owner_repo = repo.removeprefix('https://github.com/').lower()
+        assert c['purl'] == 'pkg:github/%s@%s' % (owner_repo, tag)
+    assert {'type': 'vcs', 'url': repo} == {k: v for k, v in c['externalReferences'][0].items() if k != 'comment'}
+    assert c['pedigree']['commits'][0]['uid'] == commit
+    assert len(c['pedigree'].get('patches', [])) == int(props['nginx-portable:patch-count'])
 
 
 def test_security_patches_are_named(sbom):
+    """Debian's patch series name the CVEs they fix (openssl's, today): those
+    patches carry them under `resolves`."""
     bom, _ = sbom
-    nginx = next(c for c in bom['components'] if c['name'] == 'nginx')
-    cves = {r['id'] for p in nginx['pedigree']['patches'] for r in p.get('resolves', [])}
+    cves = {r['id'] for c in bom['components'] for p in c.get('pedigree', {}).get('patches', [])
+            for r in p.get('resolves', [])}
     assert cves and all(c.startswith('CVE-') for c in cves)
 
 
