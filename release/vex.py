@@ -8,14 +8,21 @@ response, detail, the fixing patch) turned into
   - the table of SECURITY.md (`vex.py --markdown` prints it; the test checks
     that SECURITY.md carries exactly these rows).
 
+An id is a CVE or GHSA id where one exists.  An upstream fix without one (the
+lua-nginx-module fixes after the pinned tag) is named COMPONENT@COMMIT and
+carries the URL of that commit, which becomes its source.
+
     vex.py [--vex FILE] --markdown
 """
 import argparse
 import json
 import pathlib
+import re
 import sys
 
 VEX = pathlib.Path(__file__).resolve().parent / 'vex.json'
+# Ids with a public database of their own; any other id needs a "url".
+ADVISORY_ID = re.compile(r'CVE-\d{4}-\d{4,}|GHSA(-[0-9a-z]{4}){3}')
 STATES = ('resolved', 'resolved_with_pedigree', 'exploitable', 'in_triage', 'false_positive', 'not_affected')
 # How SECURITY.md names each state for people.
 STATE_WORDS = {
@@ -42,13 +49,19 @@ def load(path=VEX):
             sys.exit('vex.json: %s is not_affected without a justification' % v['id'])
         if v['state'] == 'exploitable' and not v.get('response'):
             sys.exit('vex.json: %s is exploitable without a response' % v['id'])
+        if not ADVISORY_ID.fullmatch(v['id']) and not v.get('url', '').startswith('https://'):
+            sys.exit('vex.json: %s is neither a CVE nor a GHSA id and has no https url' % v['id'])
     return vulns
 
 
-def source(vid):
-    if vid.startswith('GHSA-'):
-        return {'name': 'GitHub', 'url': 'https://github.com/advisories/' + vid}
-    return {'name': 'NVD', 'url': 'https://nvd.nist.gov/vuln/detail/' + vid}
+def source(v):
+    """Where the vulnerability is described: NVD, GitHub's advisories, or the
+    upstream commit that fixed it."""
+    if v['id'].startswith('CVE-'):
+        return {'name': 'NVD', 'url': 'https://nvd.nist.gov/vuln/detail/' + v['id']}
+    if v['id'].startswith('GHSA-'):
+        return {'name': 'GitHub', 'url': 'https://github.com/advisories/' + v['id']}
+    return {'name': v['component'] + ' upstream', 'url': v['url']}
 
 
 def vulnerabilities(component_refs, path=VEX):
@@ -65,7 +78,7 @@ def vulnerabilities(component_refs, path=VEX):
         detail = v['detail'] + (' Fixed by: %s.' % v['fixed_by'] if v.get('fixed_by') else '')
         analysis['detail'] = detail
         out.append({'bom-ref': 'vex:%s:%s' % (v['component'], v['id']), 'id': v['id'],
-                    'source': source(v['id']), 'analysis': analysis,
+                    'source': source(v), 'analysis': analysis,
                     'affects': [{'ref': component_refs[v['component']]}]})
     return out
 
