@@ -65,6 +65,7 @@ class Backend:
         self.stopped = threading.Event()
         self.threads = []
         self.connections = 0                       # connections accepted
+        self.open = set()                          # connections being served
 
     @property
     def addr(self):
@@ -86,12 +87,21 @@ class Backend:
         return self
 
     def stop(self):
-        """Close the listener: new connections are refused (a slow answer
-        in progress stops waiting)."""
+        """The backend dies: the listener closes (new connections are
+        refused) and so does every open connection, as when a process is
+        killed (nginx 1.29.7+ keeps idle connections to backends by default;
+        a slow answer in progress stops waiting)."""
         self.stopped.set()
         if self.sock:
             self.sock.close()
             self.sock = None
+        with self.lock:
+            live = list(self.open)
+        for conn in live:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for t in self.threads:
             t.join(2)
         self.threads = []
@@ -130,6 +140,9 @@ class Backend:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
+        raw = conn                                 # conn may become its TLS wrapper
+        with self.lock:
+            self.open.add(raw)
         try:
             conn.settimeout(10)
             tls = self.tls
@@ -138,11 +151,13 @@ class Backend:
                 if not (self.dual and first and first != b'\x16'):
                     conn = tls.wrap_socket(conn, server_side=True)
             f = conn.makefile('rb')
-            while self._answer_one(conn, f):
+            while not self.stopped.is_set() and self._answer_one(conn, f):
                 pass
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
+            with self.lock:
+                self.open.discard(raw)
             try:
                 conn.close()
             except OSError:
