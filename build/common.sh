@@ -4,7 +4,8 @@
 set -euo pipefail
 
 NP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NP_LOCK=$NP_ROOT/build/deps.lock
+# NP_LOCK_FILE: another lock (tests of the cache keys); the build reads build/deps.lock.
+NP_LOCK=${NP_LOCK_FILE:-$NP_ROOT/build/deps.lock}
 # Downloads and dependency builds live outside the work tree, keyed by the lock.
 NP_CACHE=${NGINX_PORTABLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nginx-portable}
 NP_DOWNLOADS=$NP_CACHE/downloads
