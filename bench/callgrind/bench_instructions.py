@@ -22,6 +22,9 @@ With --hc-report two more (the passive-check cost of issue 16):
 and the differences: hc_report - hc_passive (what adding hc.report() costs a
 request) and hc_report - hc_log (the share of the call itself).
 
+With --static it also counts one static request (a 612-byte file served
+from html/, the size of nginx's index.html) under the `off` configuration.
+
 With --render-hosts N it also counts the instructions of one
 GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
 headers sent first; renders once vs RENDERS_LARGE times, the difference per
@@ -91,6 +94,7 @@ http {{
         listen 127.0.0.1:{port};
         server_name bench.test;
         {status}
+        location /static/ {{ root html; }}
         location / {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -139,19 +143,22 @@ def send_requests(port, n, path='/x', hosts=None):
             f.read(length)
 
 
-def instructions(directives, backend_port, n, renders=0, hosts=None):
+STATIC_FILE = 'html/static/index.html'
+
+
+def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
     """Total instructions (Ir) of one front nginx run that served n requests
-    (with `hosts`: spread over those Host headers) and then `renders` scrapes."""
+    for path (with `hosts`: spread over those Host headers) and then `renders` scrapes."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix='np-cg-') as d:
-        srv = Server(front_conf(port, backend_port, directives))
+        srv = Server(front_conf(port, backend_port, directives), files={STATIC_FILE: 'x' * 611 + '\n'})
         out = pathlib.Path(d) / 'callgrind.out'
         cmd = ['valgrind', '--tool=callgrind', '--callgrind-out-file=%s' % out,
                str(BUNDLE / 'sbin' / 'nginx'), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_port('127.0.0.1', port, timeout=120)
-            send_requests(port, n, hosts=hosts)
+            send_requests(port, n, path=path, hosts=hosts)
             if renders:
                 send_requests(port, renders, path='/status/format/prometheus')
         finally:
@@ -165,9 +172,9 @@ def instructions(directives, backend_port, n, renders=0, hosts=None):
         return int(m.group(1))
 
 
-def per_request(directives, backend_port):
-    small = instructions(directives, backend_port, N_SMALL)
-    large = instructions(directives, backend_port, N_LARGE)
+def per_request(directives, backend_port, path='/x'):
+    small = instructions(directives, backend_port, N_SMALL, path=path)
+    large = instructions(directives, backend_port, N_LARGE, path=path)
     return (large - small) / (N_LARGE - N_SMALL)
 
 
@@ -183,6 +190,7 @@ def main():
     ap.add_argument('--json', help='also write the result here')
     ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
     ap.add_argument('--render-hosts', type=int, default=0, metavar='N')
+    ap.add_argument('--static', action='store_true', help='also measure a static file request')
     ap.add_argument('--hc-report', action='store_true',
                     help='also measure hc.report() (passive health checks)')
     a = ap.parse_args()
@@ -196,6 +204,8 @@ def main():
     backend = Server(backend_conf(bport)).start(bport)
     try:
         result = {name: round(per_request(text, bport)) for name, text in configs.items()}
+        if a.static:
+            result['static'] = round(per_request(CONFIGS['off'], bport, path='/static/index.html'))
         if a.render_hosts:
             result['prometheus_render_%d_hosts' % a.render_hosts] = round(per_render(bport, a.render_hosts))
     finally:

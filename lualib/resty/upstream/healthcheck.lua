@@ -61,15 +61,15 @@ function _M.spawn_checker(opts)
         -- a second timer chain would double the check rate
         return nil, "checker already spawned for upstream " .. u
     end
-    local primary, backup = state.fetch_peers(u)
-    if not primary then
-        return nil, backup
-    end
     local resolved = resolved_server(u)
     if resolved then
         return nil, "upstream " .. u .. " has a server resolved at run time ("
                     .. resolved .. " resolve): its peers change while nginx "
                     .. "runs, which this checker does not support yet"
+    end
+    local primary, backup = state.fetch_peers(u)
+    if not primary then
+        return nil, backup
     end
     ctx.keys = keys.new(u)
 
