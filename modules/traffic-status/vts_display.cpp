@@ -2,7 +2,8 @@
  * traffic-status: the display handler, and what the views share.
  *
  * A scrape: the handler picks the view from the URI (or the location's
- * format), takes one sorted store snapshot, and the view's renderer walks
+ * format); when the render starts (at once, or after waiting for a render
+ * slot) it takes one sorted store snapshot, and the view's renderer walks
  * it (and the configured upstream peers and caches) into an output chain
  * that vts_stream sends (in pieces while it is written, when it is large).
  */
@@ -155,7 +156,6 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     rd.r = r;
     rd.vmcf = ngx_http_vts_main_conf(r);
     rd.vlcf = ngx_http_vts_loc_conf(r);
-    rd.now = ngx_http_vts_now_msec();
 
     if (!rd.vmcf->enable || !ngx_http_vts_store_ready(&rd.vmcf->store)) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -172,18 +172,30 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         }
     }
 
-    if (format == NGX_HTTP_VTS_CONTROL || view->snapshot) {
-        if (ngx_http_vts_store_snapshot(&rd.vmcf->store, r->pool, &rd.snap,
-                                        true) != NGX_OK)
-        {
+    /* the control endpoint answers at once; a view may wait for a render
+       slot, and takes its snapshot when it starts */
+    rd.reads_zone = format == NGX_HTTP_VTS_CONTROL || view->snapshot;
+    if (format == NGX_HTTP_VTS_CONTROL) {
+        if (ngx_http_vts_render_start(rd) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-    }
-    if (format == NGX_HTTP_VTS_CONTROL) {
         return ngx_http_vts_control(r, rd);
     }
 
     return ngx_http_vts_stream(r, rd, view->render, view->type);
+}
+
+
+ngx_int_t
+ngx_http_vts_render_start(vts_render_t &rd)
+{
+    rd.now = ngx_http_vts_now_msec();
+    if (!rd.reads_zone) {
+        ngx_memzero(&rd.snap, sizeof(rd.snap));     /* an empty zone */
+        return NGX_OK;
+    }
+    return ngx_http_vts_store_snapshot(&rd.vmcf->store, rd.r->pool, &rd.snap,
+                                       true);
 }
 
 

@@ -1,7 +1,8 @@
 /*
  * traffic-status: what the views share.  The render context (one sorted
- * store snapshot per request), the walk over configured upstream peers and
- * file caches, the sum key, and the renderers' entry points.
+ * store snapshot per request, taken when the render starts), the walk
+ * over configured upstream peers and file caches, the sum key, and the
+ * renderers' entry points.
  */
 #ifndef VTS_DISPLAY_H
 #define VTS_DISPLAY_H
@@ -13,11 +14,20 @@ struct ngx_http_vts_render_t {
     ngx_http_request_t        *r;
     ngx_http_vts_main_conf_t  *vmcf;
     ngx_http_vts_loc_conf_t   *vlcf;
+    bool                       reads_zone;  /* the view needs snap */
     ngx_http_vts_snapshot_t    snap;
     uint64_t                   now;
 };
 
 typedef ngx_http_vts_render_t  vts_render_t;
+
+/*
+ * Takes snap (when the view reads the zone) and now, right before the
+ * view runs: never when the request arrives, as a render may wait for a
+ * slot longer than the store keeps unlinked nodes (vts_stream.cpp).
+ * NGX_ERROR when out of memory.
+ */
+ngx_int_t ngx_http_vts_render_start(vts_render_t &rd);
 
 /*
  * Which entries a JSON section shows (the control endpoint's selection;

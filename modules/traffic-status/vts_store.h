@@ -234,12 +234,17 @@ void ngx_http_vts_store_set_upgrade_from(ngx_http_vts_store_t *store,
 /*
  * The node pointers and zone figures at one moment, taken under the
  * mutex; the nodes are read without it afterwards (an unlinked node
- * stays readable for a grace period).  Sorted by kind, group, name, or
- * in creation order.
+ * stays readable for a grace period, counted from its unlink).  Sorted by
+ * kind, group, name, or in creation order.  A reader that may hold it
+ * longer than the grace period compares generation with the store's: no
+ * node of the snapshot can have been unlinked (so freed) while they are
+ * equal.
  */
 struct ngx_http_vts_snapshot_t {
     ngx_http_vts_node_t  **nodes;
     ngx_uint_t             n;
+    uint64_t               generation;  /* the store's, when taken */
+    ngx_msec_t             taken;       /* ngx_current_msec, when taken */
     uint64_t               used_node;
     uint64_t               dropped_full;
     uint64_t               dropped_limit;

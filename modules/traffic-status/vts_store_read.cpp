@@ -328,6 +328,10 @@ ngx_http_vts_store_snapshot(ngx_http_vts_store_t *store, ngx_pool_t *pool,
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    /* under the mutex, as unlinking bumps it: a node unlinked after this
+       moment makes the store's generation differ from this one */
+    s->generation = sh->generation;
+    s->taken = ngx_current_msec;
     s->used_node = sh->nodes;
     s->dropped_full = sh->dropped_full;
     s->dropped_limit = sh->dropped_limit;

@@ -17,10 +17,21 @@
  *     event, under send_timeout): a stalled client holds two buffers, not
  *     a document.
  * Buffers already sent are reused.  The view never pauses inside a lock
- * (ngx_http_vts_out_hold).  A render paused longer than half the store's
- * grace period while entries were deleted is given up (its snapshot's
- * nodes may be freed).  A document under 64 KB, a subrequest or a HEAD is
- * written whole and sent with a Content-Length, as before.
+ * (ngx_http_vts_out_hold).  At most VTS_RENDERS views run at once in a
+ * worker; a later scrape waits for a slot (parked), holding nothing of
+ * the store.
+ *
+ * The snapshot's node pointers stay valid only while their nodes are not
+ * freed: an unlinked node is freed a grace period after its unlink, and a
+ * render may be paused (slow client) far longer.  So the snapshot is taken
+ * when the view starts (ngx_http_vts_render_start in begin()), not when
+ * the request arrives: a parked scrape waits up to send_timeout for a
+ * slot, and a snapshot taken then could name nodes freed (and their pages
+ * reused by other entries) before it ran.  From that moment, each run of
+ * the view first checks the snapshot (snapshot_expiring): one older than
+ * half the grace period while entries were unlinked since it was taken is
+ * given up.  A document under 64 KB, a subrequest or a HEAD is written
+ * whole, right after its snapshot, and sent with a Content-Length.
  */
 
 #include "vts_display.h"
@@ -47,7 +58,10 @@
 #define VTS_SLICE_USEC   5000       /* renders' share of one loop turn */
 #define VTS_RUN_USEC     2000       /* one render's run between pauses */
 #define VTS_RENDERS      4          /* views running at once in a worker */
-#define VTS_STALE_MSEC   5000       /* half the store's grace period */
+#define VTS_STALE_MSEC   5000       /* half the store's grace period:
+                                       one run (VTS_RUN_USEC) and a loop
+                                       turn's lag of ngx_current_msec fit
+                                       in the other half */
 
 struct ngx_http_vts_stream_t {
     ngx_http_request_t    *r;
@@ -57,8 +71,6 @@ struct ngx_http_vts_stream_t {
     ngx_chain_t           *busy = nullptr;
     ucontext_t             caller, self;
     u_char                *stack;
-    uint64_t               generation;
-    ngx_msec_t             started;
     const char            *type;
     ngx_queue_t            queue;           /* in parked, while waiting */
     ngx_int_t              rc = NGX_OK;
@@ -241,6 +253,20 @@ wait_client(stream_t *s)
 }
 
 
+/* the snapshot's nodes may be freed before the next run ends: entries were
+   unlinked since it was taken, longer than half the grace period ago */
+bool
+snapshot_expiring(stream_t *s)
+{
+    ngx_http_vts_snapshot_t *snap = &s->rd.snap;
+
+    return s->rd.reads_zone
+           && ngx_http_vts_store_generation(&s->rd.vmcf->store)
+              != snap->generation
+           && ngx_current_msec - snap->taken > VTS_STALE_MSEC;
+}
+
+
 /* sends, and lets the view go on while the client and the slice allow */
 void
 pump(stream_t *s)
@@ -261,9 +287,7 @@ pump(stream_t *s)
             ngx_post_event(r->connection->write, &ngx_posted_next_events);
             return;
         }
-        if (ngx_http_vts_store_generation(&s->rd.vmcf->store) != s->generation
-            && ngx_current_msec - s->started > VTS_STALE_MSEC)
-        {
+        if (snapshot_expiring(s)) {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "vhost_traffic_status: render given up: entries "
                           "were deleted while the client was slow");
@@ -308,24 +332,25 @@ send_whole(ngx_http_request_t *r, vts_render_t &rd,
 {
     vts_out_t o(r->pool);
 
-    if (view(o, rd) != NGX_OK) {
+    if (ngx_http_vts_render_start(rd) != NGX_OK || view(o, rd) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return ngx_http_vts_send(r, NGX_HTTP_OK, type, o);
 }
 
-/* runs the view's first slice: a small output is sent whole, with a
-   Content-Length; a larger one goes on in pieces */
+/* takes the snapshot and runs the view's first slice at once: a small
+   output is sent whole, with a Content-Length; a larger one goes on in
+   pieces */
 void
 begin(stream_t *s)
 {
     ngx_http_request_t *r = s->r;
 
-    s->generation = ngx_http_vts_store_generation(&s->rd.vmcf->store);
-    s->started = ngx_current_msec;
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
-    if (start_view(s) != NGX_OK) {
+    if (ngx_http_vts_render_start(s->rd) != NGX_OK
+        || start_view(s) != NGX_OK)
+    {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import IS_ASAN, free_port
-from vts_util import counted_and_status, get_json, many_requests
+from vts_util import counted_and_status, dechunk, get_json, many_requests
 
 RENDERS = 20
 
@@ -49,20 +49,6 @@ def scrape(port, path):
                 break
             chunks.append(c)
     return time.monotonic() - t0, b''.join(chunks)
-
-
-def dechunk(resp):
-    head, _, body = resp.partition(b'\r\n\r\n')
-    if b'transfer-encoding: chunked' not in head.lower():
-        return head, body
-    out, i = [], 0
-    while True:
-        j = body.index(b'\r\n', i)
-        n = int(body[i:j], 16)
-        if n == 0:
-            return head, b''.join(out)
-        out.append(body[j + 2:j + 2 + n])
-        i = j + 2 + n + 2
 
 
 @pytest.fixture

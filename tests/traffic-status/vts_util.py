@@ -72,6 +72,21 @@ def get(port, path, host='status.test'):
     return st, head, body
 
 
+def dechunk(resp):
+    """(head, body) of a raw response read to its end; a chunked body joined."""
+    head, _, body = resp.partition(b'\r\n\r\n')
+    if b'transfer-encoding: chunked' not in head.lower():
+        return head, body
+    out, i = [], 0
+    while True:
+        j = body.index(b'\r\n', i)
+        n = int(body[i:j], 16)
+        if n == 0:
+            return head, b''.join(out)
+        out.append(body[j + 2:j + 2 + n])
+        i = j + 2 + n + 2
+
+
 def get_json(port, path='/status/format/json'):
     """The JSON output at path, parsed strictly (UTF-8, no duplicate keys)."""
     return probes.get_json(port, path, headers={'Host': 'status.test'})
