@@ -157,13 +157,13 @@ def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
                str(BUNDLE / 'sbin' / 'nginx'), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_port('127.0.0.1', port, timeout=120)
+            wait_port('127.0.0.1', port, timeout=600)
             send_requests(port, n, path=path, hosts=hosts)
             if renders:
                 send_requests(port, renders, path='/status/format/prometheus')
         finally:
             proc.send_signal(3)                           # SIGQUIT: graceful, callgrind dumps
-            _, err = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=600)    # valgrind exits slowly on a busy machine
             srv.stop()
         text = out.read_text(errors='replace')
         m = re.search(r'^(?:totals|summary):\s+(\d+)', text, re.M)
