@@ -511,6 +511,12 @@ ngx_http_vts_stream(ngx_http_request_t *r, vts_render_t &rd,
         begin(s);
     } else {
         park(s);
+        if (running < VTS_RENDERS) {
+            /* a slot is free, only this turn's budget is spent: no slot
+               release may come to wake the queue, so its head takes the
+               slot now and starts at the next turn */
+            wake_one();
+        }
     }
     return NGX_DONE;
 }
