@@ -18,9 +18,9 @@ from relutil import RELEASE
 
 sys.path.insert(0, str(RELEASE))
 import vex  # noqa: E402
+from support.lock import locked_versions
 
 CVE = re.compile(r'CVE-\d{4}-\d{4,}')
-LOCK = ROOT / 'build' / 'deps.lock'
 
 
 def sh_common(script, apt=False):
@@ -28,11 +28,6 @@ def sh_common(script, apt=False):
     r = subprocess.run(['bash', '-c', setup + script, '_', str(ROOT)],
                        capture_output=True, text=True, timeout=300)
     return r.stdout.strip() if r.returncode == 0 else None
-
-
-def locked_components():
-    """{name: upstream version} of build/deps.lock."""
-    return dict(re.findall(r'^component\s+(\S+)\s+(\S+)', LOCK.read_text(), re.M))
 
 
 def version_key(version):
@@ -68,11 +63,11 @@ def nginx_fixes():
     changes = src and (ROOT / src / 'docs' / 'xml' / 'nginx' / 'changes.xml')
     if not changes or not changes.is_file():
         pytest.skip('nginx sources not unpacked (build/fetch.sh)')
-    return cves_fixed_by(changes.read_text(), locked_components()['nginx'])
+    return cves_fixed_by(changes.read_text(), locked_versions()['nginx'])
 
 
 def test_every_cve_the_pinned_nginx_fixes_is_resolved(nginx_fixes):
-    pinned = locked_components()['nginx']
+    pinned = locked_versions()['nginx']
     assert len(nginx_fixes) > 40
     # the newest entries belong to the pinned release itself
     assert pinned in nginx_fixes.values(), 'changes.xml has no CVE for %s: another tree?' % pinned
@@ -121,7 +116,7 @@ def test_every_cve_of_the_newest_debian_backport_has_a_vex_entry(tmp_path):
 
 
 def test_vex_names_locked_components_and_valid_states():
-    comps = locked_components()
+    comps = locked_versions()
     for v in vex.load():
         assert v['component'] in comps, v
         assert v['state'] in vex.STATES, v

@@ -7,6 +7,7 @@ import subprocess
 from conftest import BUNDLE, ROOT
 from support.probes import promtool
 from test_default_config import bundle_copy, metrics  # noqa: F401 (fixture)
+from support.lock import locked_version
 
 LABELS = ('version', 'nginx', 'openssl', 'luajit', 'lua_nginx_module')
 
@@ -17,11 +18,6 @@ def build_info(text):
     labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
     assert tuple(labels) == LABELS, labels
     return labels
-
-
-def lock_version(component):
-    text = (ROOT / 'build' / 'deps.lock').read_text()
-    return re.search(r'^component %s (\S+)' % re.escape(component), text, re.M).group(1)
 
 
 def test_build_info_matches_the_binary(bundle_copy, tmp_path):
@@ -38,6 +34,6 @@ def test_build_info_matches_the_binary(bundle_copy, tmp_path):
     running = re.search(r'running with OpenSSL (\S+)', v)
     assert labels['openssl'] == (running.group(1) if running else built), (labels, v)
     # the binary knows its number (ngx_lua_version), not a tag's rc suffix
-    assert labels['lua_nginx_module'] == re.sub(r'rc\d+$', '', lock_version('lua-nginx-module'))
+    assert labels['lua_nginx_module'] == re.sub(r'rc\d+$', '', locked_version('lua-nginx-module'))
     assert b'LuaJIT %s\0' % labels['luajit'].encode() in (BUNDLE / 'sbin' / 'nginx').read_bytes()
     assert labels['version'] == (ROOT / 'VERSION').read_text().strip() == (BUNDLE / 'VERSION').read_text().strip()
