@@ -46,7 +46,7 @@ def api(nginx_factory):
     return dict(nginx=n, port=front, b1=b1, b2=b2, b3=b3)
 
 
-def test_module_table_has_exactly_the_six_functions(api):
+def test_module_table_has_the_six_functions_and_the_dynamic_peer_extensions(api):
     res = lua_ok(api['port'], """
         local names = {}
         for k, v in pairs(up) do names[#names + 1] = k .. "=" .. type(v) end
@@ -56,7 +56,10 @@ def test_module_table_has_exactly_the_six_functions(api):
     """)
     assert res == [sorted(['get_upstreams=function', 'get_servers=function',
                            'get_primary_peers=function', 'get_backup_peers=function',
-                           'set_peer_down=function', 'current_upstream_name=function']),
+                           'set_peer_down=function', 'current_upstream_name=function',
+                           # for groups whose peers DNS changes (test_upstream_dynamic.py)
+                           'set_peer_down_by_name=function', 'set_new_peers_down=function',
+                           'get_peers_generation=function']),
                    'function', True]
     # the conf has no lua_package_path: the module is compiled in
     assert 'lua_package_path' not in (api['nginx'].prefix / 'conf' / 'nginx.conf').read_text()
@@ -135,9 +138,11 @@ def test_get_primary_and_backup_peers(api, group):
     b1, b2, b3 = api['b1'], api['b2'], api['b3']
     prim, backup = lua_ok(api['port'], 'return up.get_primary_peers(%r), up.get_backup_peers(%r)'
                           % (group, group))
-    assert prim == [peer(0, '127.0.0.1:%d' % b1, weight=3, max_fails=2, fail_timeout=7),
-                    peer(1, '127.0.0.1:%d' % b2, down=True)]
-    assert backup == [peer(0, '127.0.0.1:%d' % b3)]
+    # explicit groups: each peer names its server line (as written)
+    assert prim == [peer(0, '127.0.0.1:%d' % b1, weight=3, max_fails=2, fail_timeout=7,
+                         server='127.0.0.1:%d' % b1),
+                    peer(1, '127.0.0.1:%d' % b2, down=True, server='127.0.0.1:%d' % b2)]
+    assert backup == [peer(0, '127.0.0.1:%d' % b3, server='127.0.0.1:%d' % b3)]
 
 
 def test_peers_of_implicit_groups_and_groups_without_backups(api):

@@ -114,6 +114,49 @@ check_group_arg(lua_State *L)
 }
 
 
+/*
+ * A snapshot of a peer list in a userdata pushed on the stack: measured,
+ * then copied under the lock into exactly that much space; when DNS grew the
+ * list in between, again (the list is rebuilt at most once per resolution,
+ * so a few tries are plenty).  NULL after too many: "peers changed".
+ */
+constexpr int  snapshot_tries = 8;
+
+struct list_snapshot_t {
+    peer_snapshot_t  *peers;
+    ngx_uint_t        n;
+    ngx_uint_t        generation;
+};
+
+bool
+take_snapshot(lua_State *L, ngx_http_upstream_rr_peers_t *peers,
+    list_snapshot_t *out)
+{
+    for (int i = 0; i < snapshot_tries; i++) {
+        list_size_t  size = measure(peers);
+        size_t       len = snapshot_space_size(size);
+        auto        *mem = static_cast<u_char *>(lua_newuserdata(L, len));
+
+        snapshot_space_t  space;
+
+        space.peers = reinterpret_cast<peer_snapshot_t *>(mem);
+        space.max = size.peers;
+        space.strings = mem + (size.peers ? size.peers : 1)
+                              * sizeof(peer_snapshot_t);
+        space.len = size.bytes;
+
+        if (snapshot(peers, space, &out->n, &out->generation)) {
+            out->peers = space.peers;
+            return true;
+        }
+
+        lua_pop(L, 1);
+    }
+
+    return false;
+}
+
+
 /* ---- upstream.get_upstreams() ------------------------------------------ */
 
 int
@@ -146,12 +189,54 @@ get_upstreams(lua_State *L)
 
 /* ---- upstream.get_servers(name) ---------------------------------------- */
 
+/* both lists of a dynamic group, for the addresses of its `resolve` lines */
+struct group_snapshot_t {
+    list_snapshot_t  list[2];       /* primary, backup */
+};
+
+/* the current addresses of a `resolve` line (peers of both lists: SRV puts
+ * some in the backup list): a string when there is one, else an array */
 void
-push_server(lua_State *L, const ngx_http_upstream_server_t &server)
+push_resolved_addrs(lua_State *L, const group_snapshot_t &group,
+    const void *line)
+{
+    ngx_uint_t  n = 0;
+
+    for (const list_snapshot_t &list : group.list) {
+        for (ngx_uint_t i = 0; i < list.n; i++) {
+            n += (line != nullptr && list.peers[i].line == line);
+        }
+    }
+
+    lua_createtable(L, static_cast<int>(n), 0);
+
+    int  k = 0;
+
+    for (const list_snapshot_t &list : group.list) {
+        for (ngx_uint_t i = 0; i < list.n; i++) {
+            if (line != nullptr && list.peers[i].line == line) {
+                push_str(L, list.peers[i].name);
+                lua_rawseti(L, -2, ++k);
+            }
+        }
+    }
+
+    if (k == 1) {
+        lua_rawgeti(L, -1, 1);
+        lua_remove(L, -2);
+    }
+}
+
+void
+push_server(lua_State *L, const ngx_http_upstream_server_t &server,
+    const group_snapshot_t *group, const void *line)
 {
     lua_createtable(L, 0, 7);
 
-    if (server.naddrs == 1) {
+    if (server.host.len && group != nullptr) {
+        push_resolved_addrs(L, *group, line);
+
+    } else if (server.naddrs == 1) {
         push_str(L, server.addrs[0].name);
 
     } else {
@@ -217,23 +302,23 @@ push_implicit_servers(lua_State *L, ngx_http_upstream_srv_conf_t *uscf)
         return 1;
     }
 
-    ngx_uint_t  max = peers->number;
-    auto       *snap = static_cast<peer_snapshot_t *>(
-                           lua_newuserdata(L, (max ? max : 1)
-                                              * sizeof(peer_snapshot_t)));
-    ngx_uint_t  n = snapshot(peers, snap, max);
+    list_snapshot_t  snap;
+
+    if (!take_snapshot(L, peers, &snap)) {
+        return push_error(L, status_t::peers_changed);
+    }
 
     lua_createtable(L, 1, 0);
     lua_createtable(L, 0, 4);
 
-    if (n == 1) {
-        push_str(L, snap[0].name);
+    if (snap.n == 1) {
+        push_str(L, snap.peers[0].name);
 
     } else {
-        lua_createtable(L, static_cast<int>(n), 0);
+        lua_createtable(L, static_cast<int>(snap.n), 0);
 
-        for (ngx_uint_t i = 0; i < n; i++) {
-            push_str(L, snap[i].name);
+        for (ngx_uint_t i = 0; i < snap.n; i++) {
+            push_str(L, snap.peers[i].name);
             lua_rawseti(L, -2, static_cast<int>(i + 1));
         }
     }
@@ -245,6 +330,25 @@ push_implicit_servers(lua_State *L, ngx_http_upstream_srv_conf_t *uscf)
     lua_rawseti(L, -2, 1);
 
     return 1;
+}
+
+
+/* snapshots of both lists of a dynamic group (pushed), false: changing */
+bool
+take_group_snapshot(lua_State *L, ngx_http_upstream_srv_conf_t *uscf,
+    group_snapshot_t *group)
+{
+    for (int b = 0; b < 2; b++) {
+        ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, b == 1);
+
+        group->list[b].n = 0;
+
+        if (peers != nullptr && !take_snapshot(L, peers, &group->list[b])) {
+            return false;
+        }
+    }
+
+    return true;
 }
 
 
@@ -261,14 +365,34 @@ get_servers(lua_State *L)
         return push_implicit_servers(L, uscf);
     }
 
+    group_snapshot_t   group_data;
+    group_snapshot_t  *group = nullptr;
+
+    if (dynamic(uscf)) {
+        if (!take_group_snapshot(L, uscf, &group_data)) {
+            return push_error(L, status_t::peers_changed);
+        }
+
+        group = &group_data;
+    }
+
     auto       *server = static_cast<ngx_http_upstream_server_t *>(
                              uscf->servers->elts);
     ngx_uint_t  n = uscf->servers->nelts;
+    ngx_uint_t  resolve_lines[2] = { 0, 0 };    /* primary, backup */
 
     lua_createtable(L, static_cast<int>(n), 0);
 
     for (ngx_uint_t i = 0; i < n; i++) {
-        push_server(L, server[i]);
+        const void  *line = nullptr;
+
+        if (group != nullptr && server[i].host.len) {
+            ngx_uint_t  &k = resolve_lines[server[i].backup ? 1 : 0];
+
+            line = resolve_line(uscf, server[i].backup, k++);
+        }
+
+        push_server(L, server[i], group, line);
         lua_rawseti(L, -2, static_cast<int>(i + 1));
     }
 
@@ -279,12 +403,17 @@ get_servers(lua_State *L)
 /* ---- upstream.get_primary_peers(name), get_backup_peers(name) ---------- */
 
 void
-push_peer(lua_State *L, const peer_snapshot_t &peer, ngx_uint_t id)
+push_peer(lua_State *L, const peer_snapshot_t &peer, long long id)
 {
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 13);
 
     set_integer(L, "id", static_cast<lua_Integer>(id));
     set_string(L, "name", peer.name);
+
+    if (peer.server.len) {
+        set_string(L, "server", peer.server);
+    }
+
     set_integer(L, "weight", peer.weight);
     set_integer(L, "current_weight", peer.current_weight);
     set_integer(L, "effective_weight", peer.effective_weight);
@@ -334,16 +463,16 @@ get_peers(lua_State *L, bool backup)
 
     /* copy under the locks first, build Lua tables after unlocking */
 
-    ngx_uint_t  max = peers->number;
-    auto       *snap = static_cast<peer_snapshot_t *>(
-                           lua_newuserdata(L, (max ? max : 1)
-                                              * sizeof(peer_snapshot_t)));
-    ngx_uint_t  n = snapshot(peers, snap, max);
+    list_snapshot_t  snap;
 
-    lua_createtable(L, static_cast<int>(n), 0);
+    if (!take_snapshot(L, peers, &snap)) {
+        return push_error(L, status_t::peers_changed);
+    }
 
-    for (ngx_uint_t i = 0; i < n; i++) {
-        push_peer(L, snap[i], i);
+    lua_createtable(L, static_cast<int>(snap.n), 0);
+
+    for (ngx_uint_t i = 0; i < snap.n; i++) {
+        push_peer(L, snap.peers[i], peer_id(uscf, i, snap.generation));
         lua_rawseti(L, -2, static_cast<int>(i + 1));
     }
 
@@ -419,6 +548,94 @@ set_peer_down(lua_State *L)
 }
 
 
+/* ---- extensions for groups whose peers DNS changes ---------------------- */
+
+/* upstream.set_peer_down_by_name(name, is_backup, peer_name, down) */
+int
+set_peer_down_by_name(lua_State *L)
+{
+    if (lua_gettop(L) != 4) {
+        return luaL_error(L, "exactly 4 arguments expected");
+    }
+
+    size_t       len, peer_len;
+    const char  *name = luaL_checklstring(L, 1, &len);
+    bool         backup = lua_toboolean(L, 2);
+    const char  *peer = luaL_checklstring(L, 3, &peer_len);
+    bool         down = lua_toboolean(L, 4);
+
+    ngx_http_upstream_srv_conf_t  *uscf =
+        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    ngx_str_t  peer_name = {
+        peer_len, reinterpret_cast<u_char *>(const_cast<char *>(peer))
+    };
+
+    status_t  rc = ngx_lua_upstream::set_peer_down_by_name(uscf, backup,
+                                                           peer_name, down);
+
+    if (rc != status_t::ok) {
+        return push_error(L, rc);
+    }
+
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* upstream.set_new_peers_down(name, down) */
+int
+set_new_peers_down(lua_State *L)
+{
+    if (lua_gettop(L) != 2) {
+        return luaL_error(L, "exactly 2 arguments expected");
+    }
+
+    size_t       len;
+    const char  *name = luaL_checklstring(L, 1, &len);
+    bool         down = lua_toboolean(L, 2);
+
+    ngx_http_upstream_srv_conf_t  *uscf =
+        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    status_t  rc = ngx_lua_upstream::set_new_peers_down(uscf, down);
+
+    if (rc != status_t::ok) {
+        return push_error(L, rc);
+    }
+
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* upstream.get_peers_generation(name): changes whenever the peers do */
+int
+get_peers_generation(lua_State *L)
+{
+    ngx_http_upstream_srv_conf_t  *uscf = check_group_arg(L);
+
+    if (uscf == nullptr) {
+        return push_error(L, status_t::not_found);
+    }
+
+    if (uscf->peer.data == nullptr) {
+        return push_error(L, status_t::no_peer_data);
+    }
+
+    lua_pushnumber(L, static_cast<lua_Number>(generation(uscf)));
+    return 1;
+}
+
+
 /* ---- upstream.current_upstream_name() ---------------------------------- */
 
 bool
@@ -469,6 +686,9 @@ load_module(lua_State *L)
         { "get_primary_peers", get_primary_peers },
         { "get_backup_peers", get_backup_peers },
         { "set_peer_down", set_peer_down },
+        { "set_peer_down_by_name", set_peer_down_by_name },
+        { "set_new_peers_down", set_new_peers_down },
+        { "get_peers_generation", get_peers_generation },
         { "current_upstream_name", current_upstream_name },
     };
 

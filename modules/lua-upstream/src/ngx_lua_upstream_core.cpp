@@ -120,6 +120,75 @@ name_matches(const ngx_http_upstream_srv_conf_t *uscf, const u_char *name,
 }
 
 
+/*
+ * Ids of dynamic groups: the low 32 bits of the generation, then the
+ * position (2^52 stays exact in a Lua number).
+ */
+constexpr unsigned            id_position_bits = 20;
+constexpr unsigned long long  id_position_mask = (1ULL << id_position_bits) - 1;
+constexpr unsigned long long  id_generation_mask = 0xffffffffULL;
+
+
+/* peers->config: every copy, add and removal of a peer increments it */
+ngx_uint_t
+locked_generation(const ngx_http_upstream_rr_peers_t *peers)
+{
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    return peers->config ? *peers->config : 0;
+#else
+    (void) peers;
+    return 0;
+#endif
+}
+
+
+const void *
+resolve_line_of(const ngx_http_upstream_rr_peer_t *peer)
+{
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    return peer->host;
+#else
+    (void) peer;
+    return nullptr;
+#endif
+}
+
+
+ngx_str_t
+copy_string(u_char **p, const ngx_str_t &s)
+{
+    ngx_str_t  copy = { s.len, *p };
+
+    *p = ngx_cpymem(*p, s.data, s.len);
+
+    return copy;
+}
+
+
+/* only the failed bit: a draining peer stays draining */
+void
+set_failed_bit(ngx_http_upstream_rr_peer_t *peer, bool down)
+{
+    if (down) {
+        peer->down |= NGX_HTTP_UPSTREAM_FAILED;
+
+    } else {
+        peer->down &= ~static_cast<ngx_uint_t>(NGX_HTTP_UPSTREAM_FAILED);
+    }
+}
+
+
+void
+mark_down(ngx_http_upstream_rr_peer_t *peer, bool down)
+{
+    set_failed_bit(peer, down);
+
+    if (!down) {
+        peer->fails = 0;
+    }
+}
+
+
 } /* namespace */
 
 
@@ -137,6 +206,12 @@ status_text(status_t s)
         return "no backup peers";
     case status_t::bad_peer_id:
         return "bad peer id";
+    case status_t::peers_changed:
+        return "peers changed";
+    case status_t::peer_not_found:
+        return "peer not found";
+    case status_t::not_resolved:
+        return "no resolve servers";
     }
 
     return "unknown error";
@@ -186,8 +261,9 @@ peer_list(const ngx_http_upstream_srv_conf_t *uscf, bool backup)
      * round robin and every balancer built on it (hash, ip_hash, least_conn,
      * random, keepalive on top) keep ngx_http_upstream_rr_peers_t here; with
      * `zone` the zone module has replaced it by the shared-memory copy.  The
-     * backup list hangs off the primary one and is never changed at run
-     * time, so following `next` needs no lock.
+     * backup list hangs off the primary one; DNS (SRV records) may change
+     * its peers at run time, never the list itself, so following `next`
+     * needs no lock.
      */
 
     auto *peers = static_cast<ngx_http_upstream_rr_peers_t *>(
@@ -201,22 +277,87 @@ peer_list(const ngx_http_upstream_srv_conf_t *uscf, bool backup)
 }
 
 
-ngx_uint_t
-snapshot(ngx_http_upstream_rr_peers_t *peers, peer_snapshot_t *out,
-    ngx_uint_t max)
+bool
+dynamic(const ngx_http_upstream_srv_conf_t *uscf)
+{
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    /* the templates of `resolve` lines are set up with the zone, never later */
+    auto *peers = static_cast<ngx_http_upstream_rr_peers_t *>(uscf->peer.data);
+
+    return peers != nullptr && peers->shpool != nullptr
+           && (peers->resolve != nullptr
+               || (peers->next != nullptr && peers->next->resolve != nullptr));
+#else
+    (void) uscf;
+    return false;
+#endif
+}
+
+
+long long
+peer_id(const ngx_http_upstream_srv_conf_t *uscf, ngx_uint_t position,
+    ngx_uint_t generation)
+{
+    if (!dynamic(uscf)) {
+        return static_cast<long long>(position);
+    }
+
+    if (position > id_position_mask) {
+        return -1;              /* no id: set_peer_down says "bad peer id" */
+    }
+
+    return static_cast<long long>(
+               (static_cast<unsigned long long>(generation) & id_generation_mask)
+               << id_position_bits | position);
+}
+
+
+list_size_t
+measure(ngx_http_upstream_rr_peers_t *peers)
 {
     peers_read_lock  list_lock(peers);
-    ngx_uint_t       n = 0;
+    list_size_t      size = { 0, 0 };
 
     for (ngx_http_upstream_rr_peer_t *peer = peers->peer;
-         peer != nullptr && n < max;
-         peer = peer->next, n++)
+         peer != nullptr;
+         peer = peer->next)
     {
+        size.peers++;
+        size.bytes += peer->name.len + peer->server.len;
+    }
+
+    return size;
+}
+
+
+bool
+snapshot(ngx_http_upstream_rr_peers_t *peers, const snapshot_space_t &space,
+    ngx_uint_t *n, ngx_uint_t *gen)
+{
+    peers_read_lock  list_lock(peers);
+    u_char          *p = space.strings;
+    u_char          *end = space.strings + space.len;
+
+    *n = 0;
+    *gen = locked_generation(peers);
+
+    for (ngx_http_upstream_rr_peer_t *peer = peers->peer;
+         peer != nullptr;
+         peer = peer->next)
+    {
+        if (*n == space.max
+            || static_cast<size_t>(end - p) < peer->name.len + peer->server.len)
+        {
+            return false;       /* grew since it was measured */
+        }
+
         peer_lock  lock(peers, peer);
 
-        peer_snapshot_t  &s = out[n];
+        peer_snapshot_t  &s = space.peers[(*n)++];
 
-        s.name = peer->name;
+        s.name = copy_string(&p, peer->name);
+        s.server = copy_string(&p, peer->server);
+        s.line = resolve_line_of(peer);
         s.weight = peer->weight;
         s.current_weight = peer->current_weight;
         s.effective_weight = peer->effective_weight;
@@ -229,7 +370,49 @@ snapshot(ngx_http_upstream_rr_peers_t *peers, peer_snapshot_t *out,
         s.down = peer->down;
     }
 
-    return n;
+    return true;
+}
+
+
+ngx_uint_t
+generation(ngx_http_upstream_srv_conf_t *uscf)
+{
+    ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, false);
+
+    if (peers == nullptr) {
+        return 0;
+    }
+
+    peers_read_lock  lock(peers);
+
+    return locked_generation(peers);
+}
+
+
+const void *
+resolve_line(ngx_http_upstream_srv_conf_t *uscf, bool backup, ngx_uint_t k)
+{
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, backup);
+
+    if (peers == nullptr || !dynamic(uscf)) {
+        return nullptr;
+    }
+
+    /* the templates are in the order of their server lines (rr.c) */
+    ngx_http_upstream_rr_peer_t  *tmpl = peers->resolve;
+
+    for (ngx_uint_t i = 0; tmpl != nullptr && i < k; i++) {
+        tmpl = tmpl->next;
+    }
+
+    return tmpl ? tmpl->host : nullptr;
+#else
+    (void) uscf;
+    (void) backup;
+    (void) k;
+    return nullptr;
+#endif
 }
 
 
@@ -247,15 +430,32 @@ set_peer_down(ngx_http_upstream_srv_conf_t *uscf, bool backup, long long id,
         return status_t::no_backup;
     }
 
-    if (id < 0 || static_cast<unsigned long long>(id) >= peers->number) {
+    if (id < 0) {
         return status_t::bad_peer_id;
     }
 
+    bool        changing = dynamic(uscf);
+    ngx_uint_t  position = changing
+                           ? static_cast<ngx_uint_t>(id) & id_position_mask
+                           : static_cast<ngx_uint_t>(id);
+
     peers_write_lock  lock(peers);
+
+    if (changing
+        && static_cast<unsigned long long>(id) >> id_position_bits
+           != (locked_generation(peers) & id_generation_mask))
+    {
+        /* read before DNS changed the lists: it may name another peer now */
+        return status_t::peers_changed;
+    }
+
+    if (static_cast<unsigned long long>(id) >= peers->number && !changing) {
+        return status_t::bad_peer_id;
+    }
 
     ngx_http_upstream_rr_peer_t  *peer = peers->peer;
 
-    for (long long i = 0; peer != nullptr && i < id; i++) {
+    for (ngx_uint_t i = 0; peer != nullptr && i < position; i++) {
         peer = peer->next;
     }
 
@@ -263,14 +463,75 @@ set_peer_down(ngx_http_upstream_srv_conf_t *uscf, bool backup, long long id,
         return status_t::bad_peer_id;
     }
 
-    /* only the failed bit: a draining peer stays draining */
-    if (down) {
-        peer->down |= NGX_HTTP_UPSTREAM_FAILED;
+    mark_down(peer, down);
 
-    } else {
-        peer->down &= ~static_cast<ngx_uint_t>(NGX_HTTP_UPSTREAM_FAILED);
-        peer->fails = 0;
+    return status_t::ok;
+}
+
+
+status_t
+set_peer_down_by_name(ngx_http_upstream_srv_conf_t *uscf, bool backup,
+    const ngx_str_t &name, bool down)
+{
+    if (uscf->peer.data == nullptr) {
+        return status_t::no_peer_data;
     }
+
+    ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, backup);
+
+    if (peers == nullptr) {
+        return status_t::no_backup;
+    }
+
+    peers_write_lock  lock(peers);
+    status_t          rc = status_t::peer_not_found;
+
+    for (ngx_http_upstream_rr_peer_t *peer = peers->peer;
+         peer != nullptr;
+         peer = peer->next)
+    {
+        if (peer->name.len == name.len
+            && ngx_strncmp(peer->name.data, name.data, name.len) == 0)
+        {
+            mark_down(peer, down);
+            rc = status_t::ok;
+        }
+    }
+
+    return rc;
+}
+
+
+status_t
+set_new_peers_down(ngx_http_upstream_srv_conf_t *uscf, bool down)
+{
+    if (uscf->peer.data == nullptr) {
+        return status_t::no_peer_data;
+    }
+
+    if (!dynamic(uscf)) {
+        return status_t::not_resolved;
+    }
+
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    for (int b = 0; b < 2; b++) {
+        ngx_http_upstream_rr_peers_t  *peers = peer_list(uscf, b == 1);
+
+        if (peers == nullptr) {
+            continue;
+        }
+
+        /* the resolver copies a template's `down` under this lock (zone.c) */
+        peers_write_lock  lock(peers);
+
+        for (ngx_http_upstream_rr_peer_t *tmpl = peers->resolve;
+             tmpl != nullptr;
+             tmpl = tmpl->next)
+        {
+            set_failed_bit(tmpl, down);
+        }
+    }
+#endif
 
     return status_t::ok;
 }

@@ -19,9 +19,15 @@
 namespace ngx_lua_upstream {
 
 
-/* one peer, copied under the peers' read lock and the peer's own lock */
+/*
+ * one peer, copied under the peers' read lock and the peer's own lock; its
+ * strings are copied too (into the space after the snapshots): nginx's
+ * resolver frees the names of peers DNS removed
+ */
 struct peer_snapshot_t {
-    ngx_str_t    name;        /* points into the peer data, never freed */
+    ngx_str_t    name;        /* "ip:port" */
+    ngx_str_t    server;      /* the server line it came from */
+    const void  *line;        /* identity of its `resolve` line, or NULL */
     ngx_int_t    weight;
     ngx_int_t    current_weight;
     ngx_int_t    effective_weight;
@@ -37,6 +43,28 @@ struct peer_snapshot_t {
 /* lives in Lua userdata and in frames that may longjmp */
 static_assert(std::is_trivially_copyable_v<peer_snapshot_t>
               && std::is_trivially_destructible_v<peer_snapshot_t>);
+
+
+/* how much a snapshot of a peer list needs, read under its lock */
+struct list_size_t {
+    ngx_uint_t  peers;
+    size_t      bytes;        /* the peers' strings */
+};
+
+/* where a snapshot goes: max snapshots, then len bytes for the strings */
+struct snapshot_space_t {
+    peer_snapshot_t  *peers;
+    ngx_uint_t        max;
+    u_char           *strings;
+    size_t            len;
+};
+
+constexpr size_t
+snapshot_space_size(const list_size_t &size)
+{
+    return (size.peers ? size.peers : 1) * sizeof(peer_snapshot_t)
+           + size.bytes;
+}
 
 
 /*
@@ -72,7 +100,10 @@ enum class status_t {
     not_found,        /* "upstream not found" */
     no_peer_data,     /* "no peer data" */
     no_backup,        /* "no backup peers" */
-    bad_peer_id       /* "bad peer id" */
+    bad_peer_id,      /* "bad peer id" */
+    peers_changed,    /* "peers changed" */
+    peer_not_found,   /* "peer not found" */
+    not_resolved      /* "no resolve servers" */
 };
 
 
@@ -90,12 +121,42 @@ ngx_http_upstream_srv_conf_t *find(ngx_http_upstream_main_conf_t *umcf,
 ngx_http_upstream_rr_peers_t *peer_list(
     const ngx_http_upstream_srv_conf_t *uscf, bool backup);
 
-/* copies up to max peers of the list; returns how many were copied */
-ngx_uint_t snapshot(ngx_http_upstream_rr_peers_t *peers,
-    peer_snapshot_t *out, ngx_uint_t max);
+/*
+ * Does DNS change the group's peers at run time (`zone` and at least one
+ * `server NAME resolve` line)?  Its peer ids then carry the generation they
+ * were read at (see peer_id), static groups keep list positions.
+ */
+bool dynamic(const ngx_http_upstream_srv_conf_t *uscf);
+
+/* the id a peer at `position` of a snapshot read at `generation` has */
+long long peer_id(const ngx_http_upstream_srv_conf_t *uscf,
+    ngx_uint_t position, ngx_uint_t generation);
+
+list_size_t measure(ngx_http_upstream_rr_peers_t *peers);
+
+/*
+ * copies the list into space; false when it does not fit (the list changed
+ * since it was measured: measure again).  *n and *generation are set.
+ */
+bool snapshot(ngx_http_upstream_rr_peers_t *peers, const snapshot_space_t &space,
+    ngx_uint_t *n, ngx_uint_t *generation);
+
+/* the generation counter of the group's peer lists (0: never changes) */
+ngx_uint_t generation(ngx_http_upstream_srv_conf_t *uscf);
+
+/* identity of the k-th `resolve` line of the primary or backup lines */
+const void *resolve_line(ngx_http_upstream_srv_conf_t *uscf, bool backup,
+    ngx_uint_t k);
 
 status_t set_peer_down(ngx_http_upstream_srv_conf_t *uscf, bool backup,
     long long id, bool down);
+
+/* every peer of the list with that address */
+status_t set_peer_down_by_name(ngx_http_upstream_srv_conf_t *uscf,
+    bool backup, const ngx_str_t &name, bool down);
+
+/* the `down` new peers of the group's `resolve` lines start with */
+status_t set_new_peers_down(ngx_http_upstream_srv_conf_t *uscf, bool down);
 
 
 } /* namespace ngx_lua_upstream */
