@@ -113,16 +113,18 @@ class Backend:
             self.health = 0                        # health checks
             self.clients = 0                       # every other request
             self.health_times = []
+            self.health_hosts = collections.Counter()   # Host headers of health checks
 
     def total(self, path=None):
         with self.lock:
             return self.hits[path] if path else sum(self.hits.values())
 
-    def _count(self, path, health):
+    def _count(self, path, health, host=None):
         with self.lock:
             self.hits[path] += 1
             if health:
                 self.health += 1
+                self.health_hosts[host] += 1
                 self.health_times.append(time.monotonic())
             else:
                 self.clients += 1
@@ -172,7 +174,7 @@ class Backend:
         path = method_path_version[1] if len(method_path_version) > 1 else '/'
         version = method_path_version[2] if len(method_path_version) > 2 else 'HTTP/1.0'
         health = path.startswith(self.health_path)
-        self._count(path, health)
+        self._count(path, health, headers.get('host'))
         mode = self.mode if health or self.scope == 'all' else 'ok'
         keep = version == 'HTTP/1.1' and headers.get('connection', '').lower() != 'close'
         return ANSWERS[mode](self, conn, version, self.health_body if health else self.name.encode(),

@@ -12,6 +12,7 @@
 --   client_cert.lua  ssl_cert/ssl_key for mTLS checks
 --   round.lua        rounds: timer, round lock, concurrency, jitter
 --   state.lua        fall/rise, transitions, every worker's peers, state file
+--   peers.lua        peers that DNS adds and removes (`server NAME resolve`)
 --   passive.lua      the `passive` option and hc.report()
 --   render.lua       status page and Prometheus
 --   status_json.lua  hc.status_json()
@@ -24,29 +25,18 @@ end
 local keys = require "resty.upstream.healthcheck.keys"
 local options = require "resty.upstream.healthcheck.options"
 local passive = require "resty.upstream.healthcheck.passive"
+local peers = require "resty.upstream.healthcheck.peers"
 local status_json = require "resty.upstream.healthcheck.status_json"
 local render = require "resty.upstream.healthcheck.render"
 local round = require "resty.upstream.healthcheck.round"
 local state = require "resty.upstream.healthcheck.state"
 
 local ngx = ngx
-local ipairs = ipairs
 local tostring = tostring
 
 local _M = {
     _VERSION = "0.1.0",
 }
-
--- `server NAME resolve` lines: their peers change at run time, and peer ids
--- are list positions, so a check result could be applied to another peer
-local function resolved_server(u)
-    local servers = upstream.get_servers(u)
-    for _, srv in ipairs(servers or {}) do
-        if srv.resolve then
-            return srv.name
-        end
-    end
-end
 
 function _M.spawn_checker(opts)
     local ctx, err = options.validate(opts)
@@ -60,12 +50,6 @@ function _M.spawn_checker(opts)
     if state.checker(u) then
         -- a second timer chain would double the check rate
         return nil, "checker already spawned for upstream " .. u
-    end
-    local resolved = resolved_server(u)
-    if resolved then
-        return nil, "upstream " .. u .. " has a server resolved at run time ("
-                    .. resolved .. " resolve): its peers change while nginx "
-                    .. "runs, which this checker does not support yet"
     end
     local primary, backup = state.fetch_peers(u)
     if not primary then
@@ -99,6 +83,13 @@ function _M.spawn_checker(opts)
     state.register(ctx)
     if ctx.passive then
         passive.register(ctx, primary, backup)
+    end
+    if peers.resolve_line(u) then
+        -- DNS changes the peers at run time: follow them (peers.lua)
+        ok, err = peers.start(ctx)
+        if not ok then
+            return nil, err
+        end
     end
     return true
 end

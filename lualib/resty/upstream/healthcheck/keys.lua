@@ -29,6 +29,8 @@ local TAGS = {
     round_lock = "lock",      -- pid of the worker running a round (expires)
     next_round = "next",      -- set at the end of a round, expires after interval
     peer_list = "peers",      -- "role address" lines of the configured peers
+    gone = "gone",            -- "time role address" lines of peers DNS removed
+    follow_lock = "flock",    -- pid of the worker updating peers/gone (expires)
     -- per peer
     state = "st",                       -- 1 DOWN, 0 UP
     consecutive_failures = "cf",
@@ -96,6 +98,8 @@ function _M.new(upstream)
         round_lock = _M.upstream_key("round_lock", upstream),
         next_round = _M.upstream_key("next_round", upstream),
         peer_list = _M.upstream_key("peer_list", upstream),
+        gone = _M.upstream_key("gone", upstream),
+        follow_lock = _M.upstream_key("follow_lock", upstream),
         cache = cache,
     }, checker_keys_mt)
 end

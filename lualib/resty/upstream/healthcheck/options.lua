@@ -241,6 +241,9 @@ local SPECS = {
     { name = "ssl_cert", kind = "string", non_empty = true, types = HTTPS },
     { name = "ssl_key", kind = "string", non_empty = true, types = HTTPS },
     { name = "passive", kind = "passive" },
+    -- peers DNS removed (peers.lua): their state is kept this long
+    { name = "forget_after", kind = "number", integer = true, default = 60000,
+      min = 0, max = MAX_MS, convert = ms_to_seconds },
 }
 _M.SPECS = SPECS
 
@@ -276,6 +279,7 @@ end
 -- statuses =, concurrency =, port =, ssl_verify =, host =, host_per_peer =,
 -- state_file =, send =, expect =, match =, jitter = (s),
 -- interval_unhealthy = (s), period = (s, the round period), initial_state =,
+-- forget_after = (s),
 -- client_cert =, client_key = (parsed), passive = }, or nil, err
 function _M.validate(opts)
     if type(opts) ~= "table" then

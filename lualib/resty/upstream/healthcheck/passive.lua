@@ -119,14 +119,15 @@ end
 -- this worker's passive checkers
 ------------------------------------------------------------------------
 
--- spawn_checker: the peers live traffic can name ({ name =, id =, role = })
-function _M.register(ctx, primary, backup)
+-- the peers live traffic can name ({ name =, role = }); an address is
+-- looked up in the first checker that has it
+local function learn(ctx, primary, backup)
     local peers = {}
     local function add(list, role)
         for i = 1, #list do
             local p = list[i]
             if not peers[p.name] then
-                local peer = { name = p.name, id = p.id, role = role }
+                local peer = { name = p.name, role = role }
                 peers[p.name] = peer
                 if not by_addr[p.name] then
                     by_addr[p.name] = { ctx = ctx, peer = peer }
@@ -137,10 +138,25 @@ function _M.register(ctx, primary, backup)
     add(primary, "p")
     add(backup, "b")
     ctx.passive_peers = peers
+end
+
+-- spawn_checker
+function _M.register(ctx, primary, backup)
+    learn(ctx, primary, backup)
     by_upstream[ctx.upstream] = ctx
     for code in pairs(ctx.passive.statuses) do
         watched[code] = true
     end
+end
+
+-- DNS changed the peers (peers.lua): this checker's addresses again
+function _M.refresh(ctx, primary, backup)
+    for addr, hit in pairs(by_addr) do
+        if hit.ctx == ctx then
+            by_addr[addr] = nil
+        end
+    end
+    learn(ctx, primary, backup)
 end
 
 

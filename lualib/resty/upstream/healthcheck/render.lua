@@ -242,7 +242,11 @@ function _M.prometheus_status_page(opts)
     if not ok then
         return nil, "failed to build the status page: " .. tostring(res)
     end
-    return res, err
+    if res == nil then
+        return nil, err
+    end
+    -- one value: ngx.print(hc.status_json()) must not print a nil after it
+    return res
 end
 
 return _M

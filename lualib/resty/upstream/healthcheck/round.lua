@@ -14,13 +14,11 @@
 
 local probe = require "resty.upstream.healthcheck.probe"
 local probe_tcp = require "resty.upstream.healthcheck.probe_tcp"
-local upstream = require "ngx.upstream"
 local state = require "resty.upstream.healthcheck.state"
+local peers = require "resty.upstream.healthcheck.peers"
 local keys = require "resty.upstream.healthcheck.keys"
 
 local ngx = ngx
-local type = type
-local ipairs = ipairs
 local pcall = pcall
 local tonumber = tonumber
 local table_sort = table.sort
@@ -121,26 +119,15 @@ local function split_addr(name)
     return host, tonumber(port)
 end
 
--- "name:port" of a server line -> the host name (for `host = true`)
+-- "name:port" of a server line -> the host name (for `host = true`); a
+-- peer's server line is `peer.server` (an SRV target's name for `service=`)
 local function host_of(server_name)
+    if not server_name then
+        return nil
+    end
     local host = str_match(server_name, "^%[(.*)%]") or
                  str_match(server_name, "^(.*):%d+$") or server_name
     return host
-end
-
--- peer address -> the host name of its server line (`host = true`)
-local function server_hosts(u)
-    local servers = upstream.get_servers(u)
-    local hosts = {}
-    for _, srv in ipairs(servers or {}) do
-        if srv.name then
-            local addrs = type(srv.addr) == "table" and srv.addr or { srv.addr }
-            for i = 1, #addrs do
-                hosts[addrs[i]] = host_of(srv.name)
-            end
-        end
-    end
-    return hosts
 end
 
 -- seconds after the round's start at which the peer is checked (jitter), in
@@ -174,11 +161,11 @@ local function by_offset(a, b)
     return a.offset < b.offset
 end
 
--- what a round checks: { name =, id =, role =, down =, host =, port =,
--- sni =, offset = }, in the order of their offsets
+-- what a round checks: { name =, role =, down =, host =, port =, sni =,
+-- offset = }, in the order of their offsets
 local function build_targets(ctx, primary, backup)
     local targets = {}
-    local hosts = ctx.host_per_peer and server_hosts(ctx.upstream)
+    local per_peer = ctx.host_per_peer
     update_time()
     local t = now()
     local function add(peers, role)
@@ -189,8 +176,8 @@ local function build_targets(ctx, primary, backup)
                 port = ctx.port
             end
             local target = {
-                name = p.name, id = p.id, role = role, down = p.down,
-                host = host, port = port, sni = hosts and hosts[p.name],
+                name = p.name, role = role, down = p.down,
+                host = host, port = port, sni = per_peer and host_of(p.server),
                 offset = offset_of(ctx, p.name),
             }
             if due(ctx, target, t) then
@@ -276,6 +263,13 @@ local function check_all(ctx, targets)
 end
 
 local function run_round(ctx)
+    if ctx.follow_peers then
+        -- peers DNS added since the last sync get their state first
+        local ok, err = ctx.follow_peers(ctx)
+        if not ok then
+            return nil, err
+        end
+    end
     local primary, backup = fetch_peers(ctx.upstream)
     if not primary then
         return nil, backup
@@ -287,6 +281,9 @@ local function run_round(ctx)
     check_all(ctx, build_targets(ctx, primary, backup))
     if ctx.changed then
         state.save_file(ctx, primary, backup)
+    end
+    if ctx.dynamic then
+        peers.expire(ctx)
     end
     return true
 end

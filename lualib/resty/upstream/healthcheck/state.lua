@@ -36,7 +36,7 @@ local worker_pid = ngx.worker.pid
 
 local get_primary_peers = upstream.get_primary_peers
 local get_backup_peers = upstream.get_backup_peers
-local set_peer_down = upstream.set_peer_down
+local set_peer_down_by_name = upstream.set_peer_down_by_name
 
 local PRIMARY = keys.PRIMARY
 local BACKUP = keys.BACKUP
@@ -118,6 +118,7 @@ local function each_peer(primary, backup, fn)
         fn(backup[i], BACKUP)
     end
 end
+_M.each_peer = each_peer
 
 
 ------------------------------------------------------------------------
@@ -209,11 +210,16 @@ end
 -- this worker's peers follow the shm
 ------------------------------------------------------------------------
 
+-- by address, not by id: an address outlives its position in a list that
+-- DNS changes (a static group's duplicates share their state anyway)
 local function set_down(ctx, peer, is_backup, down)
-    local ok, err = set_peer_down(ctx.upstream, is_backup, peer.id, down)
+    local ok, err = set_peer_down_by_name(ctx.upstream, is_backup, peer.name,
+                                          down)
     if not ok then
-        errlog("failed to set peer ", peer.name, " of upstream \"",
-               ctx.upstream, "\" ", down and "down" or "up", ": ", err)
+        -- DNS removed it since it was read: nothing left to turn
+        log(err == "peer not found" and ngx.INFO or ERR,
+            "healthcheck: failed to set peer ", peer.name, " of upstream \"",
+            ctx.upstream, "\" ", down and "down" or "up", ": ", err)
     end
     return ok
 end
@@ -234,8 +240,15 @@ function _M.apply(ctx, primary, backup)
 end
 local apply = _M.apply
 
--- re-applies the states when another worker changed them
+-- re-applies the states when another worker changed them (and follows
+-- DNS first: ctx.follow_peers, peers.lua)
 function _M.sync(ctx)
+    if ctx.follow_peers then
+        local ok, err = ctx.follow_peers(ctx)
+        if not ok then
+            return nil, err
+        end
+    end
     local ver = ctx.dict:get(ctx.keys.version)
     if ver == ctx.version then
         return true
@@ -453,31 +466,42 @@ local function new_reservation(dict)
     return r
 end
 
+_M.new_reservation = new_reservation
+
+-- the state (saved, else the initial one) and the counters of one peer:
+-- true, or nil, err
+function _M.reserve_peer(ctx, reservation, peer, role, saved, down)
+    local ks = ctx.keys
+    local st = saved and saved[role .. peer.name]
+    if st == nil then
+        -- new to the checker: `initial_state = "down"` waits for `rise`
+        st = (down or ctx.initial_state == "down") and 1 or 0
+    end
+    local ok, err = reservation.add(ks:peer("state", role, peer.name), st)
+    for k = 1, #RESERVED_COUNTERS do
+        if not ok then
+            break
+        end
+        ok, err = reservation.add(ks:peer(RESERVED_COUNTERS[k], role,
+                                          peer.name), 0)
+    end
+    if not ok then
+        return nil, "failed to initialise the state of peer " .. peer.name
+                    .. ": " .. err
+    end
+    return true
+end
+local reserve_peer = _M.reserve_peer
+
 -- the state and the counters of every peer: a round then never needs new
 -- shm memory for them (safe_add: never evicts other upstreams' keys)
 local function reserve_peers(ctx, reservation, primary, backup, saved)
-    local ks = ctx.keys
     local failed
     each_peer(primary, backup, function (peer, role)
-        if failed then
-            return
-        end
-        local st = saved and saved[role .. peer.name]
-        if st == nil then
-            -- new to the checker: `initial_state = "down"` waits for `rise`
-            st = (peer.down or ctx.initial_state == "down") and 1 or 0
-        end
-        local ok, err = reservation.add(ks:peer("state", role, peer.name), st)
-        for k = 1, #RESERVED_COUNTERS do
-            if not ok then
-                break
-            end
-            ok, err = reservation.add(ks:peer(RESERVED_COUNTERS[k], role,
-                                              peer.name), 0)
-        end
-        if not ok then
-            failed = "failed to initialise the state of peer " .. peer.name
-                     .. ": " .. err
+        if not failed then
+            local _
+            _, failed = reserve_peer(ctx, reservation, peer, role, saved,
+                                     peer.down)
         end
     end)
     if failed then
@@ -503,23 +527,28 @@ local function all_states_present(ctx, primary, backup)
     return true
 end
 
+-- every key of one peer
+function _M.forget_peer(ctx, role, name)
+    local dict, ks = ctx.dict, ctx.keys
+    for k = 1, #PEER_KINDS do
+        dict:delete(ks:peer(PEER_KINDS[k], role, name))
+    end
+    for k = 1, #REASONS do
+        dict:delete(ks:failure(role, name, REASONS[k]))
+    end
+end
+local forget_peer = _M.forget_peer
+
 -- forget the peers removed from the config: old and list are peer lists
 -- ("role address" lines)
 local function forget_removed(ctx, old, list)
-    local dict, ks = ctx.dict, ctx.keys
     local keep = {}
     for i = 1, #list do
         keep[list[i]] = true
     end
     for entry in old:gmatch("[^\n]+") do
         if not keep[entry] then
-            local role, name = str_sub(entry, 1, 1), str_sub(entry, 3)
-            for k = 1, #PEER_KINDS do
-                dict:delete(ks:peer(PEER_KINDS[k], role, name))
-            end
-            for k = 1, #REASONS do
-                dict:delete(ks:failure(role, name, REASONS[k]))
-            end
+            forget_peer(ctx, str_sub(entry, 1, 1), str_sub(entry, 3))
         end
     end
 end
@@ -554,8 +583,10 @@ function _M.init(ctx, primary, backup)
     local list_str = concat(list, "\n")
 
     local old = dict:get(ctx.keys.peer_list)
-    -- nothing known in this shm yet: a new master
+    -- nothing known in this shm yet: a new master (kept for the peers DNS
+    -- adds later: peers.lua)
     local saved = old == nil and load_file(ctx) or nil
+    ctx.saved = saved
 
     local reservation = new_reservation(dict)
     local ok, err = reserve_all(ctx, reservation, primary, backup, saved, old,
