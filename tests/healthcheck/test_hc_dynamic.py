@@ -281,3 +281,89 @@ def test_spawn_checker_before_the_first_resolution_and_after_a_reload(nginx_fact
         proxy(status, 1)
     assert b2.clients == 0, b2.clients
     assert states(status) == {b1.addr: 'UP', b2.addr: 'DOWN'}
+
+
+def pool(n, third=79):
+    """n loopback addresses nobody listens on (checks fail fast: refused)."""
+    return ['127.%d.%d.%d' % (third, 1 + i // 250, 1 + i % 250) for i in range(n)]
+
+
+def test_rotating_addresses_reuse_the_shm(nginx_factory, dns, backends):
+    """20 addresses replaced by 20 new ones every 0.7 s for 8 s (~240 in
+    all), with a reload in the middle: the keys of removed peers are deleted
+    forget_after (1 s) later, so the shm holds a few generations, never every
+    address ever seen."""
+    b1, = backends(1)
+    addrs = pool(300)
+    dns.set('app.test', [b1.host])
+    n, status, keys = dyn_nginx(nginx_factory, dns, b1.port, forget_after=1000,
+                                interval=200, concurrency=10)
+    wait_peers(status, [b1.addr])
+    peak, seen = 0, set()
+    t_end = time.monotonic() + 8
+    i = 0
+    while time.monotonic() < t_end:
+        batch = addrs[(i * 20) % 280:(i * 20) % 280 + 20]
+        seen.update(batch)
+        dns.set('app.test', [b1.host] + batch)
+        i += 1
+        if i == 5:
+            n.reload()          # a HUP in the middle of the churn
+        step_end = time.monotonic() + 0.7
+        while time.monotonic() < step_end:
+            peak = max(peak, keys_of(keys, 'st:dyn:p:'))
+            time.sleep(0.05)
+    assert len(seen) >= 200, len(seen)
+    # live 21 plus what left within the last forget_after + a round + TTL
+    assert peak <= 21 + 5 * 20, peak
+    dns.set('app.test', [b1.host])
+    wait_for(lambda: keys_of(keys, 'st:dyn:p:') == 1, timeout=10, what='all gone peers forgotten')
+    assert states(status) == {b1.addr: 'UP'}
+
+
+def worker_rss_kb(n):
+    total = 0
+    for pid in n.worker_pids():
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    total = max(total, int(line.split()[1]))
+    return total
+
+
+def test_hostile_dns_a_thousand_addresses_flapping_every_second(nginx_factory, dns, backends):
+    """A name answering 1,000 addresses (over TCP: the UDP answer is
+    truncated), flipping between two such sets every second, into a 256k
+    zone that cannot hold them all: nginx says so and goes on, the checker
+    keeps up, the shm and memory stay bounded, no crash."""
+    b1, = backends(1)
+    sets = [pool(1000, 79), pool(1000, 81)]
+    dns.set('app.test', [b1.host] + sets[0])
+    n, status, keys = dyn_nginx(nginx_factory, dns, b1.port, forget_after=1000, interval=500,
+                                concurrency=50, timeout=300)
+    wait_for(lambda: len(states(status)) > 100, timeout=20, what='hundreds of peers')
+    rss0 = worker_rss_kb(n)
+    peak = 0
+    t_end = time.monotonic() + 12
+    i = 0
+    while time.monotonic() < t_end:
+        i += 1
+        dns.set('app.test', [b1.host] + sets[i % 2])
+        step_end = time.monotonic() + 1.0
+        while time.monotonic() < step_end:
+            t0 = time.monotonic()
+            st, _, _ = http_get('127.0.0.1', status, '/status', timeout=10)
+            assert st == 200
+            assert time.monotonic() - t0 < 5
+            peak = max(peak, keys_of(keys, 'st:dyn:p:'))
+            time.sleep(0.2)
+    assert peak <= 3 * 1001, peak
+    rss1 = worker_rss_kb(n)
+    assert rss1 < rss0 + 100 * 1024, (rss0, rss1)
+    assert 'memory exhausted' in n.error_log or len(states(status)) > 1000
+    # nginx's own words for a full upstream zone are [crit]: nothing else
+    log = re.sub(r'.*ngx_slab_alloc\(\) failed: no memory in upstream zone.*', '', n.error_log)
+    assert not re.search(r'\[(alert|emerg|crit)\]|signal \d+', log), log[-2000:]
+    # it settles once DNS does
+    dns.set('app.test', [b1.host])
+    wait_for(lambda: states(status) == {b1.addr: 'UP'}, timeout=20, what='one peer left')
