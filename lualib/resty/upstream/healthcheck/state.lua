@@ -346,11 +346,15 @@ local function transition(ctx, peer, down, n, reason)
              is_backup and ", backup" or "", ")")
     end
 
+    -- the balancer first (with `zone`, every worker's): a page that reads
+    -- the new state from the shm never finds the peer still routed
+    set_down(ctx, peer, is_backup, down)
     local ok, err = ctx.dict:safe_set(ctx.keys:peer("state", peer.role, peer.name),
                                       down and 1 or 0)
     if not ok then
         errlog("failed to save the state of peer ", peer.name, " of upstream \"",
                ctx.upstream, "\": ", err)
+        set_down(ctx, peer, is_backup, not down)
         return
     end
     ctx.changed = true
@@ -361,7 +365,6 @@ local function transition(ctx, peer, down, n, reason)
     -- best effort records for the dashboard (keys.lua)
     record_peer(ctx, peer, "state_changed", ngx_now())
     safe_incr(ctx.dict, ctx.keys:peer("transitions", peer.role, peer.name), 1)
-    set_down(ctx, peer, is_backup, down)
     bump_version(ctx)
 end
 
