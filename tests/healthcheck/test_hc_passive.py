@@ -151,3 +151,38 @@ def test_report_without_passive_checkers_is_a_no_op(nginx_factory, backends):
     assert all(get(proxy) == 503 for _ in range(10))
     assert peer_states(port)[b.addr] == 'UP'
     assert '[error]' not in n.error_log
+
+
+SLOW_BACKENDS = r'''
+    server {
+        listen %(a)s:%(port)d;
+        listen %(b)s:%(port)d;
+        location = /slow { content_by_lua_block { ngx.sleep(1) ngx.say("late") } }
+        location / { return 200 "$server_addr"; }
+    }
+'''
+
+
+def test_clients_alone_cannot_take_every_peer_down(nginx_factory):
+    """An attacker's requests to a slow URL get 504 from every peer alike
+    (issue 26, item 2): passive checks keep at least half of the peers UP,
+    so a legitimate client keeps getting answers (old code: both peers
+    DOWN, 502 for every request until the next active round)."""
+    port, proxy, bport = free_port(), free_port(), free_port()
+    a, b = '127.0.91.1', '127.0.91.2'
+    conf = hc_conf([upstream_block('foo', ['%s:%d max_fails=0' % (x, bport) for x in (a, b)])],
+                   [checker_lua('foo', passive=LuaExpr('{fall = 3, window = 10000}'),
+                                interval=4000, timeout=500, fall=2, rise=1,
+                                valid_statuses=[200])], port,
+                   extra_http=PROXY_SERVER % {'proxy': proxy}
+                   + SLOW_BACKENDS % {'a': a, 'b': b, 'port': bport})
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port), ('127.0.0.1', proxy)])
+    wait_for(lambda: set(peer_states(port).values()) == {'UP'}, what='both UP')
+    attack = [get(proxy, '/slow') for _ in range(12)]
+    assert attack.count(504) >= 6, attack
+    states = peer_states(port)
+    assert list(states.values()).count('UP') >= 1, states
+    legit = [get(proxy, '/x') for _ in range(40)]
+    assert legit.count(200) == 40, legit
+    assert 'passive checks leave at least half of the peers up, 0 of 2 would remain' \
+        in n.error_log, n.error_log[-3000:]

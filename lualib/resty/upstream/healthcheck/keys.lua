@@ -46,6 +46,8 @@ local TAGS = {
     last_failure = "lf",                -- "TIME REASON MESSAGE" of the last failure
     -- passive checks: live failures in the current window (expires)
     passive_failures = "pf",
+    -- the passive floor held for this peer: warned (expires with the window)
+    passive_warned = "pw",
 }
 
 -- the counters reserved next to each peer's state by spawn_checker, so that
@@ -57,7 +59,7 @@ _M.RESERVED_COUNTERS = { "consecutive_failures", "consecutive_successes",
 _M.PEER_KINDS = { "state", "consecutive_failures", "consecutive_successes",
                   "checks", "last_check_duration",
                   "last_check", "state_changed", "transitions", "last_failure",
-                  "passive_failures" }
+                  "passive_failures", "passive_warned" }
 
 local function tag_of(kind)
     local tag = TAGS[kind]

@@ -368,18 +368,55 @@ local function transition(ctx, peer, down, n, reason)
     bump_version(ctx)
 end
 
+-- Passive checks keep at least half of a role's peers UP, and never turn
+-- down the last: a client alone can provoke the statuses they count (a slow
+-- URL's 504 on every peer alike, a 502 from an endpoint that crashes), so
+-- such failures must not empty the upstream; a real outage beyond that is
+-- for the active checks.  true, or false and the UP peers left and the count
+local function passive_allowed(ctx, peer, primary, backup)
+    local list = peer.role == BACKUP and backup or primary
+    local n, up = #list, 0
+    for i = 1, n do
+        local p = list[i]
+        if p.name ~= peer.name and not is_down(ctx, peer.role, p) then
+            up = up + 1
+        end
+    end
+    return up >= 1 and 2 * up >= n, up, n
+end
+
+-- warns once per window per peer that the floor held
+local function passive_refused(ctx, peer, up, n)
+    local key = ctx.keys:peer("passive_warned", peer.role, peer.name)
+    if ctx.dict:get(key) then
+        return
+    end
+    ctx.dict:safe_set(key, true, ctx.passive.window)
+    warn("peer ", peer.name, " keeps failing live requests but stays up ",
+         "(upstream \"", ctx.upstream, "\"): passive checks leave at least ",
+         "half of the peers up, ", up, " of ", n, " would remain")
+end
+
 -- passive checks (passive.lua): live traffic turned the peer DOWN; the
 -- streaks restart, the other workers follow (version), active checks bring
 -- it back after `rise` successes
 function _M.passive_down(ctx, peer, n, reason)
+    local primary, backup = fetch_peers(ctx.upstream)
+    if not primary then
+        errlog("failed to read the peers of upstream \"", ctx.upstream, "\": ",
+               backup)
+        return
+    end
+    local allowed, up, total = passive_allowed(ctx, peer, primary, backup)
+    if not allowed then
+        passive_refused(ctx, peer, up, total)
+        return
+    end
     local dict, ks = ctx.dict, ctx.keys
     dict:safe_set(ks:peer("consecutive_failures", peer.role, peer.name), 0)
     dict:safe_set(ks:peer("consecutive_successes", peer.role, peer.name), 0)
     transition(ctx, peer, true, n, reason)
-    local primary, backup = fetch_peers(ctx.upstream)
-    if primary then
-        save_file(ctx, primary, backup)
-    end
+    save_file(ctx, primary, backup)
 end
 
 -- sets a counter back to 0 unless it is already
