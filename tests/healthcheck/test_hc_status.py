@@ -141,3 +141,63 @@ def test_config_down_peer_starts_down_then_checker_turns_it_up(nginx_factory, ba
     assert peer_states(port)[b[1].addr] == 'DOWN'
     wait_state(port, b[1].addr, 'UP')
     assert 'is turned up after 3 success(es)' in n.error_log
+
+
+PAGES_SERVER = r'''
+    server {
+        listen 127.0.0.1:%d;
+        location = /plain { return 200 "plain"; }
+        location = /prom {
+            content_by_lua_block {
+                local hc = require "resty.upstream.healthcheck"
+                ngx.print(hc.prometheus_status_page({extended = true}))
+            }
+        }
+        location = /json {
+            content_by_lua_block { ngx.print(require("resty.upstream.healthcheck").status_json()) }
+        }
+    }'''
+
+
+def test_big_pages_render_in_slices_and_the_worker_keeps_serving(nginx_factory):
+    """2,000 checked peers (issue 26, item 5): the extended Prometheus page
+    (MBs) and status_json() give the worker back between slices of peers, so
+    a plain request in the same worker waits for a slice, not for a whole
+    render: its median stays far under a render's median time (old code:
+    half a render: it waited for whole renders)."""
+    import statistics
+    import subprocess
+    import time
+    port, pages = free_port(), free_port()
+    addrs = ['127.0.93.%d:%d' % (1 + i % 250, 2000 + i // 250) for i in range(2000)]
+    conf = hc_conf([upstream_block('big', addrs)],
+                   [checker_lua('big', interval=600000, timeout=200, concurrency=200)], port,
+                   extra_http=PAGES_SERVER % pages)
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port), ('127.0.0.1', pages)])
+    wait_for(lambda: 'DOWN' in http_get('127.0.0.1', pages, '/prom', timeout=30)[2].decode(),
+             timeout=60, what='the first round')
+    # the renders loop in curl processes (no GIL shared with the timing below)
+    loops = [subprocess.Popen(
+        ['bash', '-c', 'while :; do curl -s -o /dev/null -w "%%{time_total}\\n" '
+                       'http://127.0.0.1:%d%s; done' % (pages, path)],
+        stdout=subprocess.PIPE, text=True) for path in ('/prom', '/json')]
+    plain = []
+    try:
+        time.sleep(1.0)
+        for _ in range(200):
+            t0 = time.monotonic()
+            assert http_get('127.0.0.1', pages, '/plain', timeout=60)[0] == 200
+            plain.append(time.monotonic() - t0)
+            time.sleep(0.01)
+    finally:
+        for p in loops:
+            p.kill()
+    renders = [float(x) for p in loops for x in p.communicate()[0].split()]
+    plain.sort()
+    p99 = plain[int(len(plain) * 0.99) - 1]
+    render = statistics.median(renders)
+    print('plain p50 %.1f ms p99 %.1f ms; render median %.1f ms (%d renders)'
+          % (plain[len(plain) // 2] * 1000, p99 * 1000, render * 1000, len(renders)))
+    assert len(renders) >= 10, renders
+    # the median (the p99 also measures this 2-core machine's scheduling)
+    assert plain[len(plain) // 2] < render / 5, (plain[len(plain) // 2], render)

@@ -8,6 +8,7 @@ local upstream = require "ngx.upstream"
 local keys = require "resty.upstream.healthcheck.keys"
 local probe = require "resty.upstream.healthcheck.probe"
 local state = require "resty.upstream.healthcheck.state"
+local slice = require "resty.upstream.healthcheck.slice"
 
 local type = type
 local ipairs = ipairs
@@ -23,6 +24,7 @@ local fetch_peers = state.fetch_peers
 local checker_of = state.checker
 local is_down = state.is_down
 
+local BREAK = slice.BREAK
 local PRIMARY = keys.PRIMARY
 local BACKUP = keys.BACKUP
 local REASONS = probe.REASONS
@@ -34,15 +36,16 @@ local _M = {}
 -- plain text
 ------------------------------------------------------------------------
 
-local function peer_lines(out, ctx, peers, role)
+local function peer_lines(out, ctx, peers, role, tick)
     for i = 1, #peers do
+        tick()
         local p = peers[i]
         out[#out + 1] = "        " .. p.name .. " "
                         .. (is_down(ctx, role, p) and "DOWN" or "UP")
     end
 end
 
-local function status_block(out, u)
+local function status_block(out, u, tick)
     local ctx = checker_of(u)
     out[#out + 1] = "Upstream " .. u .. (ctx and "" or " (NO checkers)")
     local primary, backup = fetch_peers(u)
@@ -51,9 +54,9 @@ local function status_block(out, u)
         return
     end
     out[#out + 1] = "    Primary Peers"
-    peer_lines(out, ctx, primary, PRIMARY)
+    peer_lines(out, ctx, primary, PRIMARY, tick)
     out[#out + 1] = "    Backup Peers"
-    peer_lines(out, ctx, backup, BACKUP)
+    peer_lines(out, ctx, backup, BACKUP, tick)
 end
 
 function _M.status_page()
@@ -63,9 +66,10 @@ function _M.status_page()
             return "failed to get upstream names: " .. tostring(err)
         end
         local blocks = {}
+        local tick = slice.new()
         for i = 1, #names do
             local out = {}
-            status_block(out, names[i])
+            status_block(out, names[i], tick)
             blocks[#blocks + 1] = concat(out, "\n") .. "\n"
         end
         return concat(blocks, "\n")
@@ -100,9 +104,10 @@ local function prom_aggregate(out, name, up, down, unknown)
 end
 
 -- two lines per peer; returns true when one of them is up
-local function prom_peers(out, ctx, name, peers, role, role_label)
+local function prom_peers(out, ctx, name, peers, role, role_label, tick)
     local any_up = false
     for i = 1, #peers do
+        tick()
         local p = peers[i]
         local down = is_down(ctx, role, p)
         if not down then
@@ -117,7 +122,7 @@ local function prom_peers(out, ctx, name, peers, role, role_label)
     return any_up
 end
 
-local function prom_upstream(out, u)
+local function prom_upstream(out, u, tick)
     local name = esc(u)
     local ctx = checker_of(u)
     if not ctx then
@@ -125,12 +130,14 @@ local function prom_upstream(out, u)
         return
     end
     local primary, backup = fetch_peers(u)
+    tick(BREAK)
     if not primary then
         prom_aggregate(out, name, 0, 1, 0)
         return
     end
-    local up_primary = prom_peers(out, ctx, name, primary, PRIMARY, "PRIMARY")
-    local up_backup = prom_peers(out, ctx, name, backup, BACKUP, "BACKUP")
+    local up_primary = prom_peers(out, ctx, name, primary, PRIMARY, "PRIMARY",
+                                  tick)
+    local up_backup = prom_peers(out, ctx, name, backup, BACKUP, "BACKUP", tick)
     if up_primary or up_backup then
         prom_aggregate(out, name, 1, 0, 0)
     else
@@ -163,12 +170,13 @@ local function fmt_num(v)
 end
 
 -- the checked groups whose peers can be read: { ctx =, primary =, backup = }
-local function checked_groups(names)
+local function checked_groups(names, tick)
     local groups = {}
     for i = 1, #names do
         local ctx = checker_of(names[i])
         if ctx then
             local primary, backup = fetch_peers(names[i])
+            tick(BREAK)
             if primary then
                 groups[#groups + 1] = { ctx = ctx, primary = primary,
                                         backup = backup }
@@ -178,12 +186,14 @@ local function checked_groups(names)
     return groups
 end
 
-local function each_peer(groups, fn)
+local function each_peer(groups, tick, fn)
     for _, g in ipairs(groups) do
         for _, p in ipairs(g.primary) do
+            tick()
             fn(g.ctx, PRIMARY, "PRIMARY", p)
         end
         for _, p in ipairs(g.backup) do
+            tick()
             fn(g.ctx, BACKUP, "BACKUP", p)
         end
     end
@@ -199,13 +209,13 @@ local function family_header(out, metric, typ, help)
     out[#out + 1] = "# TYPE " .. metric .. " " .. typ .. "\n"
 end
 
-local function prom_extended(out, names)
-    local groups = checked_groups(names)
+local function prom_extended(out, names, tick)
+    local groups = checked_groups(names, tick)
 
     for _, fam in ipairs(EXTENDED) do
         local metric, kind = fam[1], fam[4]
         family_header(out, metric, fam[2], fam[3])
-        each_peer(groups, function (ctx, role, role_label, p)
+        each_peer(groups, tick, function (ctx, role, role_label, p)
             local v = ctx.dict:get(ctx.keys:peer(kind, role, p.name)) or 0
             out[#out + 1] = metric .. "{" .. labels(ctx, role_label, p) .. "} "
                             .. fmt_num(v) .. "\n"
@@ -214,7 +224,7 @@ local function prom_extended(out, names)
 
     local metric = "nginx_upstream_peer_check_failures_total"
     family_header(out, metric, "counter", "Failed checks of the peer by reason")
-    each_peer(groups, function (ctx, role, role_label, p)
+    each_peer(groups, tick, function (ctx, role, role_label, p)
         local l = labels(ctx, role_label, p)
         for _, reason in ipairs(REASONS) do
             local v = ctx.dict:get(ctx.keys:failure(role, p.name, reason)) or 0
@@ -231,12 +241,14 @@ function _M.prometheus_status_page(opts)
             return nil, "failed to get upstream names: " .. tostring(gerr)
         end
         local out = { HEADER }
+        local tick = slice.new()
         for i = 1, #names do
-            prom_upstream(out, names[i])
+            prom_upstream(out, names[i], tick)
         end
         if type(opts) == "table" and opts.extended then
-            prom_extended(out, names)
+            prom_extended(out, names, tick)
         end
+        tick(BREAK)
         return concat(out)
     end)
     if not ok then

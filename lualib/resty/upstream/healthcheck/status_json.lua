@@ -15,6 +15,7 @@
 
 local upstream = require "ngx.upstream"
 local state = require "resty.upstream.healthcheck.state"
+local slice = require "resty.upstream.healthcheck.slice"
 local keys = require "resty.upstream.healthcheck.keys"
 
 local type = type
@@ -119,15 +120,18 @@ local function peer_doc(ctx, role, p)
     })
 end
 
-local function upstream_doc(u)
+local function upstream_doc(u, tick)
     local ctx = checker_of(u)
     local peers = {}
     local primary, backup = fetch_peers(u)
+    tick(slice.BREAK)
     if primary then
         for i = 1, #primary do
+            tick()
             peers[#peers + 1] = peer_doc(ctx, PRIMARY, primary[i])
         end
         for i = 1, #backup do
+            tick()
             peers[#peers + 1] = peer_doc(ctx, BACKUP, backup[i])
         end
     end
@@ -144,12 +148,13 @@ function _M.status_json()
             return nil, "failed to get upstream names: " .. tostring(gerr)
         end
         local ups, seen = {}, {}
+        local tick = slice.new()
         for i = 1, #names do
             local u = names[i]
             if not seen[u] then
                 seen[u] = true
                 ups[#ups + 1] = u
-                ups[#ups + 1] = upstream_doc(u)
+                ups[#ups + 1] = upstream_doc(u, tick)
             end
         end
         return object({ "time", json_value(ngx.now()), "upstreams", object(ups) })
