@@ -48,6 +48,8 @@ local TAGS = {
     passive_failures = "pf",
     -- the passive floor held for this peer: warned (expires with the window)
     passive_warned = "pw",
+    -- a failed check of this peer was logged (expires: LOG_EVERY, state.lua)
+    failure_logged = "fl",
 }
 
 -- the counters reserved next to each peer's state by spawn_checker, so that
@@ -59,7 +61,7 @@ _M.RESERVED_COUNTERS = { "consecutive_failures", "consecutive_successes",
 _M.PEER_KINDS = { "state", "consecutive_failures", "consecutive_successes",
                   "checks", "last_check_duration",
                   "last_check", "state_changed", "transitions", "last_failure",
-                  "passive_failures", "passive_warned" }
+                  "passive_failures", "passive_warned", "failure_logged" }
 
 local function tag_of(kind)
     local tag = TAGS[kind]

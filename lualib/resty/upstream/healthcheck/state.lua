@@ -44,6 +44,11 @@ local RESERVED_COUNTERS = keys.RESERVED_COUNTERS
 local PEER_KINDS = keys.PEER_KINDS
 local REASONS = probe.REASONS
 
+-- seconds: at most one failed check of a peer is logged per this time (a
+-- peer that fails without reaching `fall`, or 1,000 flapping peers, must
+-- not flood the log; the failures are all counted and the last is kept)
+local LOG_EVERY = 10
+
 -- seconds: how often every worker compares the state versions in the shm
 -- (the bound for a DOWN to reach a worker's balancer without `zone`; one
 -- shm get per upstream when nothing changed)
@@ -465,8 +470,12 @@ function _M.failed(ctx, peer, reason, msg)
         return
     end
     -- msg starts with the spec's prefix ("failed to connect to ADDR: ...")
-    errlog(msg, " (upstream \"", ctx.upstream, "\"",
-           peer.role == BACKUP and ", backup)" or ")")
+    if dict:safe_add(ks:peer("failure_logged", peer.role, peer.name), true,
+                     LOG_EVERY)
+    then
+        errlog(msg, " (upstream \"", ctx.upstream, "\"",
+               peer.role == BACKUP and ", backup)" or ")")
+    end
     count_streak(ctx, peer, "consecutive_failures", ctx.fall, true, msg)
 end
 
