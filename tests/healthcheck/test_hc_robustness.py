@@ -110,8 +110,9 @@ def test_frequent_reloads_do_not_starve_the_rounds(nginx_factory, backends):
 
 def test_round_interrupted_by_reload_does_not_block_the_next(nginx_factory, backends):
     """A reload in the middle of a round: the old worker finishes its probe in
-    flight, then abandons the round without marking it done, so a new worker
-    starts the next round at once instead of a whole interval later."""
+    flight (its result dropped), then abandons the round without marking it
+    done, so a new worker finishes the round at once (the dropped probe
+    again) instead of a whole interval later."""
     # the slow probe lasts long enough for the reload to land inside it even
     # when starting new workers is slow (a busy machine, the ASan build)
     interval, delay = 1.0, 2.0
@@ -128,12 +129,12 @@ def test_round_interrupted_by_reload_does_not_block_the_next(nginx_factory, back
     wait_for(lambda: b[1].health > seen, timeout=interval + delay + 5,
              interval=0.01, what='slow probe')
     t_slow = b[1].health_times[-1]
-    before = b[0].health
+    before = b[1].health
     n.signal(signal.SIGHUP)
     assert time.monotonic() - t_slow < delay - 0.2
-    wait_for(lambda: b[0].health > before, timeout=interval + delay + 5,
-             interval=0.01, what='next round')
-    t_next = b[0].health_times[before]
+    wait_for(lambda: b[1].health > before, timeout=interval + delay + 5,
+             interval=0.01, what='the dropped probe again')
+    t_next = b[1].health_times[before]
     # the probe in flight ends at t_slow + delay; a marked round would wait
     # another full interval
     assert t_next - (t_slow + delay) < 0.5 * interval, t_next - t_slow
@@ -245,3 +246,30 @@ def test_checker_that_does_not_fit_fails_cleanly_and_evicts_nothing(nginx_factor
     b[0].status, b[0].mode = 500, 'status'
     wait_for(lambda: peer_states(port).get(small[0]) == 'DOWN', timeout=10, what='DOWN')
     assert 'healthcheck: failed to' not in n.error_log.split('failed to spawn', 1)[0]
+
+
+def test_a_hup_storm_neither_multiplies_nor_starves_checks(nginx_factory, backends):
+    """Rounds longer than the HUP period (issue 26, item 12): each HUP cut
+    the round, and the new worker started a fresh one at the first peer, so
+    the first peers were checked at every HUP and the last ones rarely.  Now
+    the new worker finishes the cut round (the peers it did not reach), so
+    every peer is checked at the same rate through the storm."""
+    b = backends(6)
+    for x in b[4:]:
+        x.mode, x.delay = 'slow', 0.8          # last in the round, slow
+    port = free_port()
+    conf = hc_conf([upstream_block('foo', [x.addr for x in b])],
+                   [checker_lua('foo', interval=300, timeout=3000, fall=2, rise=1,
+                                concurrency=1, valid_statuses=[200])],
+                   port, workers=2)
+    n = nginx_factory(conf, workers=2, wait_ports=[('127.0.0.1', port)])
+    wait_for(lambda: b[5].health >= 1, timeout=15, what='a whole first round')
+    for x in b:
+        x.reset_counts()
+    with Reloader(n, 0.5) as r:
+        time.sleep(8)
+        reloads = r.count
+    first, last = b[0].health, b[5].health
+    assert reloads >= 8, reloads
+    assert last >= 2, (first, last)
+    assert first <= last + 2, ('the first peer checked %d times, the last %d' % (first, last))

@@ -31,6 +31,7 @@ local TAGS = {
     peer_list = "peers",      -- "role address" lines of the configured peers
     gone = "gone",            -- "time role address" lines of peers DNS removed
     follow_lock = "flock",    -- pid of the worker updating peers/gone (expires)
+    resume = "resume",        -- where a round cut short by a reload stopped
     -- per peer
     state = "st",                       -- 1 DOWN, 0 UP
     consecutive_failures = "cf",
@@ -104,6 +105,7 @@ function _M.new(upstream)
         peer_list = _M.upstream_key("peer_list", upstream),
         gone = _M.upstream_key("gone", upstream),
         follow_lock = _M.upstream_key("follow_lock", upstream),
+        resume = _M.upstream_key("resume", upstream),
         cache = cache,
     }, checker_keys_mt)
 end

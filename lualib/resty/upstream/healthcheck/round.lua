@@ -9,8 +9,10 @@
 --
 -- A worker that finds the round held off retries when the marker expires
 -- (not a full interval later), and a worker that is exiting (reload)
--- abandons its round, releasing the lock without setting the marker, so
--- frequent reloads do not starve the checks.
+-- abandons its round, releasing the lock without setting the marker and
+-- noting where it stopped: a new worker finishes that round at once (the
+-- peers not reached only), so frequent reloads neither starve the checks
+-- nor multiply their rate.
 
 local probe = require "resty.upstream.healthcheck.probe"
 local probe_tcp = require "resty.upstream.healthcheck.probe_tcp"
@@ -228,7 +230,25 @@ local function worker_loop(ctx, targets, next_index, round_start)
     end
 end
 
--- checks every target with up to ctx.concurrency light threads
+-- a round cut short by a reload is finished by the next one (a new
+-- worker's, at once): only the targets it did not reach, so the peers it
+-- did check are not checked again (a HUP storm would multiply their rate)
+local function rest_of_cut_round(ctx, targets)
+    local key = ctx.keys.resume
+    local from = ctx.dict:get(key)
+    if not from then
+        return targets, 0
+    end
+    ctx.dict:delete(key)
+    local rest = {}
+    for i = from + 1, #targets do
+        rest[#rest + 1] = targets[i]
+    end
+    return rest, from
+end
+
+-- checks every target with up to ctx.concurrency light threads; returns how
+-- many it started (all, unless the worker began exiting)
 local function check_all(ctx, targets)
     local n = #targets
     local idx = 0
@@ -260,6 +280,7 @@ local function check_all(ctx, targets)
     for t = 1, #threads do
         wait(threads[t])
     end
+    return idx
 end
 
 local function run_round(ctx)
@@ -278,7 +299,15 @@ local function run_round(ctx)
     apply_states(ctx, primary, backup)
 
     ctx.changed = false
-    check_all(ctx, build_targets(ctx, primary, backup))
+    local targets, from = rest_of_cut_round(ctx, build_targets(ctx, primary,
+                                                                backup))
+    local started = check_all(ctx, targets)
+    if worker_exiting() and started > 0 then
+        -- the checks in flight are dropped (check_peer): redo those too
+        local done = started - ctx.concurrency
+        ctx.dict:safe_set(ctx.keys.resume, from + (done > 0 and done or 0),
+                          2 * ctx.period + 10)
+    end
     if ctx.changed then
         state.save_file(ctx, primary, backup)
     end
@@ -379,7 +408,7 @@ local function do_tick(ctx)
 
     if worker_exiting() then
         -- reload/shutdown during the round: abandon it without a marker and
-        -- free the lock, so a new worker runs the next round now
+        -- free the lock, so a new worker finishes it now (the rest only)
         release_lock(ctx)
         return nil
     end
