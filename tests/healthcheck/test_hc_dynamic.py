@@ -51,7 +51,7 @@ def dns():
     d.stop()
 
 
-def dyn_nginx(nginx_factory, dns, port, extra='', **opts):
+def dyn_nginx(nginx_factory, dns, port, extra='', main='', copy=False, **opts):
     status, keys = free_port(), free_port()
     opts.setdefault('interval', 200)
     opts.setdefault('timeout', 500)
@@ -65,8 +65,8 @@ def dyn_nginx(nginx_factory, dns, port, extra='', **opts):
     }''' % port
     extra += '\n' + dns.resolver() + '\n    resolver_timeout 2s;\n' + KEYS_SERVER % keys
     conf = hc_conf([upstream], [checker_lua('dyn', **opts)], status, workers=2,
-                   extra_http=extra)
-    n = nginx_factory(conf, wait_ports=[('127.0.0.1', status), ('127.0.0.1', keys)])
+                   extra_http=extra, main=main)
+    n = nginx_factory(conf, copy=copy, wait_ports=[('127.0.0.1', status), ('127.0.0.1', keys)])
     return n, status, keys
 
 
@@ -367,3 +367,50 @@ def test_hostile_dns_a_thousand_addresses_flapping_every_second(nginx_factory, d
     # it settles once DNS does
     dns.set('app.test', [b1.host])
     wait_for(lambda: states(status) == {b1.addr: 'UP'}, timeout=20, what='one peer left')
+
+
+def test_binary_upgrade_during_churn_keeps_a_dead_resolved_peer_down(nginx_factory, dns, backends):
+    """USR2 while DNS keeps changing: the new master's shm starts empty and
+    its zone is new (nothing copied): the resolved peers come back with its
+    first resolution, down until its checker has seen them, and the dead
+    one keeps its DOWN from the state file: never routed."""
+    import os
+    import signal
+    b1, b2, b3 = backends(3)
+    b2.mode, b2.status = 'status', 500
+    dns.set('app.test', [b1.host, b2.host])
+    n, status, _ = dyn_nginx(nginx_factory, dns, b1.port, main='user root;', copy=True,
+                             interval=300)
+    wait_for(lambda: states(status) == {b1.addr: 'UP', b2.addr: 'DOWN'}, timeout=10,
+             what='b1 UP, b2 DOWN')
+    stop = threading.Event()
+
+    def churn():            # b3 comes and goes meanwhile
+        i = 0
+        while not stop.wait(0.5):
+            i += 1
+            dns.set('app.test', [b1.host, b2.host] + ([b3.host] if i % 2 else []))
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        old_master = n.master_pid()
+        old_workers = set(n.worker_pids())
+        n.signal(signal.SIGUSR2)
+        wait_for(lambda: n.master_pid() != old_master and len(n.worker_pids()) == 2,
+                 timeout=15, what='the new master and its workers')
+        os.kill(old_master, signal.SIGWINCH)
+        wait_for(lambda: not any(os.path.exists('/proc/%d' % p) for p in old_workers),
+                 timeout=15, what='old workers gone')
+        b2.reset_counts()
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            proxy(status, 5)
+        assert b2.clients == 0, b2.clients
+        os.kill(old_master, signal.SIGQUIT)
+        wait_for(lambda: not os.path.exists('/proc/%d' % old_master), timeout=10)
+    finally:
+        stop.set()
+        t.join()
+    assert states(status).get(b2.addr) == 'DOWN'
+    assert states(status).get(b1.addr) == 'UP'
