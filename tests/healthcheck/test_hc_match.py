@@ -23,7 +23,7 @@ def start(nginx_factory, b, match, name='n', **opts):
         opts.setdefault(k, v)
     conf = hc_conf([upstream_block('foo', [x.addr for x in b])],
                    [checker_lua('foo', match=LuaExpr(match), **opts)], port)
-    n = nginx_factory(conf, name=name, wait_ports=[('127.0.0.1', port)])
+    n = nginx_factory(conf, name=name, workers=1, wait_ports=[('127.0.0.1', port)])
     return n, port
 
 

@@ -116,7 +116,7 @@ def test_root_only_key_loaded_by_the_master(nginx_factory, backends, pki):
                        init='assert(hc.load_client_cert("certs/client.crt", "certs/client.key"))')
     n = nginx_factory(conf, start=False)
     root_only_files(n, pki)
-    n.start(wait_ports=[('127.0.0.1', port), ('127.0.0.1', read_port)])
+    n.start(workers=1, wait_ports=[('127.0.0.1', port), ('127.0.0.1', read_port)])
     (pid,) = n.worker_pids()
     with open('/proc/%d/status' % pid) as f:
         uids = next(line for line in f if line.startswith('Uid:')).split()[1:]
