@@ -170,7 +170,7 @@ def test_monitoring_answers_this_host_and_the_allow_list_only(own_network, tmp_p
 
         allow = n.prefix / 'conf' / 'monitoring-allow.conf'
         allow.write_text(allow.read_text().replace('deny all;', 'allow 192.0.2.2;\ndeny all;'))
-        assert net.run([n.binary, '-p', str(n.prefix) + '/', '-s', 'reload']).returncode == 0
+        n.reload()
         wait_for(lambda: from_remote('/metrics')[0] == 200, what='the allowed address served')
         for path in pages:
             assert from_remote(path)[0] == 200, path
