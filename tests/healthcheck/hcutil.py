@@ -59,19 +59,23 @@ STATUS_SERVER = r'''
 
 
 def hc_conf(upstreams, checkers, port, workers=1, extra_http='', main='', shm_size='8m',
-            error_level='info'):
-    """A whole nginx.conf: upstreams, checkers in init_worker, the status server."""
+            error_level='info', init=''):
+    """A whole nginx.conf: upstreams, checkers in init_worker, the status
+    server; `init` is Lua run in init_by_lua after the module is loaded."""
     http = '''
     lua_shared_dict healthcheck %s;
     lua_socket_log_errors off;
 %s
 %s
-    init_by_lua_block { require "resty.upstream.healthcheck" }
+    init_by_lua_block {
+        local hc = require "resty.upstream.healthcheck"
+%s
+    }
     init_worker_by_lua_block {
 %s
     }
 %s
-''' % (shm_size, extra_http, '\n'.join(upstreams), '\n'.join(checkers),
+''' % (shm_size, extra_http, '\n'.join(upstreams), init, '\n'.join(checkers),
        STATUS_SERVER % {'port': port, 'status_location': STATUS_LOCATION})
     return conf_wrap(http, workers=workers, main=main, error_level=error_level)
 

@@ -171,9 +171,10 @@ def test_module_table_and_missing_dependency(nginx_factory):
     n = nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
     st, _, body = http_get('127.0.0.1', port, '/module')
     keys, err = body.decode().splitlines()
-    # the contract's four, then hc.report (passive checks) and hc.status_json (issue 16)
-    assert keys == ('_VERSION:string prometheus_status_page:function report:function '
-                    'spawn_checker:function status_json:function status_page:function')
+    # the contract's four, then hc.report (passive checks) and hc.status_json (issue 16),
+    # hc.load_client_cert (issue 26)
+    assert keys == ('_VERSION:string load_client_cert:function prometheus_status_page:function '
+                    'report:function spawn_checker:function status_json:function status_page:function')
     assert 'ngx_upstream_lua module required' in err
 
 

@@ -136,3 +136,48 @@ def test_control_changes_data_only_from_this_host(own_network, tmp_path):
     finally:
         n.stop()
     assert 'exited on signal' not in n.error_log
+
+
+def test_monitoring_answers_this_host_and_the_allow_list_only(own_network, tmp_path):
+    """Issue 26, item 11: a client on another host (another network namespace
+    behind a veth link) gets 403 from every monitoring page while the proxy
+    answers it; loopback (any 127.x address) is served; an address added to
+    conf/monitoring-allow.conf is served after a reload, its neighbour not."""
+    from support.namespaces import NetNS, link
+    net = own_network
+    if net is None:
+        pytest.skip('needs root and unshare for network namespaces')
+    n = Nginx(copy_bundle(tmp_path / 'bundle'))
+    r = net.run([n.binary, '-p', str(n.prefix) + '/'])
+    assert r.returncode == 0, r.stderr + n.error_log
+    remote = NetNS()
+    try:
+        link(net, remote, '192.0.2.1', ['192.0.2.2', '192.0.2.3'])
+        wait_for(lambda: curl(net, '/status')[0] == 200, what='status port')
+
+        def from_remote(path, source='192.0.2.2', port=METRICS):
+            r = remote.run(['curl', '-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', '5',
+                            '--interface', source, 'http://192.0.2.1:%d%s' % (port, path)])
+            body, _, code = r.stdout.rpartition('\n')
+            return int(code or 0), body
+        wait_for(lambda: from_remote('/api/hello', port=PROXY)[0] == 200, what='the proxy from the remote host')
+        pages = ('/metrics', '/status', '/traffic', '/traffic/health.json', '/traffic/format/json',
+                 '/traffic/format/prometheus', '/traffic/control?cmd=status&group=server')
+        for path in pages:
+            assert from_remote(path)[0] == 403, path
+            assert curl(net, path)[0] == 200, path
+            assert curl(net, path, source='127.0.0.5')[0] == 200, path
+
+        allow = n.prefix / 'conf' / 'monitoring-allow.conf'
+        allow.write_text(allow.read_text().replace('deny all;', 'allow 192.0.2.2;\ndeny all;'))
+        n.reload()
+        wait_for(lambda: from_remote('/metrics')[0] == 200, what='the allowed address served')
+        for path in pages:
+            assert from_remote(path)[0] == 200, path
+            assert from_remote(path, source='192.0.2.3')[0] == 403, path
+        # data-changing control commands stay this host's
+        assert from_remote('/traffic/control?cmd=delete&group=*')[0] == 403
+    finally:
+        remote.close()
+        n.stop()
+    assert 'exited on signal' not in n.error_log

@@ -14,6 +14,9 @@ may be changed while it runs):
   'status2000'  answer `HTTP/1.1 2000 OK` (four digits: not a status code)
   'reset'       reset the connection (RST) as soon as it is set up: with
                 `tls`, right after the TLS handshake
+  'trickle_body'  answer `HTTP/1.1 200 OK` with a Content-Length and then
+                `body` in pieces of `piece` bytes, one every `every` seconds
+                (TCP_NODELAY: each piece its own segment)
 
 With `tls` (an ssl.SSLContext) every connection does the TLS handshake first.
 One thread accepts on all listeners, one thread serves each connection;
@@ -29,17 +32,19 @@ import struct
 import threading
 import time
 
-MODES = ('ok', 'hang', 'trickle', 'endless', 'junk', 'status2000', 'reset')
+MODES = ('ok', 'hang', 'trickle', 'endless', 'junk', 'status2000', 'reset', 'trickle_body')
 STATUS_START = b'HTTP/1.1 200 '
 
 
 class Hostile:
-    def __init__(self, addrs, mode='ok', tls=None, every=0.3):
+    def __init__(self, addrs, mode='ok', tls=None, every=0.3, body=b'', piece=64):
         if isinstance(addrs, str):
             addrs = [addrs]
         assert mode in MODES, mode
         self.addrs = list(addrs)
         self.mode, self.tls, self.every = mode, tls, every
+        self.body, self.piece = body, piece
+        self.answered = 0            # 'trickle_body' answers sent whole
         self.lock = threading.Lock()
         self.accepted = 0            # connections accepted, all listeners
         self.open = 0                # connections being served now
@@ -142,11 +147,27 @@ class Hostile:
             chunk = b'x' * 65536
             while not self.stopped.is_set():
                 self._send(c, chunk)
+        elif mode == 'trickle_body':
+            self._trickle_body(c)
         elif mode == 'junk':
             self._send(c, os.urandom(65536))
             self._hold(c)
         else:                                   # hang
             self._hold(c)
+
+    def _trickle_body(self, c):
+        body, piece = self.body, self.piece
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send(c, b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n' % len(body))
+        for i in range(0, len(body), piece):
+            if self.stopped.is_set():
+                return
+            self._send(c, body[i:i + piece])
+            if self.every:
+                time.sleep(self.every)
+        with self.lock:
+            self.answered += 1
+        self._hold(c)
 
     def _hold(self, c):
         """Keep the connection open, unanswered, until the client closes it."""

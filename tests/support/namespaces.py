@@ -4,7 +4,8 @@ nsenter) and NamespacedNginx (nginx in a mount namespace whose /etc/hosts
 is a file of the test's), and entered(): the calling thread itself moved
 into a NetNS for a while, so sockets, threads and programs it starts (wrk,
 curl, nginx) all live there and fixed ports never collide with anything
-else on the machine."""
+else on the machine.  link(): a veth cable between two NetNS, so one is a
+remote host to the other (its packets come from a non-loopback address)."""
 import contextlib
 import ctypes
 import os
@@ -66,6 +67,24 @@ class NetNS:
             p.wait(timeout=10)
         self.holder.kill()
         self.holder.wait(timeout=10)
+
+
+def link(a, b, addr_a, addrs_b, prefix=24):
+    """A veth pair between NetNS a and b, up: addr_a on a's end and
+    addrs_b (one or more) on b's, all in one /prefix."""
+    name = 'np%d' % b.holder.pid
+    for cmd in (['ip', 'link', 'add', name + 'a', 'type', 'veth', 'peer', 'name', name + 'b'],
+                ['ip', 'link', 'set', name + 'b', 'netns', str(b.holder.pid)],
+                ['ip', 'addr', 'add', '%s/%d' % (addr_a, prefix), 'dev', name + 'a'],
+                ['ip', 'link', 'set', name + 'a', 'up']):
+        r = a.run(cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+    for cmd in [['ip', 'addr', 'add', '%s/%d' % (x, prefix), 'dev', name + 'b'] for x in addrs_b] + \
+            [['ip', 'link', 'set', name + 'b', 'up']]:
+        r = b.run(cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+    wait_for(lambda: 'LOWER_UP' in b.run(['ip', '-o', 'link', 'show', name + 'b']).stdout,
+             timeout=10, what='the veth link up')
 
 
 CLONE_NEWNET = 0x40000000

@@ -98,5 +98,7 @@ _M.status_page = render.status_page
 _M.prometheus_status_page = render.prometheus_status_page
 _M.status_json = status_json.status_json
 _M.report = passive.report
+-- in init_by_lua*: mTLS files only root may read (lualib/README.md)
+_M.load_client_cert = require("resty.upstream.healthcheck.client_cert").preload
 
 return _M

@@ -9,9 +9,9 @@
 -- is given, the body (at most `body_max` bytes: up to Content-Length, or the
 -- close, or the first body_max bytes; a chunked body is matched as sent)
 -- only when `body` is.  Both must arrive within `timeout` after the status
--- line, never past the check's deadline, however slowly they trickle in.  A
--- mismatch is a failure with its own reason (match_status, match_header,
--- match_body).
+-- line, never past the check's deadline, however slowly they trickle in;
+-- they are read in time linear in their size (sock.read_until).  A mismatch
+-- is a failure with its own reason (match_status, match_header, match_body).
 
 local sock_steps = require "resty.upstream.healthcheck.sock"
 
@@ -219,7 +219,9 @@ local function header_mismatch(m, headers)
     return nil
 end
 
--- reads the body until `body` matches or it is complete: nil, or reason, msg
+-- reads the body until `body` matches or it is complete: nil, or reason, msg.
+-- read_until tests the pattern at geometrically spaced sizes and on the whole
+-- body read, so a body trickled in small pieces costs time linear in its size
 local function check_body(ctx, peer, sock, m, headers, data, resp_end)
     local want = m.body_max
     local cl = headers["content-length"]
@@ -232,11 +234,8 @@ local function check_body(ctx, peer, sock, m, headers, data, resp_end)
     end
     local pattern = m.body
     local function done(d)
-        if str_find(str_sub(d, 1, want), pattern) then
+        if str_find(d, pattern) then
             return true
-        end
-        if #d >= want then
-            return false
         end
         return nil
     end
@@ -244,7 +243,8 @@ local function check_body(ctx, peer, sock, m, headers, data, resp_end)
     if matched then
         return nil
     end
-    if matched == nil and err ~= "closed" and err ~= "too long" then
+    -- complete (closed, or want bytes) without a match: a mismatch
+    if err ~= "closed" and err ~= "too long" then
         if err == sock_steps.ABANDONED then
             return err
         end

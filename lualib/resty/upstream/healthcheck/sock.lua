@@ -7,6 +7,7 @@
 local ngx = ngx
 local tostring = tostring
 local math_ceil = math.ceil
+local concat = table.concat
 
 local tcp = ngx.socket.tcp
 local now = ngx.now
@@ -54,7 +55,7 @@ function _M.arm(sock, ctx, deadline, slice)
         ms = left
     end
     if slice and ms > slice * 1000 then
-        ms = slice * 1000
+        ms = math_ceil(slice * 1000)
     end
     sock:settimeout(ms)      -- >= 1: 0 would mean the lua_socket_* defaults
     return true
@@ -84,12 +85,38 @@ function _M.connect(ctx, peer, check_end)
     return sock
 end
 
+-- seconds, bytes a second: bytes not yet tested are tested once the socket
+-- has been quiet for QUIET plus 1 s per QUIET_RATE bytes already tested (a
+-- response that neither closes nor says its length, a pattern in a small last
+-- piece); such tests then scan at most QUIET_RATE bytes a second
+local QUIET, QUIET_RATE = 0.01, 4 * 1048576
+_M.QUIET, _M.QUIET_RATE = QUIET, QUIET_RATE
+
+-- data with the n pending pieces appended
+local function joined(data, parts, n)
+    if n == 0 then
+        return data
+    end
+    if n == 1 then
+        return data .. parts[1]
+    end
+    return data .. concat(parts, "", 1, n)
+end
+
 -- Reads until done(data_so_far) returns a non-nil result, the peer closes,
 -- `max` bytes were read in all (err "too long") or `deadline` passes (err
 -- "timeout"), however slowly the bytes trickle in; `buffered` are bytes
 -- already read.  Returns done's result and the data, or nil, err, data
 -- (err ABANDONED when the worker is exiting).  Never buffers more than max
 -- bytes (beyond `buffered`).
+--
+-- Linear in the bytes read, however small the pieces: pieces are kept apart,
+-- and joined and tested only when the data doubled since the last test, when
+-- the socket went quiet (above), and once more when the read stops (closed,
+-- too long, deadline).  The doubling tests scan at most twice the bytes read;
+-- a match is seen at most one doubling or one quiet wait late, never lost:
+-- the last test sees every byte read (a `$` in a pattern is the end of what
+-- was read).
 function _M.read_until(ctx, sock, deadline, max, done, buffered)
     local data = buffered or ""
     local got = #data
@@ -97,29 +124,51 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
     if r ~= nil then
         return r, nil, data
     end
+    local parts, n, tested, last, err = {}, 0, got, now(), nil
     while true do
+        local wait = READ_SLICE
+        if got > tested then
+            local quiet = last + QUIET + tested / QUIET_RATE - clock()
+            if got >= 2 * tested or quiet <= 0 then
+                data, n, tested = joined(data, parts, n), 0, got
+                r = done(data)
+                if r ~= nil then
+                    return r, nil, data
+                end
+            elseif quiet < wait then
+                wait = quiet
+            end
+        end
         if got >= max then
-            return nil, "too long", data
+            err = "too long"
+            break
         end
         if worker_exiting() then
-            return nil, _M.ABANDONED, data
+            return nil, _M.ABANDONED, joined(data, parts, n)
         end
-        if not arm(sock, ctx, deadline, READ_SLICE) then
-            return nil, "timeout", data
+        if not arm(sock, ctx, deadline, wait) then
+            err = "timeout"
+            break
         end
-        local chunk, err = sock:receiveany(max - got)
+        local chunk, rerr = sock:receiveany(max - got)
         if chunk then
-            got = got + #chunk
-            data = data .. chunk
-            r = done(data)
-            if r ~= nil then
-                return r, nil, data
-            end
-        elseif err ~= "timeout" then
-            return nil, err, data
+            n = n + 1
+            parts[n] = chunk
+            got, last = got + #chunk, now()
+        elseif rerr ~= "timeout" then
+            err = rerr
+            break
         end
-        -- a slice ran out (the read timeout leaves the socket usable)
+        -- a slice that ran out leaves the socket usable
     end
+    if got > tested then
+        data = joined(data, parts, n)
+        r = done(data)
+        if r ~= nil then
+            return r, nil, data
+        end
+    end
+    return nil, err, data
 end
 
 return _M
