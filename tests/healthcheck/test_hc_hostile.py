@@ -15,7 +15,7 @@ import pytest
 
 from conftest import free_port, wait_for
 from hcutil import hc_conf
-from support.confs import checker_lua, upstream_block
+from support.confs import LuaExpr, checker_lua, upstream_block
 from support.hostile import Hostile
 from support.pki import PKI, server_context
 from support.probes import peer_states
@@ -264,3 +264,69 @@ def test_second_checker_for_an_upstream_is_refused(nginx_factory, backends):
         in n.error_log
     assert 7 <= b[0].health <= 11, b[0].health
     assert min(gaps) > 0.15, gaps
+
+
+class _RawAnswer:
+    """A peer that answers every connection with fixed raw bytes and closes."""
+
+    def __init__(self, host, port, answer):
+        import socket as _s
+        import threading as _t
+        self.answer = answer
+        self.sock = _s.socket()
+        self.sock.setsockopt(_s.SOL_SOCKET, _s.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stop_ev = _t.Event()
+        self.t = _t.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            try:
+                c.settimeout(1)
+                c.recv(4096)
+                c.sendall(self.answer)
+            except OSError:
+                pass
+            c.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join(2)
+        self.sock.close()
+
+
+def test_control_bytes_from_backends_are_escaped_in_the_log(nginx_factory):
+    """ESC sequences in a status line and in a header value (issue 26, item
+    12) reached error.log raw (a terminal reading the log runs them); now
+    they are written as \\xNN, like the tcp `expect` messages."""
+    port, p1, p2 = free_port(), free_port(), free_port()
+    evil_line = _RawAnswer('127.0.94.1', p1, b'HTTP/1.1 \x1b[31mOWNED\x1b]0;t\x07\r\n\r\n')
+    evil_header = _RawAnswer('127.0.94.2', p2, b'HTTP/1.1 200 OK\r\nX-Id: \x1b[2J\x1b[31mx\r\n'
+                             b'Content-Length: 2\r\n\r\nok')
+    try:
+        conf = hc_conf([upstream_block('foo', ['127.0.94.1:%d' % p1]),
+                        upstream_block('bar', ['127.0.94.2:%d' % p2])],
+                       [checker_lua('foo', interval=200, timeout=500, fall=1, rise=1,
+                                    valid_statuses=[200]),
+                        checker_lua('bar', interval=200, timeout=500, fall=1, rise=1,
+                                    valid_statuses=[200],
+                                    match=LuaExpr('{header = {["X-Id"] = "^good$"}}'))],
+                       port)
+        n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+        wait_for(lambda: 'bad status line from 127.0.94.1' in n.error_log
+                 and 'header X-Id' in n.error_log, timeout=10, what='both failures logged')
+        raw = n.error_log_bytes() if hasattr(n, 'error_log_bytes') else n.error_log.encode()
+        assert b'\x1b' not in raw and b'\x07' not in raw, raw[-2000:]
+        assert 'bad status line from 127.0.94.1:%d: HTTP/1.1 \\x1b[31mOWNED\\x1b]0;t\\x07' % p1 \
+            in n.error_log, n.error_log[-2000:]
+        assert 'header X-Id: \\x1b[2J\\x1b[31mx' in n.error_log, n.error_log[-2000:]
+    finally:
+        evil_line.stop()
+        evil_header.stop()

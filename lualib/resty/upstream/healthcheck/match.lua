@@ -31,6 +31,7 @@ local str_format = string.format
 local clock = sock_steps.clock
 local read_until = sock_steps.read_until
 local step_failed = sock_steps.step_failed
+local printable = sock_steps.printable
 
 -- bytes: the most of the header block read (status line not included)
 local HEADERS_MAX = 8192
@@ -212,7 +213,7 @@ local function header_mismatch(m, headers)
             end
         end
         if not found then
-            return values and "header " .. h.name .. ": " .. str_sub(values[1], 1, 64)
+            return values and "header " .. h.name .. ": " .. printable(values[1])
                    or "header " .. h.name .. " missing"
         end
     end

@@ -29,6 +29,7 @@ local clock = sock_steps.clock
 local arm = sock_steps.arm
 local connect = sock_steps.connect
 local step_failed = sock_steps.step_failed
+local printable = sock_steps.printable
 local READ_SLICE = sock_steps.READ_SLICE
 
 -- bytes: the longest status line, CRLF included; never buffered beyond
@@ -149,7 +150,7 @@ local function judge(ctx, peer, line)
                    or str_match(line, "^HTTP/%d%.%d +(%d%d%d)[ \t]")
     if not status then
         return nil, "status_line", "bad status line from " .. peer.name
-                                   .. ": " .. str_sub(line, 1, 64)
+                                   .. ": " .. printable(line)
     end
     local code = tonumber(status)
     local statuses = ctx.statuses

@@ -13,15 +13,13 @@ local probe = require "resty.upstream.healthcheck.probe"
 
 local str_find = string.find
 local str_sub = string.sub
-local str_gsub = string.gsub
-local str_format = string.format
-local str_byte = string.byte
 
 local clock = sock_steps.clock
 local arm = sock_steps.arm
 local connect = sock_steps.connect
 local read_until = sock_steps.read_until
 local step_failed = sock_steps.step_failed
+local printable = sock_steps.printable
 
 -- bytes: the most read while looking for `expect` (as for a status line)
 local EXPECT_MAX = probe.STATUS_LINE_MAX
@@ -33,12 +31,6 @@ local _M = { EXPECT_MAX = EXPECT_MAX }
 local SEND = { reason = "send", prefix = "failed to send to " }
 local RECEIVE = { reason = "receive", prefix = "failed to receive from " }
 
--- a peer's bytes for the log: printable ASCII, the rest as \xNN
-local function printable(s)
-    return (str_gsub(str_sub(s, 1, 64), "[^%w%p ]", function (c)
-        return str_format("\\x%02x", str_byte(c))
-    end))
-end
 
 local function unexpected(peer, data)
     return "expect", "unexpected answer from " .. peer.name .. ": \""

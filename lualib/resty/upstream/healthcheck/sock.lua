@@ -6,6 +6,10 @@
 
 local ngx = ngx
 local tostring = tostring
+local str_sub = string.sub
+local str_gsub = string.gsub
+local str_byte = string.byte
+local str_format = string.format
 local math_ceil = math.ceil
 local concat = table.concat
 
@@ -22,6 +26,14 @@ local _M = { READ_SLICE = READ_SLICE }
 
 -- what a check returns when the worker started exiting: nothing to record
 _M.ABANDONED = "abandoned"
+
+-- a peer's bytes for the log and the status pages: the first 64,
+-- printable ASCII kept, the rest (ESC sequences, CR, NUL, UTF-8) as \xNN
+function _M.printable(s)
+    return (str_gsub(str_sub(s, 1, 64), "[^%w%p ]", function (c)
+        return str_format("\\x%02x", str_byte(c))
+    end))
+end
 
 function _M.clock()
     update_time()
