@@ -113,6 +113,11 @@ mark_locked(ngx_http_vts_store_t *store, ngx_http_vts_listed_t *listed,
         }
         if (ngx_http_vts_load(&n->peer_removed) == 0) {
             ngx_http_vts_set_u64(&n->peer_removed, now);
+#if (NGX_DEBUG)
+            ngx_str_t name = ngx_http_vts_node_name(n);
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "vts: peer \"%V\" left \"%V\"", &name, &group);
+#endif
         }
         ngx_http_vts_retired_t *slot =
             (ngx_http_vts_retired_t *) ngx_array_push(removed);
