@@ -111,6 +111,10 @@ ngx_command_t  ngx_http_vts_commands[] = {
       ngx_conf_set_flag_slot, NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_vts_main_conf_t, stats_by_upstream), NULL },
 
+    { ngx_string("vhost_traffic_status_removed_peers"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_removed_peers, 0, 0, NULL },
+
     { ngx_string("vhost_traffic_status_measure_status_codes"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_vts_measure_codes, 0, 0, NULL },
@@ -152,6 +156,8 @@ ngx_http_vts_create_main_conf(ngx_conf_t *cf)
     conf->store.group_max = NGX_CONF_UNSET_UINT;
     conf->stats_by_upstream = NGX_CONF_UNSET;
     conf->dump_period = NGX_CONF_UNSET_MSEC;
+    conf->store.retain_msec = NGX_CONF_UNSET_MSEC;
+    conf->store.retain_max = NGX_CONF_UNSET_UINT;
     return conf;
 }
 
@@ -167,6 +173,7 @@ ngx_http_vts_init_main_conf(ngx_conf_t *cf, void *c)
                              NGX_HTTP_VTS_GROUP_MAX_DEFAULT);
     ngx_conf_init_value(conf->stats_by_upstream, 1);
     ngx_conf_init_msec_value(conf->dump_period, 60000);
+    ngx_http_vts_removed_peers_init(&conf->store);
     if (conf->display_line && !conf->enable) {
         /* (here the whole http{} block is read: the zone may follow) */
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,

@@ -102,6 +102,9 @@ char *ngx_http_vts_measure_codes(ngx_conf_t *cf, ngx_command_t *cmd,
 char *ngx_http_vts_ignore_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);    /* vts_vars.cpp */
+char *ngx_http_vts_removed_peers(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);                                    /* vts_peers.cpp */
+void ngx_http_vts_removed_peers_init(ngx_http_vts_store_t *store);
 bool ngx_http_vts_limit_member(ngx_str_t name, size_t *offset);
 
 /* vts_count.cpp: the log phase handler, and the request's own server
@@ -109,6 +112,11 @@ bool ngx_http_vts_limit_member(ngx_str_t name, size_t *offset);
 ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
 ngx_http_vts_node_t *ngx_http_vts_own_server(ngx_http_request_t *r,
     ngx_http_vts_store_t *store, ngx_http_vts_loc_conf_t *vlcf);
+
+/* vts_peers.cpp: worker 0's sweep of the upstreams' peer lists into the
+   store's peer lifecycle, once a second */
+void ngx_http_vts_peers_start_sweep(ngx_http_vts_main_conf_t *vmcf,
+    ngx_cycle_t *cycle);
 
 /* vts_display.cpp: the display location's content handler */
 ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);

@@ -4,8 +4,9 @@
  * A scrape: the handler picks the view from the URI (or the location's
  * format); when the render starts (at once, or after waiting for a render
  * slot) it takes one sorted store snapshot, and the view's renderer walks
- * it (and the configured upstream peers and caches) into an output chain
- * that vts_stream sends (in pieces while it is written, when it is large).
+ * it (and the upstream peers of vts_peers.cpp, and the caches) into an
+ * output chain that vts_stream sends (in pieces while it is written, when
+ * it is large).
  */
 
 #include "vts_display.h"
@@ -196,89 +197,6 @@ ngx_http_vts_render_start(vts_render_t &rd)
     }
     return ngx_http_vts_store_snapshot(&rd.vmcf->store, rd.r->pool, &rd.snap,
                                        true);
-}
-
-
-/* ----------------------------------------------------------------------
- * upstream peers
- */
-
-namespace {
-
-void
-group_peers(vts_render_t &rd, ngx_http_upstream_srv_conf_t *uscf,
-    ngx_http_vts_peer_pt fn, void *ctx)
-{
-    ngx_http_upstream_rr_peers_t *peers =
-        (ngx_http_upstream_rr_peers_t *) uscf->peer.data;
-
-    ngx_http_upstream_rr_peers_rlock(peers);
-    ngx_http_vts_out_hold++;            /* no pause of a streamed render */
-    bool backup = false;
-    for (ngx_http_upstream_rr_peers_t *ps = peers; ps;
-         ps = ps->next, backup = true)
-    {
-        for (ngx_http_upstream_rr_peer_t *p = ps->peer; p; p = p->next) {
-            ngx_http_vts_peer_t pi;
-            pi.name = p->name;
-            pi.weight = (ngx_uint_t) p->weight;
-            pi.max_fails = p->max_fails;
-            pi.fail_timeout = p->fail_timeout;
-            pi.backup = backup;
-            /* a bit set since nginx 1.29.6: failed, draining */
-            pi.down = (p->down & NGX_HTTP_UPSTREAM_FAILED) != 0;
-#ifdef NGX_HTTP_UPSTREAM_DRAINING
-            pi.drain = (p->down & NGX_HTTP_UPSTREAM_DRAINING) != 0;
-#else
-            pi.drain = false;
-#endif
-            fn(ctx, uscf->host, &pi,
-               ngx_http_vts_snapshot_find(&rd.snap, NGX_HTTP_VTS_UPSTREAM,
-                                          uscf->host, p->name));
-        }
-        if (backup) {
-            break;
-        }
-    }
-    ngx_http_vts_out_hold--;
-    ngx_http_upstream_rr_peers_unlock(peers);
-}
-
-} // namespace
-
-
-void
-ngx_http_vts_for_each_peer(vts_render_t &rd, ngx_http_vts_peer_pt fn,
-    void *ctx)
-{
-    ngx_http_upstream_main_conf_t *umcf = (ngx_http_upstream_main_conf_t *)
-        ngx_http_get_module_main_conf(rd.r, ngx_http_upstream_module);
-
-    if (umcf) {
-        ngx_http_upstream_srv_conf_t **uscfp =
-            (ngx_http_upstream_srv_conf_t **) umcf->upstreams.elts;
-        for (ngx_uint_t i = 0; i < umcf->upstreams.nelts; i++) {
-            if ((uscfp[i]->flags & NGX_HTTP_UPSTREAM_CREATE)
-                && uscfp[i]->peer.data)
-            {
-                group_peers(rd, uscfp[i], fn, ctx);
-            }
-        }
-    }
-
-    ngx_uint_t first, last;
-    ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_UPSTREAM, &first, &last);
-    for (ngx_uint_t i = first; i < last; i++) {
-        ngx_http_vts_node_t *n = rd.snap.nodes[i];
-        if (n->deleted
-            || !ngx_http_vts_is_nogroups(ngx_http_vts_node_group(n)))
-        {
-            continue;
-        }
-        ngx_http_vts_peer_t pi = {};
-        pi.name = ngx_http_vts_node_name(n);
-        fn(ctx, ngx_http_vts_nogroups, &pi, n);
-    }
 }
 
 

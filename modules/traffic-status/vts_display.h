@@ -1,14 +1,16 @@
 /*
  * traffic-status: what the views share.  The render context (one sorted
  * store snapshot per request, taken when the render starts), the walk
- * over configured upstream peers and file caches, the sum key, and the
- * renderers' entry points.
+ * over upstream peers (vts_peers.cpp) and file caches, the sum key, and
+ * the renderers' entry points.
  */
 #ifndef VTS_DISPLAY_H
 #define VTS_DISPLAY_H
 
 #include "vts_conf.h"
 #include "vts_out.h"
+
+struct ngx_http_vts_upstream_t;
 
 struct ngx_http_vts_render_t {
     ngx_http_request_t        *r;
@@ -17,6 +19,8 @@ struct ngx_http_vts_render_t {
     bool                       reads_zone;  /* the view needs snap */
     ngx_http_vts_snapshot_t    snap;
     uint64_t                   now;
+    ngx_http_vts_upstream_t   *upstreams = nullptr;  /* built on first use */
+    ngx_uint_t                 nupstreams = 0;
 };
 
 typedef ngx_http_vts_render_t  vts_render_t;
@@ -44,36 +48,55 @@ struct ngx_http_vts_select_t {
 
 typedef ngx_http_vts_select_t  vts_select_t;
 
-/* one configured upstream peer (or a ::nogroups entry) */
+/* one upstream peer as every view shows it (vts_peers.cpp) */
 struct ngx_http_vts_peer_t {
-    ngx_str_t   name;
-    ngx_uint_t  weight;
-    ngx_uint_t  max_fails;
-    time_t      fail_timeout;
-    bool        backup;
-    bool        down;       /* the failed bit: `down`, set_peer_down */
-    bool        drain;      /* the draining bit: `drain` (nginx 1.29.6+) */
+    ngx_str_t             name;
+    ngx_uint_t            weight;
+    ngx_uint_t            max_fails;
+    time_t                fail_timeout;
+    bool                  backup;
+    bool                  down;         /* the failed bit: `down`,
+                                           set_peer_down */
+    bool                  drain;        /* the draining bit: `drain` */
+    bool                  removed;      /* left its list, kept (lifecycle) */
+    uint64_t              added;        /* msec it joined at run time, 0 */
+    uint64_t              removed_at;   /* msec it left (when removed) */
+    ngx_http_vts_node_t  *node;         /* its counters; nullptr: none */
 };
 
-/* calls fn(void *ctx, group, peer, node or nullptr) for every configured
-   peer of every upstream{} (primary, then backup, with the peers' read
-   lock), then for every ::nogroups entry */
-typedef void (*ngx_http_vts_peer_pt)(void *ctx, ngx_str_t group,
-    ngx_http_vts_peer_t *peer, ngx_http_vts_node_t *node);
-void ngx_http_vts_for_each_peer(vts_render_t &rd, ngx_http_vts_peer_pt fn,
-    void *ctx);
+/* an upstream group with the peers the views show */
+struct ngx_http_vts_upstream_t {
+    ngx_str_t             group;
+    ngx_http_vts_peer_t  *peers;
+    ngx_uint_t            n;
+};
 
-/* the same with a lambda: fn(group, peer, node) */
+/*
+ * The one walk of upstream peers for every view, built once per render
+ * into rd.upstreams: each upstream{} in configuration order with its
+ * listed peers (primary, then backup, in list order, each name once; read
+ * under each list's read lock, names copied) and then its removed peers
+ * still kept (by name, ngx_http_vts_store_retained); then the groups only
+ * the zone knows (a reload removed their upstream{}: every peer removed),
+ * by name; then ::nogroups.  NGX_ERROR when out of memory.
+ */
+ngx_int_t ngx_http_vts_upstreams(vts_render_t &rd);
+
+/* fn(group, peer) for every peer of ngx_http_vts_upstreams */
 template <typename Fn>
-void
+ngx_int_t
 ngx_http_vts_peers(vts_render_t &rd, Fn &&fn)
 {
-    ngx_http_vts_for_each_peer(rd, [](void *ctx, ngx_str_t group,
-                                      ngx_http_vts_peer_t *peer,
-                                      ngx_http_vts_node_t *node)
-    {
-        (*(Fn *) ctx)(group, *peer, node);
-    }, &fn);
+    if (ngx_http_vts_upstreams(rd) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    for (ngx_uint_t i = 0; i < rd.nupstreams; i++) {
+        ngx_http_vts_upstream_t *u = &rd.upstreams[i];
+        for (ngx_uint_t k = 0; k < u->n; k++) {
+            fn(u->group, u->peers[k]);
+        }
+    }
+    return NGX_OK;
 }
 
 /* one file cache zone, with its sizes and its counters (zero if unused) */

@@ -271,14 +271,16 @@ sum_codes(vts_out_t &o, vts_render_t &rd)
 }
 
 
+/* one upstream peer; additions to VTS: drain, and its lifecycle: removed
+   (it left its upstream's list, kept until it expires), addedMsec (it
+   joined at run time: 0 when listed from the start), removedMsec */
 void
-peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n,
-    ngx_http_vts_peer_t &pi)
+peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_peer_t &pi)
 {
     stats_t st;
 
-    if (n) {
-        ngx_http_vts_read_stats(&st, &n->stats);
+    if (pi.node) {
+        ngx_http_vts_read_stats(&st, &pi.node->stats);
     } else {
         ngx_memzero(&st, sizeof(st));
     }
@@ -292,6 +294,9 @@ peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n,
     o.put(pi.backup ? ",\"backup\":true" : ",\"backup\":false");
     o.put(pi.down ? ",\"down\":true" : ",\"down\":false");
     o.put(pi.drain ? ",\"drain\":true" : ",\"drain\":false");
+    o.put(pi.removed ? ",\"removed\":true" : ",\"removed\":false");
+    member(o, "addedMsec", pi.added);
+    member(o, "removedMsec", pi.removed ? pi.removed_at : 0);
     over_counts(o, true, true);
     o.putc('}');
 }
@@ -448,8 +453,8 @@ ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
     if (!sel.bare) {
         o.put("\"upstreamZones\":{");
     }
-    ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi,
-                               ngx_http_vts_node_t *n)
+    ngx_int_t rc = ngx_http_vts_peers(rd, [&](ngx_str_t group,
+                                              ngx_http_vts_peer_t &pi)
     {
         if (!peer_selected(sel, group, pi)) {
             return;
@@ -458,7 +463,7 @@ ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
             if (first_peer) {
                 str(o, pi.name);
                 o.putc(':');
-                peer(o, rd, n, pi);
+                peer(o, rd, pi);
             }
             first_peer = false;
             return;
@@ -477,8 +482,11 @@ ngx_http_vts_json_upstreams(vts_out_t &o, vts_render_t &rd, vts_select_t &sel)
             o.putc(',');
         }
         first_peer = false;
-        peer(o, rd, n, pi);
+        peer(o, rd, pi);
     });
+    if (rc != NGX_OK) {
+        o.failed = true;
+    }
     if (open) {
         o.putc(']');
     }

@@ -59,6 +59,13 @@ init_process(ngx_cycle_t *cycle)
     if (vmcf->dump_path.len && ngx_worker == 0) {
         ngx_http_vts_dump_start_timer(vmcf, cycle);
     }
+    /* (a cache manager or loader runs this too, with ngx_worker 0) */
+    if (ngx_worker == 0
+        && (ngx_process == NGX_PROCESS_WORKER
+            || ngx_process == NGX_PROCESS_SINGLE))
+    {
+        ngx_http_vts_peers_start_sweep(vmcf, cycle);
+    }
     return NGX_OK;
 }
 

@@ -1,6 +1,6 @@
 /*
  * traffic-status: the Prometheus view (text format 0.0.4), VTS's metric
- * families plus nginx_vts_upstream_peer_down and
+ * families plus nginx_vts_upstream_peer_{down,drain,removed} and
  * nginx_vts_main_shm_dropped_nodes_total.
  *
  * Server, filter and upstream entries are first collected with a private
@@ -34,6 +34,7 @@ struct entry_t {
     uint64_t   resp_avg;
     bool       down;
     bool       drain;
+    bool       removed;
 };
 
 /* one kind of entries: the family prefix and its quirks */
@@ -324,6 +325,12 @@ peer_drain(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
     value(o, name, e.l, nullptr, nullptr, e.drain ? 1 : 0, false);
 }
 
+void
+peer_removed(vts_out_t &o, const char *name, const kind_t &, entry_t &e)
+{
+    value(o, name, e.l, nullptr, nullptr, e.removed ? 1 : 0, false);
+}
+
 
 /* which kinds of entries a family is printed for */
 enum {
@@ -365,6 +372,9 @@ const struct {
       "addition, not in VTS)", F_UPSTREAM, peer_down },
     { "_peer_drain", "gauge", "1 when the peer is draining: `drain`, no new "
       "requests (nginx-portable addition, not in VTS)", F_UPSTREAM, peer_drain },
+    { "_peer_removed", "gauge", "1 when the peer left its upstream (DNS or a "
+      "reload removed it): its counters are kept until they expire "
+      "(nginx-portable addition, not in VTS)", F_UPSTREAM, peer_removed },
 };
 
 
@@ -496,32 +506,6 @@ status_code_family(vts_out_t &o, vts_render_t &rd)
 }
 
 
-/* room for every entry: the nodes, the sum key and every configured peer */
-ngx_uint_t
-max_entries(vts_render_t &rd)
-{
-    ngx_uint_t n = rd.snap.n + 1;
-    ngx_http_upstream_main_conf_t *umcf = (ngx_http_upstream_main_conf_t *)
-        ngx_http_get_module_main_conf(rd.r, ngx_http_upstream_module);
-
-    if (umcf == nullptr) {
-        return n;
-    }
-    ngx_http_upstream_srv_conf_t **u =
-        (ngx_http_upstream_srv_conf_t **) umcf->upstreams.elts;
-    for (ngx_uint_t i = 0; i < umcf->upstreams.nelts; i++) {
-        if (u[i]->servers) {
-            ngx_http_upstream_server_t *s =
-                (ngx_http_upstream_server_t *) u[i]->servers->elts;
-            for (ngx_uint_t j = 0; j < u[i]->servers->nelts; j++) {
-                n += s[j].naddrs;
-            }
-        }
-    }
-    return n;
-}
-
-
 /* the entries of the nodes of one kind (servers, filters): their series
    read the counters in the zone itself (each a single aligned load, as
    read_stats does), so a render holds no copy of every entry's counters
@@ -550,19 +534,15 @@ node_entries(vts_render_t &rd, uint8_t kind, entry_t *e)
 }
 
 
+/* the peers of ngx_http_vts_upstreams, their counters copied into st */
 ngx_uint_t
-peer_entries(vts_render_t &rd, entry_t *e, stats_t *st, ngx_uint_t n)
+peer_entries(vts_render_t &rd, entry_t *e, stats_t *st)
 {
     ngx_uint_t m = 0;
 
-    ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi,
-                               ngx_http_vts_node_t *node)
-    {
-        if (m >= n) {
-            return;
-        }
-        if (node) {
-            ngx_http_vts_read_stats(&st[m], &node->stats);
+    ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi) {
+        if (pi.node) {
+            ngx_http_vts_read_stats(&st[m], &pi.node->stats);
         } else {
             ngx_memzero(&st[m], sizeof(st[m]));
         }
@@ -570,6 +550,7 @@ peer_entries(vts_render_t &rd, entry_t *e, stats_t *st, ngx_uint_t n)
         e[m].st = &st[m];
         e[m].down = pi.down;
         e[m].drain = pi.drain;
+        e[m].removed = pi.removed;
         e[m].req_avg = ngx_http_vts_req_avg(rd, &st[m]);
         e[m].resp_avg = ngx_http_vts_resp_avg(rd, &st[m]);
         m++;
@@ -631,10 +612,19 @@ ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd)
 {
     main_families(o, rd);
 
-    ngx_uint_t n = max_entries(rd);
-    ngx_uint_t copies = n - rd.snap.n;      /* the sum key and every peer */
+    if (ngx_http_vts_upstreams(rd) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    ngx_uint_t peers = 0;
+    for (ngx_uint_t i = 0; i < rd.nupstreams; i++) {
+        peers += rd.upstreams[i].n;
+    }
+    /* entries: the nodes of a kind and the sum key, or the peers; copies
+       of counters: the sum key's and the peers' */
+    ngx_uint_t n = ngx_max(rd.snap.n + 1, peers);
     entry_t *e = (entry_t *) ngx_palloc(rd.r->pool, sizeof(entry_t) * n);
-    stats_t *st = (stats_t *) ngx_palloc(rd.r->pool, sizeof(stats_t) * copies);
+    stats_t *st = (stats_t *) ngx_palloc(rd.r->pool,
+                                         sizeof(stats_t) * (peers + 1));
     if (e == nullptr || st == nullptr) {
         return NGX_ERROR;
     }
@@ -650,7 +640,7 @@ ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd)
     m = node_entries(rd, NGX_HTTP_VTS_FILTER, e);
     entries(o, filters, e, m);
 
-    m = peer_entries(rd, e, st + 1, copies - 1);
+    m = peer_entries(rd, e, st + 1);
     entries(o, upstreams, e, m);
 
     return cache_families(o, rd);

@@ -147,8 +147,8 @@ ngx_http_vts_node_size(ngx_http_vts_node_t *n)
 }
 
 
-static void
-graveyard_collect_locked(ngx_http_vts_store_t *store)
+void
+ngx_http_vts_graveyard_collect_locked(ngx_http_vts_store_t *store)
 {
     ngx_http_vts_node_t  **pp = &store->sh->graveyard;
 
@@ -285,7 +285,7 @@ ngx_http_vts_create_locked(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_http_vts_shctx_t  *sh = store->sh;
 
     if (sh->graveyard) {
-        graveyard_collect_locked(store);
+        ngx_http_vts_graveyard_collect_locked(store);
     }
 
     uint16_t ncodes = (kind == NGX_HTTP_VTS_SERVER && store->codes)

@@ -1,12 +1,12 @@
 /*
  * traffic-status: the store, the one owner of the shared zone.
  *
- * Only vts_store.cpp and vts_store_read.cpp touch the zone's rbtree,
- * queue, mutex, slab pool and graveyard.  Every other file asks them: a
- * node to count into (vts_count), a sorted snapshot of node pointers to
- * render (the views), reset or delete of matching nodes (vts_control),
- * one entry's counters (vts_vars), a snapshot to save and a restore
- * (vts_dump).
+ * Only vts_store.cpp, vts_store_read.cpp and vts_store_peers.cpp touch
+ * the zone's rbtree, queue, mutex, slab pool and graveyard.  Every other
+ * file asks them: a node to count into (vts_count), a sorted snapshot of
+ * node pointers to render (the views), reset or delete of matching nodes
+ * (vts_control), one entry's counters (vts_vars), a snapshot to save and
+ * a restore (vts_dump), the upstream peers' lifecycle (vts_peers).
  */
 #ifndef VTS_STORE_H
 #define VTS_STORE_H
@@ -117,6 +117,11 @@ struct ngx_http_vts_node_t {
     uint16_t              ncodes;       /* exact status code counters */
     uint32_t              name_len;
     uint64_t              last_msec;    /* last request (or creation) */
+    uint64_t              peer_added;   /* upstream{} peers: when it joined
+                                           its list at run time (0: listed
+                                           before worker 0's first look) */
+    uint64_t              peer_removed; /* when it left its list, 0 while
+                                           listed (the peer lifecycle) */
     ngx_http_vts_stats_t  stats;
     u_char                data[1];      /* group bytes, name bytes, then
                                            ncodes uint64_t (aligned) */
@@ -149,6 +154,9 @@ struct ngx_http_vts_store_t {
     ngx_uint_t             host_max;     /* cap of Host-keyed server zones */
     ngx_uint_t             group_max;    /* default cap of a filter group */
     ngx_http_vts_codes_t  *codes;        /* measure_status_codes, or null */
+    ngx_msec_t             retain_msec;  /* removed peers: idle expiry */
+    ngx_uint_t             retain_max;   /* removed peers kept per upstream
+                                            (0: none) */
 
     /* called once when a new zone is created (dump restore) */
     void                 (*on_create)(ngx_http_vts_store_t *store,
@@ -263,10 +271,64 @@ void ngx_http_vts_snapshot_range(ngx_http_vts_snapshot_t *snap, uint8_t kind,
     ngx_uint_t *first, ngx_uint_t *last);
 ngx_http_vts_node_t *ngx_http_vts_snapshot_find(ngx_http_vts_snapshot_t *snap,
     uint8_t kind, ngx_str_t group, ngx_str_t name);
+/* [first, last) of the nodes of kind and group in a sorted snapshot */
+void ngx_http_vts_snapshot_group(ngx_http_vts_snapshot_t *snap, uint8_t kind,
+    ngx_str_t group, ngx_uint_t *first, ngx_uint_t *last);
 
 /* bumped whenever a node is unlinked (its memory is freed after a grace
    period): a reader holding a snapshot longer than that checks it */
 uint64_t ngx_http_vts_store_generation(ngx_http_vts_store_t *store);
+
+/*
+ * The peer lifecycle of upstream{} entries (vts_store_peers.cpp).
+ *
+ * A peer's entry is listed while its upstream's peer list holds the peer.
+ * When the peer leaves the list (DNS stopped answering its address, or a
+ * reload removed its server line or its upstream) the entry is removed:
+ * kept with its counters and shown as removed until it has been idle for
+ * retain_msec (no request since it left), or until retain_max newer
+ * removed peers of its upstream push it out (the one that would expire
+ * first goes first).  So addresses that DNS keeps replacing never fill the
+ * zone.  A removed peer that comes back is listed again with its counts.
+ *
+ * Worker 0 sweeps once a second with every upstream's listed peers: it
+ * stamps peer_added and peer_removed, unlinks the removed entries that
+ * expired or are over the cap, and creates the entries of peers that
+ * joined since its last sweep (a new peer is shown as new before its first
+ * request).  The views keep removed peers by ngx_http_vts_store_retained,
+ * the sweep's own rule, so no view shows what the sweep would unlink.
+ */
+struct ngx_http_vts_listed_t {
+    ngx_str_t    group;             /* the upstream's name */
+    ngx_str_t   *names;             /* its listed peers: sorted, distinct */
+    uint8_t     *flags;             /* per name: NGX_HTTP_VTS_PEER_* */
+    ngx_uint_t   n;
+};
+
+#define NGX_HTTP_VTS_PEER_JOINED    1   /* not listed at the last sweep */
+#define NGX_HTTP_VTS_PEER_HAS_NODE  2   /* (set by the sweep) */
+
+/* listed[]: one per upstream{}, sorted by group; create: make the entries
+   of joined peers (with these histogram buckets); pool: for the sweep's
+   own temporary arrays */
+void ngx_http_vts_store_sweep_peers(ngx_http_vts_store_t *store,
+    ngx_http_vts_listed_t *listed, ngx_uint_t n, bool create,
+    ngx_array_t *buckets, ngx_pool_t *pool);
+
+/* a removed peer's node and when it retires: its removal or its last
+   request, whichever is later (read once, as workers keep counting) */
+struct ngx_http_vts_retired_t {
+    ngx_http_vts_node_t  *node;
+    uint64_t              at;
+};
+
+/* of n removed peers of one upstream (node set), the ones kept, newest
+   first, in r[0, kept) (returned), then those over the cap (*capped of
+   them), then the expired ones.  A node not yet stamped removed counts as
+   removed now */
+ngx_uint_t ngx_http_vts_store_retained(ngx_http_vts_store_t *store,
+    ngx_http_vts_retired_t *r, ngx_uint_t n, uint64_t now,
+    ngx_uint_t *capped);
 
 /* a consistent-enough copy of a node's counters */
 void ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,

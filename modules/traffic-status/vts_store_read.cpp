@@ -61,6 +61,14 @@ node_less(ngx_http_vts_node_t *a, ngx_http_vts_node_t *b)
     return ngx_memn2cmp(na.data, nb.data, na.len, nb.len) < 0;
 }
 
+
+int
+group_cmp(ngx_http_vts_node_t *n, ngx_str_t group)
+{
+    ngx_str_t g = ngx_http_vts_node_group(n);
+    return ngx_memn2cmp(g.data, group.data, g.len, group.len);
+}
+
 } // namespace
 
 
@@ -409,4 +417,24 @@ ngx_http_vts_snapshot_find(ngx_http_vts_snapshot_t *s, uint8_t kind,
         }
     }
     return nullptr;
+}
+
+
+/* [first, last) of the nodes of kind and group in a sorted snapshot */
+void
+ngx_http_vts_snapshot_group(ngx_http_vts_snapshot_t *s, uint8_t kind,
+    ngx_str_t group, ngx_uint_t *first, ngx_uint_t *last)
+{
+    auto before = [&](ngx_http_vts_node_t *n) {
+        return n->kind < kind || (n->kind == kind && group_cmp(n, group) < 0);
+    };
+    auto within = [&](ngx_http_vts_node_t *n) {
+        return n->kind == kind && group_cmp(n, group) == 0;
+    };
+    ngx_http_vts_node_t **end = s->nodes + s->n;
+    ngx_http_vts_node_t **f = std::partition_point(s->nodes, end, before);
+    ngx_http_vts_node_t **l = std::partition_point(f, end, within);
+
+    *first = f - s->nodes;
+    *last = l - s->nodes;
 }

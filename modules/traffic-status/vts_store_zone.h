@@ -1,8 +1,9 @@
 /*
- * traffic-status: the store's private part, shared by its two files only
- * (vts_store.cpp: the zone, node creation and the request path;
- * vts_store_read.cpp: snapshots, reads, reset/delete, restore).  No other
- * file includes this.
+ * traffic-status: the store's private part, shared by its three files
+ * only (vts_store.cpp: the zone, node creation and the request path;
+ * vts_store_read.cpp: snapshots, reads, reset/delete, restore;
+ * vts_store_peers.cpp: the upstream peers' lifecycle).  No other file
+ * includes this.
  */
 #ifndef VTS_STORE_ZONE_H
 #define VTS_STORE_ZONE_H
@@ -46,6 +47,8 @@ ngx_http_vts_node_t *ngx_http_vts_create_capped_locked(
     ngx_http_vts_store_t *store, uint8_t kind, ngx_str_t *group,
     ngx_str_t *name, uint32_t hash, uint8_t cap_class);
 size_t ngx_http_vts_node_size(ngx_http_vts_node_t *n);
+/* frees the unlinked nodes whose grace period is over */
+void ngx_http_vts_graveyard_collect_locked(ngx_http_vts_store_t *store);
 void ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
     ngx_http_vts_node_t *node);
 

@@ -7,7 +7,7 @@
   "use strict";
   var base = location.pathname.replace(/\/+$/, "").replace(/\/format\/html$/, "");
   var url = base + "/format/json", healthUrl = base + "/health.json";
-  var HEALTH_RETRY = 30000, ZONE_CARDS = 12, PEER_CARDS = 32;
+  var HEALTH_RETRY = 30000, ZONE_CARDS = 12, PEER_CARDS = 32, NEW_FOR = 60000;
   var prev = null, prevAt = 0, updates = 0;
   var health = null, healthRetryAt = 0, peerStates = {};
 
@@ -144,17 +144,36 @@
     return list;
   }
 
+  /* up, down, or removed: the peer left its upstream (DNS or a reload
+   * dropped it) and the module keeps its counters until they expire */
   function stateOf(p) {
+    if (p.vts && p.vts.removed) { return "removed"; }
     var down = p.hc && p.hc.checked ? p.hc.state === "DOWN" : !!(p.vts && p.vts.down);
     return down ? "down" : "up";
   }
 
-  /* a marker where the state changed: seen changing between two polls, or
-   * reported by the checker (since) within the window on first sight */
+  /* "new": added to its upstream at run time (DNS) less than NEW_FOR ago */
+  function isNew(p, now) {
+    var v = p.vts || {};
+    return !v.removed && v.addedMsec > 0 && now - v.addedMsec < NEW_FOR;
+  }
+
+  /* markers where the peer joined or left its upstream (the module's
+   * times), and where it went down or up: seen changing between two
+   * polls, or reported by the checker (since) within the window on first
+   * sight */
   function watchState(key, p, state, now) {
     var was = peerStates[key], since = p.hc && p.hc.since ? p.hc.since * 1000 : null;
+    var v = p.vts || {};
     var why = state === "down" && p.hc && p.hc.last_failure ? p.hc.last_failure.message : "";
-    if (was !== undefined && was !== state) {
+    if (v.addedMsec && now - v.addedMsec < Charts.WINDOW) {
+      Charts.mark(key, v.addedMsec, "NEW", "added to its upstream");
+    }
+    if (state === "removed") {
+      if (v.removedMsec && now - v.removedMsec < Charts.WINDOW) {
+        Charts.mark(key, v.removedMsec, "REMOVED", "no longer in its upstream");
+      }
+    } else if (was !== undefined && was !== "removed" && was !== state) {
       Charts.mark(key, since && now - since < 5000 ? since : now, state.toUpperCase(), why);
     } else if (was === undefined && since && now - since < Charts.WINDOW) {
       Charts.mark(key, since, state.toUpperCase(), why);
@@ -175,14 +194,17 @@
   }
   function peerRow(p, state, key, now, dt, last) {
     var v = p.vts || {}, r = v.responses || {}, tr = el("tr", "peer");
+    var fresh = isNew(p, now);
     tr.setAttribute("data-peer", p.name);
     tr.setAttribute("data-state", state);
     var shown = state + ((v.backup || (p.hc && p.hc.role === "backup")) ? " (backup)" : "") +
-                (v.drain ? " (draining)" : "");
+                (v.drain ? " (draining)" : "") + (fresh ? " (new)" : "");
     if (v.drain) { tr.setAttribute("data-drain", "true"); }
+    if (fresh) { tr.setAttribute("data-new", "true"); }
     var cells = [p.name, shown, v.requestCounter, rate(key, v.requestCounter, dt, last),
                  v.responseMsec, r["2xx"], r["4xx"], r["5xx"]]
-      .concat(health_cells(p.hc, now), [v.weight, bytes(v.inBytes), bytes(v.outBytes)]);
+      .concat(health_cells(p.hc, now), [v.removed ? "-" : v.weight, bytes(v.inBytes),
+                                        bytes(v.outBytes)]);
     cells.forEach(function (c, i) {
       var td = el("td", ["k", state + " state", "requests"][i] || (i === 13 ? "reason" : ""), c);
       if (i === 0) { td.title = "weight " + v.weight + ", max_fails " + v.maxFails + ", fail_timeout " + v.failTimeout; }
@@ -191,27 +213,37 @@
     });
     return tr;
   }
+  function healthInfo(h, state, now) {
+    if (!h || !h.checked) { return ["not health-checked"]; }
+    var info = [h.since ? "since " + ago(now - h.since * 1000) : "no change seen",
+                state === "down" ? h.consecutive_successes + " ok in a row"
+                                 : h.consecutive_failures + " failed in a row"];
+    if (h.last_check) {
+      info.push("checked " + ago(now - h.last_check * 1000) + " ago in " +
+                (h.last_check_duration * 1000).toFixed(1) + " ms");
+    }
+    return info;
+  }
   function peerCard(g, p, state, key, now) {
     var c = card("peer", p.name, p.name, now, key), h = p.hc;
     c.setAttribute("data-upstream", g);
     c.setAttribute("data-state", state);
     var badge = el("span", "badge " + state, state.toUpperCase());
     c.firstChild.appendChild(badge);
+    if (isNew(p, now)) {            /* DNS added it a moment ago */
+      c.setAttribute("data-new", "true");
+      c.firstChild.appendChild(el("span", "badge new", "NEW"));
+    }
     if (p.vts && p.vts.drain) {     /* `drain`: no new requests, sticky ones finish */
       c.setAttribute("data-drain", "true");
       c.firstChild.appendChild(el("span", "badge drain", "DRAINING"));
     }
-    var info = [];
-    if (h && h.checked) {
-      info.push(h.since ? "since " + ago(now - h.since * 1000) : "no change seen");
-      info.push(state === "down" ? h.consecutive_successes + " ok in a row"
-                                 : h.consecutive_failures + " failed in a row");
-      if (h.last_check) {
-        info.push("checked " + ago(now - h.last_check * 1000) + " ago in " +
-                  (h.last_check_duration * 1000).toFixed(1) + " ms");
-      }
+    var v = p.vts || {}, info = [];
+    if (state === "removed") {      /* no longer a peer: its health no longer matters */
+      info.push("removed " + ago(now - v.removedMsec) + " ago, counters kept until they expire");
     } else {
-      info.push("not health-checked");
+      if (v.addedMsec) { info.push("added " + ago(now - v.addedMsec) + " ago"); }
+      info = info.concat(healthInfo(h, state, now));
     }
     c.appendChild(el("div", "card-info", info.join(" \u00b7 ")));
     if (h && h.last_failure && (state === "down" || now - h.last_failure.time * 1000 < Charts.WINDOW)) {
@@ -231,13 +263,14 @@
     u.textContent = "";
     if (!groups.length) { u.appendChild(el("div", "empty", "none")); }
     groups.forEach(function (g) {
-      var peers = peersOf(g, vz[g], hz[g]), upCount = 0;
+      var peers = peersOf(g, vz[g], hz[g]), upCount = 0, removedCount = 0;
       var ut = el("table"), grid = el("div", "grid");
       ut.setAttribute("data-upstream", g);
       head(ut, peerCols);
       peers.forEach(function (p) {
         var key = "u:" + g + "\u0000" + p.name, state = stateOf(p), v = p.vts;
         if (state === "up") { upCount++; }
+        if (state === "removed") { removedCount++; }
         if (v) {
           seen[key] = v.requestCounter;
           Charts.sample(key, now, counters(v.requestCounter, v.responses, v.responseMsecCounter,
@@ -248,7 +281,8 @@
         if (cards++ < PEER_CARDS) { grid.appendChild(peerCard(g, p, state, key, now)); }
       });
       var h3 = el("h3", "", g);
-      h3.appendChild(el("span", "summary", upCount + "/" + peers.length + " up" +
+      h3.appendChild(el("span", "summary", upCount + "/" + (peers.length - removedCount) + " up" +
+                        (removedCount ? ", " + removedCount + " removed" : "") +
                         (hz[g] && hz[g].checked ? ", health-checked" : "")));
       u.appendChild(h3);
       u.appendChild(wrapped(ut));
