@@ -32,6 +32,7 @@ local TAGS = {
     gone = "gone",            -- "time role address" lines of peers DNS removed
     follow_lock = "flock",    -- pid of the worker updating peers/gone (expires)
     resume = "resume",        -- where a round cut short by a reload stopped
+    saved = "saved",          -- a new master's state file text (expires)
     -- per peer
     state = "st",                       -- 1 DOWN, 0 UP
     consecutive_failures = "cf",
@@ -106,6 +107,7 @@ function _M.new(upstream)
         gone = _M.upstream_key("gone", upstream),
         follow_lock = _M.upstream_key("follow_lock", upstream),
         resume = _M.upstream_key("resume", upstream),
+        saved = _M.upstream_key("saved", upstream),
         cache = cache,
     }, checker_keys_mt)
 end

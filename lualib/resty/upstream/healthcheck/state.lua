@@ -137,14 +137,17 @@ function _M.default_file(shm, u)
 end
 
 -- returns { [role .. name] = 0|1, ... } or nil
-local function load_file(ctx)
-    local path = ctx.state_file
+local function read_file(path)
     local f = path and io_open(path, "rb")
     if not f then
         return nil
     end
     local data = f:read("*a")
     f:close()
+    return data
+end
+
+local function parse_states(ctx, data)
     if not data then
         return nil
     end
@@ -165,6 +168,26 @@ local function load_file(ctx)
         end
     end
     return states
+end
+
+-- seconds the state file's text stays in the shm for every worker of a new
+-- master (peers that DNS adds after the start: peers.lua)
+local SAVED_TTL = 600
+
+-- { [role .. name] = 0|1 } from the state file, or nil.  The first worker
+-- of a new master (nothing in its shm yet) reads the file and shares its
+-- text: the other workers, which find the shm no longer empty, and the
+-- peers DNS adds later get the same saved states
+local function load_saved(ctx, first)
+    local dict, key = ctx.dict, ctx.keys.saved
+    if first then
+        local data = read_file(ctx.state_file)
+        if data then
+            dict:safe_set(key, data, SAVED_TTL)
+        end
+        return parse_states(ctx, data)
+    end
+    return parse_states(ctx, dict:get(key))
 end
 
 local function write_file(path, text)
@@ -633,9 +656,9 @@ function _M.init(ctx, primary, backup)
 
     local old = dict:get(ctx.keys.peer_list)
     -- nothing known in this shm yet: a new master (kept for the peers DNS
-    -- adds later: peers.lua)
-    local saved = old == nil and load_file(ctx) or nil
-    ctx.saved = saved
+    -- adds later, in every worker: peers.lua)
+    ctx.saved = load_saved(ctx, old == nil)
+    local saved = old == nil and ctx.saved or nil
 
     local reservation = new_reservation(dict)
     local ok, err = reserve_all(ctx, reservation, primary, backup, saved, old,
