@@ -1,0 +1,799 @@
+#!/usr/bin/env python3
+"""Peers that DNS adds and removes (issue 25): 500 peers resolved from one
+`server app.test:PORT resolve` line, 10 % of the addresses replaced every
+10 s, a health checker on the upstream, 2 workers, a light client load.
+
+Everything runs in a private network namespace (the script re-runs itself
+under `unshare -n` and brings `lo` up; root needed), so nothing listens
+outside it:
+- a DNS server on loopback (tests/support/dns.py, TTL 1 s; the front's
+  `resolver ... valid=1s`): its answer for app.test is the peer set; the
+  answers with more than 512 bytes go over TCP, as in production;
+- a backend nginx (the same bundle, its own prefix) on a wildcard address,
+  so every 127.20.x.y answers: `/health` 200, anything else its
+  `$server_addr`; it logs `$msec $server_addr $request_uri`;
+- the front nginx (2 workers, `reuseport`): `upstream dyn { zone; server
+  app.test:PORT resolve; }`, `spawn_checker` (interval, concurrency 20,
+  valid_statuses {200}, fall 2, rise 1), `vhost_traffic_status_zone` (its
+  default 1m), a Lua endpoint reading the healthcheck lua_shared_dict;
+- a client: --rps requests/s over 4 connections (each reconnects every 50
+  requests, so both workers get traffic), URIs /c/N.
+
+Phases, after every initial address was checked and a 10 s warm-up:
+baseline (--baseline s: the same 500 peers, DNS answering the same set every
+second) then churn (--duration s: at every 10 s tick, 10 % of the current
+addresses removed and as many new ones, never used before, appended).
+
+Figures:
+- front CPU: utime+stime of the two workers per phase, as % of one core, the
+  churn/baseline ratio, and per 10 s window (median, max) to show the noise;
+  the master's CPU apart (worker 0's resolver runs in a worker);
+- the healthcheck shm: capacity - free_space (pages in use), all keys and
+  the `st:dyn:p:` keys (one per peer the checker knows), every 2 s: at the
+  end of the baseline, peak and end of churn; against lualib/README.md's
+  rule (700 B x (peers + churn/s x forget_after), 500 B more per peer with
+  the best-effort records);
+- the traffic-status zone: sharedZones.usedSize (and usedNode,
+  droppedNodes) from `/status/control?cmd=status&group=server&zone=::main`
+  every 2 s, and from `/status/format/json` at the start and the end (with
+  the number of `dyn` peers it lists);
+- per added address: the DNS change -> first DNS answer that holds it
+  ("answered": nginx asked) -> first health check logged by the backend
+  ("checked") -> first client request ("routed"); median / p95 / max over
+  every address added; how many were routed before their first check
+  (`initial_state = "up"` allows it: the checker turns a new peer up
+  within its sync period);
+- per removed address: its last client request and last health check after
+  the first DNS answer without it; client requests later than 2 s after it.
+
+Usage: NP_BUNDLE=<bundle> python3 bench/healthcheck/bench_dynamic.py
+       [--duration 300] [--baseline 120] [--peers 500] [--churn 0.1]
+       [--every 10] [--interval 1000] [--concurrency 20] [--rps 200]
+       [--shm 8m] [--initial-state up] [--seed 1] [--json out.json]
+       [--markdown out.md] [--keep DIR]
+Prints one JSON line (and a markdown section with --markdown).  Stops
+everything it started; the namespace goes with the last process in it.
+"""
+import argparse
+import http.client
+import json
+import os
+import pathlib
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent / 'tests'))
+from common import BUNDLE, ROOT, Server, main_conf  # noqa: E402
+from support.dns import DnsServer, _key  # noqa: E402
+
+NAME = 'app.test'
+UPSTREAM = 'dyn'
+WORKERS = 2
+CLIENT_CONNS = 4
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+IN_NS = 'NP_BENCH_DYNAMIC_NETNS'
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def addr_of(i):
+    """The i-th address ever handed out: 127.20.0.1, 127.20.0.2, ..."""
+    return '127.%d.%d.%d' % (20 + i // 62500, (i // 250) % 250, i % 250 + 1)
+
+
+class TimedDns(DnsServer):
+    """The DNS server, noting when it answered which version of the set."""
+
+    def __init__(self):
+        super().__init__()
+        self.gen = 0
+        self.answers = []          # (time, generation) of every A answer
+
+    def address_rrs(self, qname, addrs, qtype, ttl):   # called under self.lock
+        self.answers.append((time.time(), self.gen))
+        return DnsServer.address_rrs(qname, addrs, qtype, ttl)
+
+    def change(self, name, addrs):
+        """Replace the set; returns (time, generation) of the change."""
+        with self.lock:
+            self.addrs[_key(name)] = list(addrs)
+            self.gen += 1
+            return time.time(), self.gen
+
+    def first_answer(self, gen):
+        with self.lock:
+            return next((t for t, g in self.answers if g >= gen), None)
+
+
+# ---------------------------------------------------------------- configs
+
+def backend_conf(port, log):
+    return main_conf(f"""
+    log_format dyn '$msec $server_addr $request_uri';
+    server {{
+        listen {port} backlog=4096;      # wildcard: every 127.x.y.z of the namespace
+        access_log {log} dyn buffer=256k flush=1s;
+        keepalive_timeout 30s;
+        location = /health {{ return 200 "ok\\n"; }}
+        location / {{ return 200 "$server_addr\\n"; }}
+    }}""", workers=1, affinity=False, main='worker_rlimit_nofile 16384;')
+
+
+def front_conf(port, status_port, bport, dns, a):
+    return main_conf(f"""
+    lua_shared_dict healthcheck {a.shm};
+    lua_socket_log_errors off;
+    vhost_traffic_status_zone shared:ngx_http_vhost_traffic_status:{a.vts_zone};
+    {dns.resolver()}
+    resolver_timeout 2s;
+    upstream {UPSTREAM} {{
+        zone {UPSTREAM} 4m;
+        server {NAME}:{bport} resolve;
+    }}
+    init_worker_by_lua_block {{
+        local hc = require "resty.upstream.healthcheck"
+        local ok, err = hc.spawn_checker{{
+            shm = "healthcheck", upstream = "{UPSTREAM}", type = "http",
+            http_req = "GET /health HTTP/1.0\\r\\nHost: {NAME}\\r\\n\\r\\n",
+            interval = {a.interval}, timeout = 1000, fall = 2, rise = 1,
+            concurrency = {a.concurrency}, valid_statuses = {{200}},
+            initial_state = "{a.initial_state}",
+        }}
+        if not ok then ngx.log(ngx.ERR, "spawn_checker: ", err) end
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{ proxy_pass http://{UPSTREAM}; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        location /status {{
+            vhost_traffic_status_display;
+            vhost_traffic_status_display_format json;
+        }}
+        location = /shm {{
+            content_by_lua_block {{
+                local d = ngx.shared.healthcheck
+                local cap, free = d:capacity(), d:free_space()
+                local keys = d:get_keys(0)
+                local st, prefix = 0, "st:{UPSTREAM}:p:"
+                for _, k in ipairs(keys) do
+                    if k:sub(1, #prefix) == prefix then st = st + 1 end
+                end
+                local gone = 0
+                for _ in (d:get("gone:{UPSTREAM}") or ""):gmatch("[^\\n]+") do gone = gone + 1 end
+                local peers = require("ngx.upstream").get_primary_peers("{UPSTREAM}") or {{}}
+                local down = 0
+                for _, p in ipairs(peers) do if p.down then down = down + 1 end end
+                ngx.say(cap, " ", free, " ", #keys, " ", st, " ", gone, " ", #peers, " ", down)
+            }}
+        }}
+    }}""", workers=WORKERS, affinity=False, main='worker_rlimit_nofile 16384;')
+
+
+# ---------------------------------------------------------------- probes
+
+def get(port, path, timeout=10):
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request('GET', path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def shm_sample(sport):
+    st, body = get(sport, '/shm')
+    cap, free, nkeys, nst, gone, peers, down = (int(x) for x in body.split())
+    return {'used': cap - free, 'capacity': cap, 'keys': nkeys, 'state_keys': nst,
+            'gone': gone, 'peers': peers, 'down': down}
+
+
+def vts_main(sport):
+    st, body = get(sport, '/status/control?cmd=status&group=server&zone=::main')
+    z = json.loads(body)['sharedZones']
+    return {'usedSize': z['usedSize'], 'usedNode': z['usedNode'], 'maxSize': z['maxSize'],
+            'dropped': sum(z.get('droppedNodes', {}).values())}
+
+
+def vts_full(sport):
+    st, body = get(sport, '/status/format/json', timeout=30)
+    doc = json.loads(body)
+    z = doc['sharedZones']
+    peers = doc.get('upstreamZones', {}).get(UPSTREAM, [])
+    return {'usedSize': z['usedSize'], 'usedNode': z['usedNode'], 'maxSize': z['maxSize'],
+            'droppedNodes': z.get('droppedNodes'), 'dyn_peers_listed': len(peers),
+            'json_bytes': len(body)}
+
+
+def machine_jiffies():
+    """(busy, total) jiffies of every CPU, from /proc/stat."""
+    f = [int(x) for x in pathlib.Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]]
+    total = sum(f[:8])
+    return total - f[3] - f[4], total
+
+
+def children(pid):
+    try:
+        text = pathlib.Path('/proc/%d/task/%d/children' % (pid, pid)).read_text()
+        return sorted(int(x) for x in text.split())
+    except OSError:
+        out = []
+        for p in pathlib.Path('/proc').iterdir():
+            if p.name.isdigit():
+                try:
+                    stat = (p / 'stat').read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+        return sorted(out)
+
+
+def cpu_s(pid):
+    """utime + stime of one process, in seconds (None when it is gone)."""
+    try:
+        fields = pathlib.Path('/proc/%d/stat' % pid).read_text().rsplit(')', 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Client(threading.Thread):
+    """A paced client: one request every `period` s on a keep-alive
+    connection that is reopened every 50 requests."""
+
+    def __init__(self, port, period, tag):
+        super().__init__(daemon=True)
+        self.port, self.period, self.tag = port, period, tag
+        self.stop = threading.Event()
+        self.ok = self.errors = 0
+        self.statuses = {}
+
+    def run(self):
+        conn, n, due = None, 0, time.monotonic()
+        while not self.stop.is_set():
+            if conn is None or n % 50 == 0:
+                if conn:
+                    conn.close()
+                conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=5)
+            n += 1
+            try:
+                conn.request('GET', '/c/%s-%d' % (self.tag, n))
+                r = conn.getresponse()
+                r.read()
+                self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.errors += 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()
+                conn = None
+            due += self.period
+            delay = due - time.monotonic()
+            if delay > 0:
+                self.stop.wait(delay)
+            else:
+                due = time.monotonic()      # behind: do not burst
+        if conn:
+            conn.close()
+
+
+class Sampler(threading.Thread):
+    """The shm and the traffic-status zone every `every` s, tagged with the phase."""
+
+    def __init__(self, sport, every=2.0):
+        super().__init__(daemon=True)
+        self.sport, self.every = sport, every
+        self.phase = 'warmup'
+        self.rows, self.errors = [], []
+        self.stop = threading.Event()
+
+    def sample(self):
+        row = {'t': time.time(), 'phase': self.phase}
+        row['shm'] = shm_sample(self.sport)
+        row['vts'] = vts_main(self.sport)
+        self.rows.append(row)
+        return row
+
+    def run(self):
+        while not self.stop.wait(self.every):
+            try:
+                self.sample()
+            except Exception as e:          # noqa: BLE001 - noted, the run goes on
+                self.errors.append('%.1f %r' % (time.time(), e))
+
+
+# ---------------------------------------------------------------- the log
+
+def read_log(path):
+    """{address: ([check times], [client request times])}, sorted."""
+    seen = {}
+    with open(path, 'rb') as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 3:
+                continue
+            t, addr, uri = float(parts[0]), parts[1].decode(), parts[2]
+            checks, clients = seen.setdefault(addr, ([], []))
+            (checks if uri == b'/health' else clients).append(t)
+    for checks, clients in seen.values():
+        checks.sort()
+        clients.sort()
+    return seen
+
+
+def bursts(times, gap=0.3):
+    """The checker's rounds in the backend log: (start, end, checks) of each run
+    of check times with no gap over `gap` s (a round of 500 fast checks takes
+    well under the interval, so rounds are separated by about the interval)."""
+    out = []
+    for t in times:
+        if out and t - out[-1][1] <= gap:
+            out[-1][1] = t
+            out[-1][2] += 1
+        else:
+            out.append([t, t, 1])
+    return [tuple(r) for r in out[1:-1]]        # the first and last may be cut
+
+
+def dist(values):
+    """median / p95 / max of a list of seconds, in seconds (3 decimals)."""
+    if not values:
+        return None
+    v = sorted(values)
+    p95 = v[min(len(v) - 1, int(round(0.95 * (len(v) - 1))))]
+    return {'n': len(v), 'min': round(v[0], 3), 'median': round(statistics.median(v), 3),
+            'p95': round(p95, 3),
+            'max': round(v[-1], 3)}
+
+
+def count_lines(path, words):
+    n = {w: 0 for w in words}
+    samples = []
+    try:
+        with open(path, errors='replace') as f:
+            for line in f:
+                for w in words:
+                    if w in line:
+                        n[w] += 1
+                        if len(samples) < 5 and w != '[warn]':
+                            samples.append(line.strip()[:300])
+    except OSError:
+        pass
+    return n, samples
+
+
+# ---------------------------------------------------------------- the run
+
+def wait_until(pred, timeout, what, step=0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(step)
+    raise RuntimeError('timed out waiting for ' + what)
+
+
+def run(a):
+    rnd = random.Random(a.seed)
+    n_churn = max(1, int(round(a.peers * a.churn)))
+    next_addr = 0
+
+    def fresh(k):
+        nonlocal next_addr
+        out = [addr_of(next_addr + i) for i in range(k)]
+        next_addr += k
+        return out
+
+    current = fresh(a.peers)
+    dns = TimedDns().start()
+    t_set, _ = dns.change(NAME, current)
+    started = []
+    clients = []
+    sampler = None
+    out = {'bench': 'dynamic_peers', 'peers': a.peers, 'churn_per_tick': n_churn,
+           'every_s': a.every, 'duration_s': a.duration, 'baseline_s': a.baseline,
+           'interval_ms': a.interval, 'concurrency': a.concurrency, 'fall': 2, 'rise': 1,
+           'initial_state': a.initial_state, 'workers': WORKERS, 'client_rps': a.rps,
+           'shm_dict': a.shm, 'vts_zone': a.vts_zone, 'forget_after_s': 60, 'dns_ttl_s': 1}
+    added = {addr: (t_set, 1) for addr in current}    # addr -> (change time, gen)
+    removed = {}                                     # addr -> (change time, gen)
+    try:
+        bport, fport, sport = free_port(), free_port(), free_port()
+        logdir = pathlib.Path(a.keep) if a.keep else None
+        backend = Server(backend_conf(bport, 'logs/dyn.log'))
+        started.append(backend)
+        backend.start(bport)
+        blog = backend.dir / 'logs' / 'dyn.log'
+        front = Server(front_conf(fport, sport, bport, dns, a))
+        started.append(front)
+        front.start(fport, sport)
+        master = front.pid()
+        wait_until(lambda: len(children(master)) == WORKERS, 30, 'the front workers')
+        workers = children(master)
+        out['front_workers'] = workers
+
+        # every initial address checked once (the backend flushes its log every 1 s)
+        def all_checked():
+            seen = read_log(blog) if blog.exists() else {}
+            return sum(1 for x in current if seen.get(x, ([], []))[0]) == len(current)
+        wait_until(all_checked, 120, 'the first check of every initial peer', step=1.0)
+        out['first_round_s'] = round(time.time() - t_set, 2)
+
+        for i in range(CLIENT_CONNS):
+            c = Client(fport, CLIENT_CONNS / a.rps, str(i))
+            c.start()
+            clients.append(c)
+        sampler = Sampler(sport)
+        sampler.start()
+        time.sleep(a.warmup)
+        out['vts_start'] = vts_full(sport)
+
+        def cpu():
+            now = children(master)
+            return time.monotonic(), sum(cpu_s(p) or 0.0 for p in now), cpu_s(master), now
+
+        bmaster = backend.pid()
+
+        def others():
+            """CPU s of the whole machine and of this bench's other processes
+            (backend nginx, this Python: DNS server, client, samplers)."""
+            busy, _ = machine_jiffies()
+            t = os.times()
+            ours = t.user + t.system + sum(cpu_s(p) or 0.0 for p in [bmaster] + children(bmaster))
+            return busy / CLK_TCK, ours
+
+        windows = {'baseline': [], 'churn': []}
+        totals, spans = {}, {}
+        for phase, length in (('baseline', a.baseline), ('churn', a.duration)):
+            sampler.phase = phase
+            t0, c0, m0, w0 = cpu()
+            mach0, rest0 = others()
+            wall0 = time.time()
+            prev = (t0, c0)
+            ticks = int(length // a.every)
+            for k in range(ticks):
+                if phase == 'churn':
+                    # at a random point of the first 2 s of the tick: nginx asks
+                    # again every valid + 1 = 2 s, and a change at a fixed
+                    # phase of that cycle would see one delay only
+                    time.sleep(max(0.0, t0 + k * a.every + rnd.uniform(0, 2.0) - time.monotonic()))
+                    gone = rnd.sample(current, n_churn)
+                    new = fresh(n_churn)
+                    gone_set = set(gone)
+                    current = [x for x in current if x not in gone_set] + new
+                    t_change, gen = dns.change(NAME, current)
+                    for x in new:
+                        added[x] = (t_change, gen)
+                    for x in gone:
+                        removed[x] = (t_change, gen)
+                deadline = t0 + (k + 1) * a.every
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                t, c, m, w = cpu()
+                if w != w0:
+                    out.setdefault('worker_changes', []).append({'phase': phase, 'was': w0, 'now': w})
+                    w0 = w
+                windows[phase].append(100.0 * (c - prev[1]) / (t - prev[0]))
+                prev = (t, c)
+            t1, c1, m1, _ = cpu()
+            mach1, rest1 = others()
+            totals[phase] = {'seconds': round(t1 - t0, 1), 'worker_cpu_s': round(c1 - c0, 2),
+                             'master_cpu_s': round((m1 or 0) - (m0 or 0), 2),
+                             'pct_of_core': round(100.0 * (c1 - c0) / (t1 - t0), 2),
+                             'window_pct_median': round(statistics.median(windows[phase]), 2),
+                             'window_pct_max': round(max(windows[phase]), 2),
+                             'load_avg_1min_end': round(os.getloadavg()[0], 2),
+                             # % of one core: the whole machine (all CPUs), and what
+                             # is neither the front nor the rest of this bench
+                             'machine_busy_pct': round(100.0 * (mach1 - mach0) / (t1 - t0), 1),
+                             'bench_rest_pct': round(100.0 * (rest1 - rest0) / (t1 - t0), 1),
+                             'other_processes_pct': round(100.0 * ((mach1 - mach0) - (rest1 - rest0)
+                                                                   - (c1 - c0) - ((m1 or 0) - (m0 or 0)))
+                                                          / (t1 - t0), 1)}
+            spans[phase] = (wall0, time.time())
+            print('%s: %s' % (phase, totals[phase]), file=sys.stderr)
+        sampler.phase = 'end'
+        final = sampler.sample()
+        out['vts_end'] = vts_full(sport)
+        sampler.stop.set()
+        sampler.join()
+        for c in clients:
+            c.stop.set()
+        for c in clients:
+            c.join()
+        time.sleep(1.5)
+        out['client'] = {'ok': sum(c.ok for c in clients), 'errors': sum(c.errors for c in clients),
+                         'statuses': {}}
+        for c in clients:
+            for s, n in c.statuses.items():
+                out['client']['statuses'][s] = out['client']['statuses'].get(s, 0) + n
+        out['cpu'] = totals
+        b = totals['baseline']['pct_of_core']
+        out['cpu_ratio_churn_vs_baseline'] = round(totals['churn']['pct_of_core'] / b, 3) if b else None
+
+        # shm and zone
+        rows = sampler.rows
+        def pick(phase):
+            return [r for r in rows if r['phase'] == phase]
+        base_rows, churn_rows = pick('baseline'), pick('churn') + [final]
+        out['shm'] = {
+            'capacity': final['shm']['capacity'],
+            'baseline_end': base_rows[-1]['shm'] if base_rows else None,
+            'peak_used': max(r['shm']['used'] for r in churn_rows),
+            'peak_state_keys': max(r['shm']['state_keys'] for r in churn_rows),
+            'peak_keys': max(r['shm']['keys'] for r in churn_rows),
+            'peak_gone': max(r['shm']['gone'] for r in churn_rows),
+            'end': final['shm'],
+            'balancer_peers_min_max': [min(r['shm']['peers'] for r in churn_rows),
+                                       max(r['shm']['peers'] for r in churn_rows)],
+            'balancer_down_max': max(r['shm']['down'] for r in churn_rows),
+        }
+        churn_per_s = n_churn / a.every
+        rule_peers = a.peers + churn_per_s * 60
+        out['shm']['rule'] = {'peers_known': rule_peers, 'bytes': int(700 * rule_peers),
+                              'bytes_with_records': int(1200 * rule_peers)}
+        out['vts'] = {
+            'start': out.pop('vts_start'),
+            'baseline_end': base_rows[-1]['vts'] if base_rows else None,
+            'peak_usedSize': max(r['vts']['usedSize'] for r in churn_rows),
+            'peak_usedNode': max(r['vts']['usedNode'] for r in churn_rows),
+            'end': out.pop('vts_end'),
+        }
+        out['sampler_errors'] = sampler.errors[:5]
+        out['addresses_used'] = next_addr
+
+        # the log: stop the backend first so it flushes
+        for s in (front, backend):
+            pid = s.pid()
+            os.kill(pid, signal.SIGQUIT)
+            wait_until(lambda: not os.path.exists('/proc/%d' % pid), 30, 'nginx to quit')
+        seen = read_log(blog)
+        all_checks = sorted(t for v in seen.values() for t in v[0])
+        all_reqs = sorted(t for v in seen.values() for t in v[1])
+        for phase, (w0, w1) in spans.items():
+            n_checks = sum(1 for t in all_checks if w0 <= t < w1)
+            n_reqs = sum(1 for t in all_reqs if w0 <= t < w1)
+            rounds = bursts([t for t in all_checks if w0 <= t < w1])
+            totals[phase]['checks_per_s'] = round(n_checks / (w1 - w0), 1)
+            totals[phase]['client_req_per_s'] = round(n_reqs / (w1 - w0), 1)
+            totals[phase]['rounds'] = len(rounds)
+            totals[phase]['round_s'] = dist([r[1] - r[0] for r in rounds])
+            totals[phase]['checks_per_round'] = dist([r[2] for r in rounds])
+            totals[phase]['us_cpu_per_check'] = round(
+                1e6 * totals[phase]['worker_cpu_s'] / n_checks, 1) if n_checks else None
+        answered, checked, routed, check_to_route, early = [], [], [], [], 0
+        never_checked = never_routed = 0
+        for x, (t_c, gen) in added.items():
+            if gen == 1:
+                continue                  # the initial set: not a change
+            t_dns = dns.first_answer(gen)
+            checks, reqs = seen.get(x, ([], []))
+            if t_dns:
+                answered.append(t_dns - t_c)
+            if checks:
+                checked.append(checks[0] - t_c)
+            else:
+                never_checked += 1
+            if reqs:
+                routed.append(reqs[0] - t_c)
+                if checks and reqs[0] < checks[0]:
+                    early += 1
+                if checks:
+                    check_to_route.append(reqs[0] - checks[0])
+            else:
+                never_routed += 1
+        out['added'] = {'n': sum(1 for v in added.values() if v[1] > 1),
+                        'change_to_dns_answer': dist(answered),
+                        'change_to_checked': dist(checked),
+                        'change_to_routed': dist(routed),
+                        'checked_to_routed': dist(check_to_route),
+                        'never_checked': never_checked, 'never_routed': never_routed,
+                        'routed_before_first_check': early}
+        last_req, last_check, late_reqs, late_addrs = [], [], 0, 0
+        for x, (t_c, gen) in removed.items():
+            t_dns = dns.first_answer(gen) or t_c
+            checks, reqs = seen.get(x, ([], []))
+            after = [t for t in reqs if t > t_dns]
+            last_req.append(after[-1] - t_dns if after else 0.0)
+            ca = [t for t in checks if t > t_dns]
+            last_check.append(ca[-1] - t_dns if ca else 0.0)
+            late = [t for t in after if t > t_dns + 2.0]
+            late_reqs += len(late)
+            late_addrs += bool(late)
+        out['removed'] = {'n': len(removed),
+                          'last_request_after_dns_answer': dist(last_req),
+                          'last_check_after_dns_answer': dist(last_check),
+                          'requests_later_than_2s': late_reqs, 'addresses_with_those': late_addrs}
+        answers = dns.answers
+        out['dns_answers'] = len(answers)
+        words = ['[alert]', '[crit]', '[error]', '[warn]', 'no memory', 'peers changed']
+        out['front_error_log'], samples = count_lines(front.dir / 'logs' / 'error.log', words)
+        out['front_error_log_samples'] = samples
+        if logdir:
+            logdir.mkdir(parents=True, exist_ok=True)
+            for s, n in ((front, 'front'), (backend, 'backend')):
+                subprocess.run(['cp', '-r', str(s.dir / 'logs'), str(logdir / n)], check=False)
+            (logdir / 'samples.json').write_text(json.dumps(rows))
+            (logdir / 'dns_answers.json').write_text(json.dumps(dns.answers))
+
+            (logdir / 'changes.json').write_text(json.dumps(
+                {'added': added, 'removed': removed}))
+        return out
+    finally:
+        if sampler:
+            sampler.stop.set()
+        for c in clients:
+            c.stop.set()
+        for s in reversed(started):
+            s.stop()
+        dns.stop()
+
+
+# ---------------------------------------------------------------- output
+
+def mb(n):
+    return '%.2f MB' % (n / 1048576.0)
+
+
+def markdown(r, meta):
+    cpu, shm, vts, ad, rm = r['cpu'], r['shm'], r['vts'], r['added'], r['removed']
+
+    def per_round(c):
+        x = c['checks_per_round']
+        return '%d checks (min %d, max %d)' % (x['median'], x['min'], x['max']) if x else 'n/a'
+
+    def d(x):
+        return ('%.2f / %.2f / %.2f s' % (x['median'], x['p95'], x['max'])) if x else 'n/a'
+    lines = [
+        '## Peers that DNS adds and removes (issue 25): %d peers, %d replaced every %d s' % (
+            r['peers'], r['churn_per_tick'], r['every_s']),
+        '',
+        'Measured by hand (not by `bench/report.py`) with `bench/healthcheck/bench_dynamic.py` on %s, %s' % (
+            meta['date'], meta['what_else']),
+        'Setup: one `server %s:PORT resolve` line, `zone`, a DNS server on loopback (tests/support/dns.py, TTL 1 s,'
+        % NAME,
+        '`resolver ... valid=1s`; the %d-address answer goes over TCP), checker interval %d ms, concurrency %d,' % (
+            r['peers'], r['interval_ms'], r['concurrency']),
+        'fall %d, rise %d, `initial_state = "%s"`, 2 workers, %d client req/s through the proxy; every address added is new.' % (
+            r['fall'], r['rise'], r['initial_state'], r['client_rps']),
+        'Baseline = the same front in the same run, %d s with the same %d peers static (DNS answering the same set every' % (
+            r['baseline_s'], r['peers']),
+        'second), then %d s of churn (%d changes, %d addresses added and removed). Bundle: %s.' % (
+            r['duration_s'], r['duration_s'] // r['every_s'], ad['n'], meta['bundle']),
+        '',
+        '| figure | churn | baseline (same run) | ratio / rule |',
+        '|---|---|---|---|',
+        '| front workers\' CPU (utime+stime), %% of one core | %.2f %% (10 s windows: median %.2f, max %.2f) | %.2f %% (median %.2f, max %.2f) | %.2f |' % (
+            cpu['churn']['pct_of_core'], cpu['churn']['window_pct_median'], cpu['churn']['window_pct_max'],
+            cpu['baseline']['pct_of_core'], cpu['baseline']['window_pct_median'],
+            cpu['baseline']['window_pct_max'], r['cpu_ratio_churn_vs_baseline']),
+        '| the same as CPU per DNS change ((churn - baseline) x %d s) | %.0f ms | | |' % (
+            r['every_s'], 10.0 * r['every_s'] * (cpu['churn']['pct_of_core'] - cpu['baseline']['pct_of_core'])),
+        '| machine CPU busy, %% of one core (%d cores): all / other processes than this bench | %.0f / %.0f %% | %.0f / %.0f %% | |' % (
+            os.cpu_count(), cpu['churn']['machine_busy_pct'], cpu['churn']['other_processes_pct'],
+            cpu['baseline']['machine_busy_pct'], cpu['baseline']['other_processes_pct']),
+        '| health checks / client requests per second (backend log) | %.0f / %.0f | %.0f / %.0f | |' % (
+            cpu['churn']['checks_per_s'], cpu['churn']['client_req_per_s'],
+            cpu['baseline']['checks_per_s'], cpu['baseline']['client_req_per_s']),
+        '| workers\' CPU per health check (all of it charged to the checks) | %.0f µs | %.0f µs | %.2f |' % (
+            cpu['churn']['us_cpu_per_check'], cpu['baseline']['us_cpu_per_check'],
+            cpu['churn']['us_cpu_per_check'] / cpu['baseline']['us_cpu_per_check']),
+        '| a round (a burst of checks in the backend log): duration median / p95 / max; checks | %s; %s | %s; %s | bound: ceil(%d / %d) x 3 x 1 s = %d s |' % (
+            d(cpu['churn']['round_s']), per_round(cpu['churn']),
+            d(cpu['baseline']['round_s']), per_round(cpu['baseline']),
+            r['peers'], r['concurrency'], 3 * -(-r['peers'] // r['concurrency'])),
+        '| healthcheck shm in use (capacity - free_space; dict %s) | peak %s, end %s | %s | rule: %s (%s with the records) for %d peers |' % (
+            r['shm_dict'], mb(shm['peak_used']), mb(shm['end']['used']),
+            mb(shm['baseline_end']['used']), mb(shm['rule']['bytes']),
+            mb(shm['rule']['bytes_with_records']), shm['rule']['peers_known']),
+        '| per-peer state keys (`st:%s:p:`) | peak %d, end %d | %d | %d (%d + %d/s x 60 s) |' % (
+            UPSTREAM, shm['peak_state_keys'], shm['end']['state_keys'],
+            shm['baseline_end']['state_keys'], shm['rule']['peers_known'], r['peers'],
+            r['churn_per_tick'] / r['every_s']),
+        '| all shm keys | peak %d, end %d | %d | |' % (shm['peak_keys'], shm['end']['keys'],
+                                                      shm['baseline_end']['keys']),
+        '| traffic-status zone usedSize (`vhost_traffic_status_zone` %s) | peak %s (%d nodes), end %s (%d nodes, %d peers listed) | start %s (%d nodes), baseline end %s | dropped nodes at end: %s |' % (
+            r['vts_zone'], mb(vts['peak_usedSize']), vts['peak_usedNode'], mb(vts['end']['usedSize']),
+            vts['end']['usedNode'], vts['end']['dyn_peers_listed'], mb(vts['start']['usedSize']),
+            vts['start']['usedNode'], mb(vts['baseline_end']['usedSize']),
+            json.dumps(vts['end']['droppedNodes'])),
+        '| DNS change -> nginx\'s first answer with it (median / p95 / max) | %s | | TTL 1 s |' % d(ad['change_to_dns_answer']),
+        '| DNS change -> first health check of a new address | %s | | |' % d(ad['change_to_checked']),
+        '| DNS change -> first client request to it | %s | | |' % d(ad['change_to_routed']),
+        '| first check -> first client request | %s | | a peer\'s turn every %d/%d = %.1f s |' % (
+            d(ad['checked_to_routed']), r['peers'], r['client_rps'], r['peers'] / r['client_rps']),
+        '| added addresses never checked / never routed / routed before their first check | %d / %d / %d | | |' % (
+            ad['never_checked'], ad['never_routed'], ad['routed_before_first_check']),
+        '| removed address: last client request after the first DNS answer without it | %s | | |' % d(
+            rm['last_request_after_dns_answer']),
+        '| removed address: last health check after that answer | %s | | |' % d(rm['last_check_after_dns_answer']),
+        '| client requests to removed addresses > 2 s after that answer | %d (%d addresses) | | |' % (
+            rm['requests_later_than_2s'], rm['addresses_with_those']),
+        '| client requests ok / failed | %d / %d | | |' % (r['client']['ok'], r['client']['errors']),
+        '| front error log: [alert] / [crit] / [error] / [warn] | %d / %d / %d / %d | | |' % (
+            r['front_error_log']['[alert]'], r['front_error_log']['[crit]'],
+            r['front_error_log']['[error]'], r['front_error_log']['[warn]']),
+        '',
+    ]
+    return '\n'.join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--duration', type=int, default=300, help='churn phase, s')
+    ap.add_argument('--baseline', type=int, default=120, help='static phase before it, s')
+    ap.add_argument('--warmup', type=float, default=10)
+    ap.add_argument('--peers', type=int, default=500)
+    ap.add_argument('--churn', type=float, default=0.1, help='share replaced per tick')
+    ap.add_argument('--every', type=int, default=10, help='s between changes')
+    ap.add_argument('--interval', type=int, default=1000)
+    ap.add_argument('--concurrency', type=int, default=20)
+    ap.add_argument('--rps', type=float, default=200)
+    ap.add_argument('--shm', default='8m', help='the healthcheck lua_shared_dict')
+    ap.add_argument('--vts-zone', default='16m',
+                    help='vhost_traffic_status_zone size (its default, 1m, holds ~250 peers)')
+    ap.add_argument('--initial-state', default='up', choices=('up', 'down'))
+    ap.add_argument('--seed', type=int, default=1)
+    ap.add_argument('--json')
+    ap.add_argument('--markdown')
+    ap.add_argument('--what-else', default='', help='what else ran on the machine (for the markdown)')
+    ap.add_argument('--keep', help='copy the logs and samples here')
+    a = ap.parse_args()
+
+    if a.baseline < a.every or a.duration < a.every:
+        ap.error('--baseline and --duration must be at least --every')
+    if os.environ.get(IN_NS) != '1':
+        if os.geteuid() != 0:
+            # bench/run.sh runs every bench: say why this one did not run
+            print(json.dumps({'bench': 'dynamic_peers',
+                              'skipped': 'needs root: it runs in its own network namespace (unshare -n)'}))
+            return
+        env = dict(os.environ, **{IN_NS: '1', 'NP_BUNDLE': str(BUNDLE)})
+        os.execvpe('unshare', ['unshare', '-n', '--', sys.executable, os.path.abspath(__file__)]
+                   + sys.argv[1:], env)
+    subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    load0 = os.getloadavg()
+    t0 = time.time()
+    r = run(a)
+    r['load_avg_before_after'] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+    r['wall_s'] = round(time.time() - t0, 1)
+    try:
+        rev = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = '?'
+    r['git'] = rev
+    line = json.dumps(r)
+    print(line)
+    if a.json:
+        pathlib.Path(a.json).write_text(line + '\n')
+    if a.markdown:
+        meta = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0)),
+                'what_else': 'load average %.1f before, %.1f after (2 cores)%s.' % (
+                    r['load_avg_before_after'][0], r['load_avg_before_after'][1],
+                    ('; ' + a.what_else) if a.what_else else ''),
+                'bundle': 'git %s, %s' % (rev, platform.machine())}
+        pathlib.Path(a.markdown).write_text(markdown(r, meta))
+
+
+if __name__ == '__main__':
+    main()
