@@ -1,38 +1,47 @@
 #!/usr/bin/env python3
 """Peers that DNS adds and removes (issue 25): 500 peers resolved from one
 `server app.test:PORT resolve` line, 10 % of the addresses replaced every
-10 s, a health checker on the upstream, 2 workers, a light client load.
+10 s, a health checker on the upstream, 2 workers, a light client load;
+beside it, at the same time, a control front with the same config whose
+500 peers never change.
 
 Everything runs in a private network namespace (the script re-runs itself
 under `unshare -n` and brings `lo` up; root needed), so nothing listens
 outside it:
-- a DNS server on loopback (tests/support/dns.py, TTL 1 s; the front's
-  `resolver ... valid=1s`): its answer for app.test is the peer set; the
-  answers with more than 512 bytes go over TCP, as in production;
+- a DNS server on loopback (tests/support/dns.py, TTL 1 s; the fronts'
+  `resolver ... valid=1s`): its answer for app.test is the churning peer
+  set (127.20.x.y), for ctl.test the control's (127.30.x.y); answers over
+  512 bytes go over TCP, as in production;
 - a backend nginx (the same bundle, its own prefix) on a wildcard address,
-  so every 127.20.x.y answers: `/health` 200, anything else its
+  so every 127.x.y.z answers: `/health` 200, anything else its
   `$server_addr`; it logs `$msec $server_addr $request_uri`;
-- the front nginx (2 workers, `reuseport`): `upstream dyn { zone; server
-  app.test:PORT resolve; }`, `spawn_checker` (interval, concurrency 20,
-  valid_statuses {200}, fall 2, rise 1), `vhost_traffic_status_zone` (its
-  default 1m), a Lua endpoint reading the healthcheck lua_shared_dict;
-- a client: --rps requests/s over 4 connections (each reconnects every 50
-  requests, so both workers get traffic), URIs /c/N.
+- two fronts (2 workers each, `reuseport`), identical but for the name:
+  `upstream dyn { zone; server NAME:PORT resolve; }`, `spawn_checker`
+  (interval, timeout 1000 ms, concurrency 20, valid_statuses {200}, fall 2,
+  rise 1), `vhost_traffic_status_zone` (16m: its default 1m holds ~250
+  entries, fewer than the peers), a Lua endpoint reading the healthcheck
+  lua_shared_dict;
+- per front a client: --rps requests/s over 4 connections (each reconnects
+  every 50 requests, so both workers get traffic), URIs /c/N.
 
 Phases, after every initial address was checked and a 10 s warm-up:
-baseline (--baseline s: the same 500 peers, DNS answering the same set every
-second) then churn (--duration s: at every 10 s tick, 10 % of the current
+baseline (--baseline s: nothing changes) then churn (--duration s: at a
+random point of the first 2 s of every 10 s tick, 10 % of app.test's
 addresses removed and as many new ones, never used before, appended).
 
 Figures:
-- front CPU: utime+stime of the two workers per phase, as % of one core, the
-  churn/baseline ratio, and per 10 s window (median, max) to show the noise;
-  the master's CPU apart (worker 0's resolver runs in a worker);
+- workers' CPU (utime+stime) of each front per phase, % of one core; the
+  churn cost as (churning / control in the churn phase) / (the same in the
+  baseline phase): the control runs at the same time on the same machine,
+  so the load of other jobs cancels out (it does not between two phases:
+  run-to-run the same front varied 6-8 % of a core on this shared machine);
+  also the churning front's churn/baseline ratio and the paired 10 s
+  windows;
 - the healthcheck shm: capacity - free_space (pages in use), all keys and
-  the `st:dyn:p:` keys (one per peer the checker knows), every 2 s: at the
-  end of the baseline, peak and end of churn; against lualib/README.md's
-  rule (700 B x (peers + churn/s x forget_after), 500 B more per peer with
-  the best-effort records);
+  the `st:dyn:p:` keys (one per peer the checker knows), every 2 s: peak
+  and end of churn, the control's; against lualib/README.md's rule
+  (700 B x (peers + churn/s x forget_after), 500 B more per peer with the
+  best-effort records);
 - the traffic-status zone: sharedZones.usedSize (and usedNode,
   droppedNodes) from `/status/control?cmd=status&group=server&zone=::main`
   every 2 s, and from `/status/format/json` at the start and the end (with
@@ -49,8 +58,8 @@ Figures:
 Usage: NP_BUNDLE=<bundle> python3 bench/healthcheck/bench_dynamic.py
        [--duration 300] [--baseline 120] [--peers 500] [--churn 0.1]
        [--every 10] [--interval 1000] [--concurrency 20] [--rps 200]
-       [--shm 8m] [--initial-state up] [--seed 1] [--json out.json]
-       [--markdown out.md] [--keep DIR]
+       [--shm 8m] [--vts-zone 16m] [--initial-state up] [--seed 1]
+       [--json out.json] [--markdown out.md] [--what-else TEXT] [--keep DIR]
 Prints one JSON line (and a markdown section with --markdown).  Stops
 everything it started; the namespace goes with the last process in it.
 """
@@ -74,7 +83,8 @@ sys.path.insert(0, str(HERE.parent.parent / 'tests'))
 from common import BUNDLE, ROOT, Server, main_conf  # noqa: E402
 from support.dns import DnsServer, _key  # noqa: E402
 
-NAME = 'app.test'
+NAME = 'app.test'           # the churning front's name
+CONTROL = 'ctl.test'        # the control front's: never changes
 UPSTREAM = 'dyn'
 WORKERS = 2
 CLIENT_CONNS = 4
@@ -89,9 +99,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def addr_of(i):
-    """The i-th address ever handed out: 127.20.0.1, 127.20.0.2, ..."""
-    return '127.%d.%d.%d' % (20 + i // 62500, (i // 250) % 250, i % 250 + 1)
+def addr_of(i, first=20):
+    """The i-th address handed out: 127.20.0.1, 127.20.0.2, ... (127.30.x.y
+    for the control with first=30)"""
+    return '127.%d.%d.%d' % (first + i // 62500, (i // 250) % 250, i % 250 + 1)
 
 
 class TimedDns(DnsServer):
@@ -103,7 +114,8 @@ class TimedDns(DnsServer):
         self.answers = []          # (time, generation) of every A answer
 
     def address_rrs(self, qname, addrs, qtype, ttl):   # called under self.lock
-        self.answers.append((time.time(), self.gen))
+        if _key(qname) == NAME:
+            self.answers.append((time.time(), self.gen))
         return DnsServer.address_rrs(qname, addrs, qtype, ttl)
 
     def change(self, name, addrs):
@@ -132,7 +144,19 @@ def backend_conf(port, log):
     }}""", workers=1, affinity=False, main='worker_rlimit_nofile 16384;')
 
 
-def front_conf(port, status_port, bport, dns, a):
+def front_conf(port, status_port, bport, dns, name, a):
+    checker = '' if a.no_checker else f"""
+    init_worker_by_lua_block {{
+        local hc = require "resty.upstream.healthcheck"
+        local ok, err = hc.spawn_checker{{
+            shm = "healthcheck", upstream = "{UPSTREAM}", type = "http",
+            http_req = "GET /health HTTP/1.0\\r\\nHost: {name}\\r\\n\\r\\n",
+            interval = {a.interval}, timeout = 1000, fall = 2, rise = 1,
+            concurrency = {a.concurrency}, valid_statuses = {{200}},
+            initial_state = "{a.initial_state}",
+        }}
+        if not ok then ngx.log(ngx.ERR, "spawn_checker: ", err) end
+    }}"""
     return main_conf(f"""
     lua_shared_dict healthcheck {a.shm};
     lua_socket_log_errors off;
@@ -141,19 +165,9 @@ def front_conf(port, status_port, bport, dns, a):
     resolver_timeout 2s;
     upstream {UPSTREAM} {{
         zone {UPSTREAM} 4m;
-        server {NAME}:{bport} resolve;
+        server {name}:{bport} resolve;
     }}
-    init_worker_by_lua_block {{
-        local hc = require "resty.upstream.healthcheck"
-        local ok, err = hc.spawn_checker{{
-            shm = "healthcheck", upstream = "{UPSTREAM}", type = "http",
-            http_req = "GET /health HTTP/1.0\\r\\nHost: {NAME}\\r\\n\\r\\n",
-            interval = {a.interval}, timeout = 1000, fall = 2, rise = 1,
-            concurrency = {a.concurrency}, valid_statuses = {{200}},
-            initial_state = "{a.initial_state}",
-        }}
-        if not ok then ngx.log(ngx.ERR, "spawn_checker: ", err) end
-    }}
+    {checker}
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{ proxy_pass http://{UPSTREAM}; }}
@@ -320,6 +334,48 @@ class Sampler(threading.Thread):
                 self.errors.append('%.1f %r' % (time.time(), e))
 
 
+def start(server, *ports):
+    """Server.start, then wait for the pid file: nginx listens before it
+    daemonizes and writes it, so an open port does not mean it is there yet."""
+    server.start(*ports)
+    pidfile = server.dir / 'logs' / 'nginx.pid'
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, 'nginx.pid')
+    return server
+
+
+def masters_of(server):
+    """The master processes running on this server's prefix (from /proc)."""
+    want = (' -p %s/ ' % server.dir).encode()
+    out = []
+    for p in pathlib.Path('/proc').iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / 'cmdline').read_bytes().replace(b'\0', b' ')
+            except OSError:
+                continue
+            if want in cmd:         # argv, or the master's title (workers' titles have no -p)
+                out.append(int(p.name))
+    return out
+
+
+def stop(server):
+    """QUIT the server's master (found by its prefix when the pid file is
+    not there) and wait for it, then remove the prefix (Server.stop)."""
+    pids = masters_of(server)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            pass
+    end = time.monotonic() + 30
+    while time.monotonic() < end and any(os.path.exists('/proc/%d' % p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if os.path.exists('/proc/%d' % pid):
+            os.kill(pid, signal.SIGKILL)
+    server.stop()
+
+
 # ---------------------------------------------------------------- the log
 
 def read_log(path):
@@ -391,6 +447,56 @@ def wait_until(pred, timeout, what, step=0.2):
     raise RuntimeError('timed out waiting for ' + what)
 
 
+class Front:
+    """One front nginx, its clients and its sampler."""
+
+    def __init__(self, label, name, bport, dns, a):
+        self.label, self.name = label, name
+        self.port, self.sport = free_port(), free_port()
+        self.server = Server(front_conf(self.port, self.sport, bport, dns, name, a))
+        self.clients, self.sampler, self.master = [], None, None
+
+    def start(self):
+        start(self.server, self.port, self.sport)
+        self.master = self.server.pid()
+        wait_until(lambda: len(children(self.master)) == WORKERS, 30, 'the front workers')
+        return self
+
+    def load(self, rps):
+        for i in range(CLIENT_CONNS):
+            c = Client(self.port, CLIENT_CONNS / rps, '%s%d' % (self.label[0], i))
+            c.start()
+            self.clients.append(c)
+        self.sampler = Sampler(self.sport)
+        self.sampler.start()
+
+    def cpu(self):
+        """(workers' CPU s, {worker pid: CPU s})"""
+        per = {p: cpu_s(p) or 0.0 for p in children(self.master)}
+        return sum(per.values()), per
+
+    def halt(self):
+        if self.sampler:
+            self.sampler.stop.set()
+            self.sampler.join()
+        for c in self.clients:
+            c.stop.set()
+        for c in self.clients:
+            c.join()
+
+    def client_counts(self):
+        out = {'ok': sum(c.ok for c in self.clients), 'errors': sum(c.errors for c in self.clients),
+               'statuses': {}}
+        for c in self.clients:
+            for st, n in c.statuses.items():
+                out['statuses'][st] = out['statuses'].get(st, 0) + n
+        return out
+
+
+def phase_rows(rows, phase):
+    return [r for r in rows if r['phase'] == phase]
+
+
 def run(a):
     rnd = random.Random(a.seed)
     n_churn = max(1, int(round(a.peers * a.churn)))
@@ -403,73 +509,69 @@ def run(a):
         return out
 
     current = fresh(a.peers)
+    control_addrs = [addr_of(i, first=30) for i in range(a.peers)]
     dns = TimedDns().start()
+    dns.set(CONTROL, control_addrs)
     t_set, _ = dns.change(NAME, current)
-    started = []
-    clients = []
-    sampler = None
+    started, fronts = [], []
     out = {'bench': 'dynamic_peers', 'peers': a.peers, 'churn_per_tick': n_churn,
            'every_s': a.every, 'duration_s': a.duration, 'baseline_s': a.baseline,
            'interval_ms': a.interval, 'concurrency': a.concurrency, 'fall': 2, 'rise': 1,
            'initial_state': a.initial_state, 'workers': WORKERS, 'client_rps': a.rps,
-           'shm_dict': a.shm, 'vts_zone': a.vts_zone, 'forget_after_s': 60, 'dns_ttl_s': 1}
+           'shm_dict': a.shm, 'vts_zone': a.vts_zone, 'forget_after_s': 60, 'dns_ttl_s': 1,
+           'checker': not a.no_checker}
     added = {addr: (t_set, 1) for addr in current}    # addr -> (change time, gen)
     removed = {}                                     # addr -> (change time, gen)
     try:
-        bport, fport, sport = free_port(), free_port(), free_port()
-        logdir = pathlib.Path(a.keep) if a.keep else None
+        bport = free_port()
         backend = Server(backend_conf(bport, 'logs/dyn.log'))
         started.append(backend)
-        backend.start(bport)
+        start(backend, bport)
+        bmaster = backend.pid()
         blog = backend.dir / 'logs' / 'dyn.log'
-        front = Server(front_conf(fport, sport, bport, dns, a))
-        started.append(front)
-        front.start(fport, sport)
-        master = front.pid()
-        wait_until(lambda: len(children(master)) == WORKERS, 30, 'the front workers')
-        workers = children(master)
-        out['front_workers'] = workers
+        dyn = Front('churning', NAME, bport, dns, a)
+        ctl = Front('control', CONTROL, bport, dns, a)
+        fronts = [dyn, ctl]
+        for f in fronts:
+            started.append(f.server)
+            f.start()
 
-        # every initial address checked once (the backend flushes its log every 1 s)
+        # every initial address checked once (the backend flushes its log every
+        # 1 s); without a checker, in both balancers
         def all_checked():
+            if a.no_checker:
+                return all(shm_sample(f.sport)['peers'] == a.peers for f in fronts)
             seen = read_log(blog) if blog.exists() else {}
-            return sum(1 for x in current if seen.get(x, ([], []))[0]) == len(current)
+            return all(seen.get(x, ([], []))[0] for x in current + control_addrs)
         wait_until(all_checked, 120, 'the first check of every initial peer', step=1.0)
         out['first_round_s'] = round(time.time() - t_set, 2)
 
-        for i in range(CLIENT_CONNS):
-            c = Client(fport, CLIENT_CONNS / a.rps, str(i))
-            c.start()
-            clients.append(c)
-        sampler = Sampler(sport)
-        sampler.start()
+        for f in fronts:
+            f.load(a.rps)
         time.sleep(a.warmup)
-        out['vts_start'] = vts_full(sport)
-
-        def cpu():
-            now = children(master)
-            return time.monotonic(), sum(cpu_s(p) or 0.0 for p in now), cpu_s(master), now
-
-        bmaster = backend.pid()
+        vts_start = vts_full(dyn.sport)
 
         def others():
             """CPU s of the whole machine and of this bench's other processes
-            (backend nginx, this Python: DNS server, client, samplers)."""
+            (backend nginx, this Python: DNS server, clients, samplers)."""
             busy, _ = machine_jiffies()
             t = os.times()
             ours = t.user + t.system + sum(cpu_s(p) or 0.0 for p in [bmaster] + children(bmaster))
+            ours += sum(cpu_s(f.master) or 0.0 for f in fronts)
             return busy / CLK_TCK, ours
 
-        windows = {'baseline': [], 'churn': []}
+        def snapshot():
+            return time.monotonic(), [f.cpu() for f in fronts], others()
+
         totals, spans = {}, {}
         for phase, length in (('baseline', a.baseline), ('churn', a.duration)):
-            sampler.phase = phase
-            t0, c0, m0, w0 = cpu()
-            mach0, rest0 = others()
+            for f in fronts:
+                f.sampler.phase = phase
+            s0 = prev = snapshot()
             wall0 = time.time()
-            prev = (t0, c0)
-            ticks = int(length // a.every)
-            for k in range(ticks):
+            windows = []                  # per 10 s: [churning %, control %]
+            t0 = s0[0]
+            for k in range(int(length // a.every)):
                 if phase == 'churn':
                     # at a random point of the first 2 s of the tick: nginx asks
                     # again every valid + 1 = 2 s, and a change at a fixed
@@ -484,100 +586,110 @@ def run(a):
                         added[x] = (t_change, gen)
                     for x in gone:
                         removed[x] = (t_change, gen)
-                deadline = t0 + (k + 1) * a.every
-                time.sleep(max(0.0, deadline - time.monotonic()))
-                t, c, m, w = cpu()
-                if w != w0:
-                    out.setdefault('worker_changes', []).append({'phase': phase, 'was': w0, 'now': w})
-                    w0 = w
-                windows[phase].append(100.0 * (c - prev[1]) / (t - prev[0]))
-                prev = (t, c)
-            t1, c1, m1, _ = cpu()
-            mach1, rest1 = others()
-            totals[phase] = {'seconds': round(t1 - t0, 1), 'worker_cpu_s': round(c1 - c0, 2),
-                             'master_cpu_s': round((m1 or 0) - (m0 or 0), 2),
-                             'pct_of_core': round(100.0 * (c1 - c0) / (t1 - t0), 2),
-                             'window_pct_median': round(statistics.median(windows[phase]), 2),
-                             'window_pct_max': round(max(windows[phase]), 2),
-                             'load_avg_1min_end': round(os.getloadavg()[0], 2),
-                             # % of one core: the whole machine (all CPUs), and what
-                             # is neither the front nor the rest of this bench
-                             'machine_busy_pct': round(100.0 * (mach1 - mach0) / (t1 - t0), 1),
-                             'bench_rest_pct': round(100.0 * (rest1 - rest0) / (t1 - t0), 1),
-                             'other_processes_pct': round(100.0 * ((mach1 - mach0) - (rest1 - rest0)
-                                                                   - (c1 - c0) - ((m1 or 0) - (m0 or 0)))
-                                                          / (t1 - t0), 1)}
+                time.sleep(max(0.0, t0 + (k + 1) * a.every - time.monotonic()))
+                now = snapshot()
+                windows.append([100.0 * (now[1][i][0] - prev[1][i][0]) / (now[0] - prev[0])
+                                for i in range(len(fronts))])
+                prev = now
+            s1 = snapshot()
+            dt = s1[0] - s0[0]
+            mach = s1[2][0] - s0[2][0]
+            ours = s1[2][1] - s0[2][1] + sum(s1[1][i][0] - s0[1][i][0] for i in range(len(fronts)))
+            ph = {'seconds': round(dt, 1),
+                  'load_avg_1min_end': round(os.getloadavg()[0], 2),
+                  # % of one core: the whole machine (all CPUs), and what is not this bench
+                  'machine_busy_pct': round(100.0 * mach / dt, 1),
+                  'other_processes_pct': round(100.0 * (mach - ours) / dt, 1),
+                  'windows_pct': [[round(x, 2) for x in w] for w in windows]}
+            for i, f in enumerate(fronts):
+                used = s1[1][i][0] - s0[1][i][0]
+                ph[f.label] = {
+                    'worker_cpu_s': round(used, 2),
+                    'pct_of_core': round(100.0 * used / dt, 2),
+                    'per_worker_cpu_s': {str(p): round(v - s0[1][i][1].get(p, 0.0), 2)
+                                         for p, v in s1[1][i][1].items()},
+                    'window_pct_median': round(statistics.median(w[i] for w in windows), 2),
+                    'window_pct_max': round(max(w[i] for w in windows), 2)}
+            ratios = [w[0] / w[1] for w in windows if w[1] > 0]
+            ph['ratio'] = round(ph['churning']['pct_of_core'] / ph['control']['pct_of_core'], 3)
+            ph['window_ratio'] = dist(ratios)
+            totals[phase] = ph
             spans[phase] = (wall0, time.time())
-            print('%s: %s' % (phase, totals[phase]), file=sys.stderr)
-        sampler.phase = 'end'
-        final = sampler.sample()
-        out['vts_end'] = vts_full(sport)
-        sampler.stop.set()
-        sampler.join()
-        for c in clients:
-            c.stop.set()
-        for c in clients:
-            c.join()
+            print('%s: churning %s, control %s, ratio %s, machine %s %%, others %s %%' % (
+                phase, ph['churning']['pct_of_core'], ph['control']['pct_of_core'], ph['ratio'],
+                ph['machine_busy_pct'], ph['other_processes_pct']), file=sys.stderr)
+        finals = {}
+        for f in fronts:
+            f.sampler.phase = 'end'
+            finals[f.label] = f.sampler.sample()
+        vts_end = vts_full(dyn.sport)
+        vts_ctl = vts_full(ctl.sport)
+        for f in fronts:
+            f.halt()
         time.sleep(1.5)
-        out['client'] = {'ok': sum(c.ok for c in clients), 'errors': sum(c.errors for c in clients),
-                         'statuses': {}}
-        for c in clients:
-            for s, n in c.statuses.items():
-                out['client']['statuses'][s] = out['client']['statuses'].get(s, 0) + n
+        out['client'] = {f.label: f.client_counts() for f in fronts}
         out['cpu'] = totals
-        b = totals['baseline']['pct_of_core']
-        out['cpu_ratio_churn_vs_baseline'] = round(totals['churn']['pct_of_core'] / b, 3) if b else None
+        b, c = totals['baseline'], totals['churn']
+        out['cpu_churn_cost'] = round(c['ratio'] / b['ratio'], 3)
+        out['cpu_churning_front_churn_vs_baseline'] = round(
+            c['churning']['pct_of_core'] / b['churning']['pct_of_core'], 3)
+        out['cpu_control_front_churn_vs_baseline'] = round(
+            c['control']['pct_of_core'] / b['control']['pct_of_core'], 3)
 
         # shm and zone
-        rows = sampler.rows
-        def pick(phase):
-            return [r for r in rows if r['phase'] == phase]
-        base_rows, churn_rows = pick('baseline'), pick('churn') + [final]
+        rows = dyn.sampler.rows
+        base_rows, churn_rows = phase_rows(rows, 'baseline'), phase_rows(rows, 'churn') + [finals['churning']]
+        final = finals['churning']
         out['shm'] = {
             'capacity': final['shm']['capacity'],
-            'baseline_end': base_rows[-1]['shm'] if base_rows else None,
+            'baseline_end': base_rows[-1]['shm'],
             'peak_used': max(r['shm']['used'] for r in churn_rows),
             'peak_state_keys': max(r['shm']['state_keys'] for r in churn_rows),
             'peak_keys': max(r['shm']['keys'] for r in churn_rows),
             'peak_gone': max(r['shm']['gone'] for r in churn_rows),
             'end': final['shm'],
+            'control_end': finals['control']['shm'],
             'balancer_peers_min_max': [min(r['shm']['peers'] for r in churn_rows),
                                        max(r['shm']['peers'] for r in churn_rows)],
             'balancer_down_max': max(r['shm']['down'] for r in churn_rows),
         }
-        churn_per_s = n_churn / a.every
-        rule_peers = a.peers + churn_per_s * 60
+        rule_peers = a.peers + n_churn / a.every * 60
         out['shm']['rule'] = {'peers_known': rule_peers, 'bytes': int(700 * rule_peers),
                               'bytes_with_records': int(1200 * rule_peers)}
         out['vts'] = {
-            'start': out.pop('vts_start'),
-            'baseline_end': base_rows[-1]['vts'] if base_rows else None,
+            'start': vts_start,
+            'baseline_end': base_rows[-1]['vts'],
             'peak_usedSize': max(r['vts']['usedSize'] for r in churn_rows),
             'peak_usedNode': max(r['vts']['usedNode'] for r in churn_rows),
-            'end': out.pop('vts_end'),
+            'end': vts_end,
+            'control_end': vts_ctl,
         }
-        out['sampler_errors'] = sampler.errors[:5]
+        out['sampler_errors'] = (dyn.sampler.errors + ctl.sampler.errors)[:5]
         out['addresses_used'] = next_addr
 
-        # the log: stop the backend first so it flushes
-        for s in (front, backend):
+        # the log: stop the fronts, then the backend, so that it flushes
+        for s in [f.server for f in fronts] + [backend]:
             pid = s.pid()
             os.kill(pid, signal.SIGQUIT)
             wait_until(lambda: not os.path.exists('/proc/%d' % pid), 30, 'nginx to quit')
         seen = read_log(blog)
-        all_checks = sorted(t for v in seen.values() for t in v[0])
-        all_reqs = sorted(t for v in seen.values() for t in v[1])
-        for phase, (w0, w1) in spans.items():
-            n_checks = sum(1 for t in all_checks if w0 <= t < w1)
-            n_reqs = sum(1 for t in all_reqs if w0 <= t < w1)
-            rounds = bursts([t for t in all_checks if w0 <= t < w1])
-            totals[phase]['checks_per_s'] = round(n_checks / (w1 - w0), 1)
-            totals[phase]['client_req_per_s'] = round(n_reqs / (w1 - w0), 1)
-            totals[phase]['rounds'] = len(rounds)
-            totals[phase]['round_s'] = dist([r[1] - r[0] for r in rounds])
-            totals[phase]['checks_per_round'] = dist([r[2] for r in rounds])
-            totals[phase]['us_cpu_per_check'] = round(
-                1e6 * totals[phase]['worker_cpu_s'] / n_checks, 1) if n_checks else None
+
+        def mine(addr, f):
+            return addr.startswith('127.2') if f is dyn else addr.startswith('127.3')
+        for f in fronts:
+            checks = sorted(t for x, v in seen.items() if mine(x, f) for t in v[0])
+            reqs = sorted(t for x, v in seen.items() if mine(x, f) for t in v[1])
+            for phase, (w0, w1) in spans.items():
+                ph = totals[phase][f.label]
+                n_checks = sum(1 for t in checks if w0 <= t < w1)
+                rounds = bursts([t for t in checks if w0 <= t < w1])
+                ph['checks_per_s'] = round(n_checks / (w1 - w0), 1)
+                ph['client_req_per_s'] = round(sum(1 for t in reqs if w0 <= t < w1) / (w1 - w0), 1)
+                ph['rounds'] = len(rounds)
+                ph['round_s'] = dist([r[1] - r[0] for r in rounds])
+                ph['checks_per_round'] = dist([r[2] for r in rounds])
+                ph['us_cpu_per_check'] = round(1e6 * ph['worker_cpu_s'] / n_checks, 1) if n_checks else None
+
         answered, checked, routed, check_to_route, early = [], [], [], [], 0
         never_checked = never_routed = 0
         for x, (t_c, gen) in added.items():
@@ -621,28 +733,26 @@ def run(a):
                           'last_request_after_dns_answer': dist(last_req),
                           'last_check_after_dns_answer': dist(last_check),
                           'requests_later_than_2s': late_reqs, 'addresses_with_those': late_addrs}
-        answers = dns.answers
-        out['dns_answers'] = len(answers)
+        out['dns_answers'] = len(dns.answers)
         words = ['[alert]', '[crit]', '[error]', '[warn]', 'no memory', 'peers changed']
-        out['front_error_log'], samples = count_lines(front.dir / 'logs' / 'error.log', words)
-        out['front_error_log_samples'] = samples
-        if logdir:
+        out['error_log'], out['error_log_samples'] = {}, {}
+        for f in fronts:
+            out['error_log'][f.label], out['error_log_samples'][f.label] = count_lines(
+                f.server.dir / 'logs' / 'error.log', words)
+        if a.keep:
+            logdir = pathlib.Path(a.keep)
             logdir.mkdir(parents=True, exist_ok=True)
-            for s, n in ((front, 'front'), (backend, 'backend')):
+            for s, n in ((dyn.server, 'front'), (ctl.server, 'control'), (backend, 'backend')):
                 subprocess.run(['cp', '-r', str(s.dir / 'logs'), str(logdir / n)], check=False)
-            (logdir / 'samples.json').write_text(json.dumps(rows))
+            (logdir / 'samples.json').write_text(json.dumps({f.label: f.sampler.rows for f in fronts}))
             (logdir / 'dns_answers.json').write_text(json.dumps(dns.answers))
-
-            (logdir / 'changes.json').write_text(json.dumps(
-                {'added': added, 'removed': removed}))
+            (logdir / 'changes.json').write_text(json.dumps({'added': added, 'removed': removed}))
         return out
     finally:
-        if sampler:
-            sampler.stop.set()
-        for c in clients:
-            c.stop.set()
+        for f in fronts:
+            f.halt()
         for s in reversed(started):
-            s.stop()
+            stop(s)
         dns.stop()
 
 
@@ -654,16 +764,28 @@ def mb(n):
 
 def markdown(r, meta):
     cpu, shm, vts, ad, rm = r['cpu'], r['shm'], r['vts'], r['added'], r['removed']
+    b, c = cpu['baseline'], cpu['churn']
+    bd, bc, cd, cc = b['churning'], b['control'], c['churning'], c['control']
 
-    def per_round(c):
-        x = c['checks_per_round']
-        return '%d checks (min %d, max %d)' % (x['median'], x['min'], x['max']) if x else 'n/a'
+    def per_round(x):
+        x = x['checks_per_round']
+        return '%d checks' % x['median'] if x and x['min'] == x['max'] else (
+            '%d checks (min %d, max %d)' % (x['median'], x['min'], x['max']) if x else 'n/a')
 
-    def d(x):
-        return ('%.2f / %.2f / %.2f s' % (x['median'], x['p95'], x['max'])) if x else 'n/a'
+    def d(x, unit=' s'):
+        return ('%.2f / %.2f / %.2f%s' % (x['median'], x['p95'], x['max'], unit)) if x else 'n/a'
+
+    def rnd(x):
+        return d(x['round_s']) + '; ' + per_round(x)
+
+    def wr(x):
+        w = x['window_ratio']
+        return 'median %.2f (%.2f-%.2f)' % (w['median'], w['min'], w['max']) if w else 'n/a'
+    el = r['error_log']['churning']
     lines = [
-        '## Peers that DNS adds and removes (issue 25): %d peers, %d replaced every %d s' % (
-            r['peers'], r['churn_per_tick'], r['every_s']),
+        '## Peers that DNS adds and removes (issue 25): %d peers, %d replaced every %d s%s' % (
+            r['peers'], r['churn_per_tick'], r['every_s'],
+            '' if r['checker'] else ', no health checker (`--no-checker`)'),
         '',
         'Measured by hand (not by `bench/report.py`) with `bench/healthcheck/bench_dynamic.py` on %s, %s' % (
             meta['date'], meta['what_else']),
@@ -671,54 +793,60 @@ def markdown(r, meta):
         % NAME,
         '`resolver ... valid=1s`; the %d-address answer goes over TCP), checker interval %d ms, concurrency %d,' % (
             r['peers'], r['interval_ms'], r['concurrency']),
-        'fall %d, rise %d, `initial_state = "%s"`, 2 workers, %d client req/s through the proxy; every address added is new.' % (
+        'fall %d, rise %d, `initial_state = "%s"`, 2 workers, %d client req/s through the proxy; every address added' % (
             r['fall'], r['rise'], r['initial_state'], r['client_rps']),
-        'Baseline = the same front in the same run, %d s with the same %d peers static (DNS answering the same set every' % (
-            r['baseline_s'], r['peers']),
-        'second), then %d s of churn (%d changes, %d addresses added and removed). Bundle: %s.' % (
-            r['duration_s'], r['duration_s'] // r['every_s'], ad['n'], meta['bundle']),
+        'is new. The **control** is a second front with the same config and load at the same time, whose %d peers' % (
+            r['peers']),
+        '(`%s`) never change: the CPU figure is churning/control in the churn phase over the same ratio in a' % CONTROL,
+        '%d s baseline phase where neither changes; then %d s of churn (%d changes, %d addresses added and removed).' % (
+            r['baseline_s'], r['duration_s'], r['duration_s'] // r['every_s'], ad['n']),
+        'Bundle: %s.' % meta['bundle'],
         '',
-        '| figure | churn | baseline (same run) | ratio / rule |',
+        '| figure | churning front | control front (same time) | ratio / rule |',
         '|---|---|---|---|',
-        '| front workers\' CPU (utime+stime), %% of one core | %.2f %% (10 s windows: median %.2f, max %.2f) | %.2f %% (median %.2f, max %.2f) | %.2f |' % (
-            cpu['churn']['pct_of_core'], cpu['churn']['window_pct_median'], cpu['churn']['window_pct_max'],
-            cpu['baseline']['pct_of_core'], cpu['baseline']['window_pct_median'],
-            cpu['baseline']['window_pct_max'], r['cpu_ratio_churn_vs_baseline']),
-        '| the same as CPU per DNS change ((churn - baseline) x %d s) | %.0f ms | | |' % (
-            r['every_s'], 10.0 * r['every_s'] * (cpu['churn']['pct_of_core'] - cpu['baseline']['pct_of_core'])),
-        '| machine CPU busy, %% of one core (%d cores): all / other processes than this bench | %.0f / %.0f %% | %.0f / %.0f %% | |' % (
-            os.cpu_count(), cpu['churn']['machine_busy_pct'], cpu['churn']['other_processes_pct'],
-            cpu['baseline']['machine_busy_pct'], cpu['baseline']['other_processes_pct']),
-        '| health checks / client requests per second (backend log) | %.0f / %.0f | %.0f / %.0f | |' % (
-            cpu['churn']['checks_per_s'], cpu['churn']['client_req_per_s'],
-            cpu['baseline']['checks_per_s'], cpu['baseline']['client_req_per_s']),
-        '| workers\' CPU per health check (all of it charged to the checks) | %.0f µs | %.0f µs | %.2f |' % (
-            cpu['churn']['us_cpu_per_check'], cpu['baseline']['us_cpu_per_check'],
-            cpu['churn']['us_cpu_per_check'] / cpu['baseline']['us_cpu_per_check']),
-        '| a round (a burst of checks in the backend log): duration median / p95 / max; checks | %s; %s | %s; %s | bound: ceil(%d / %d) x 3 x 1 s = %d s |' % (
-            d(cpu['churn']['round_s']), per_round(cpu['churn']),
-            d(cpu['baseline']['round_s']), per_round(cpu['baseline']),
-            r['peers'], r['concurrency'], 3 * -(-r['peers'] // r['concurrency'])),
+        '| workers\' CPU (utime+stime), %% of one core, baseline phase (%d s, nothing changes) | %.2f %% | %.2f %% | %.3f |' % (
+            r['baseline_s'], bd['pct_of_core'], bc['pct_of_core'], b['ratio']),
+        '| the same, churn phase (%d s) | %.2f %% | %.2f %% | %.3f |' % (
+            r['duration_s'], cd['pct_of_core'], cc['pct_of_core'], c['ratio']),
+        '| **churn cost**: (churning / control) churn phase over baseline phase | | | **%.3f** |' % r['cpu_churn_cost'],
+        '| churn phase over baseline phase, each front alone (machine load changed between them) | %.3f | %.3f | |' % (
+            r['cpu_churning_front_churn_vs_baseline'], r['cpu_control_front_churn_vs_baseline']),
+        '| churning / control per 10 s window: baseline phase; churn phase | | | %s; %s |' % (wr(b), wr(c)),
+        '| churn cost as CPU per DNS change of %d addresses: (churning - control x baseline ratio) x %d s | %.0f ms | | |' % (
+            r['churn_per_tick'], r['every_s'],
+            10.0 * r['every_s'] * (cd['pct_of_core'] - cc['pct_of_core'] * b['ratio'])),
+        '| machine busy, %% of one core (2 cores), baseline / churn phase: all; not this bench | %.0f / %.0f %%; %.0f / %.0f %% | | |' % (
+            b['machine_busy_pct'], c['machine_busy_pct'], b['other_processes_pct'], c['other_processes_pct']),
+        '| health checks / client requests per second, churn phase (backend log) | %.0f / %.0f | %.0f / %.0f | |' % (
+            cd['checks_per_s'], cd['client_req_per_s'], cc['checks_per_s'], cc['client_req_per_s']),
+    ]
+    if r['checker']:
+        lines += [
+            '| workers\' CPU per health check, churn phase (all of it charged to the checks) | %.0f µs | %.0f µs | %.2f |' % (
+                cd['us_cpu_per_check'], cc['us_cpu_per_check'], cd['us_cpu_per_check'] / cc['us_cpu_per_check']),
+            '| a round (a burst of checks in the backend log), churn phase: duration median / p95 / max | %s | %s | bound: ceil(%d / %d) x 3 x 1 s = %d s |' % (
+                rnd(cd), rnd(cc), r['peers'], r['concurrency'], 3 * -(-r['peers'] // r['concurrency'])),
+        ]
+    lines += [
         '| healthcheck shm in use (capacity - free_space; dict %s) | peak %s, end %s | %s | rule: %s (%s with the records) for %d peers |' % (
-            r['shm_dict'], mb(shm['peak_used']), mb(shm['end']['used']),
-            mb(shm['baseline_end']['used']), mb(shm['rule']['bytes']),
-            mb(shm['rule']['bytes_with_records']), shm['rule']['peers_known']),
-        '| per-peer state keys (`st:%s:p:`) | peak %d, end %d | %d | %d (%d + %d/s x 60 s) |' % (
-            UPSTREAM, shm['peak_state_keys'], shm['end']['state_keys'],
-            shm['baseline_end']['state_keys'], shm['rule']['peers_known'], r['peers'],
-            r['churn_per_tick'] / r['every_s']),
-        '| all shm keys | peak %d, end %d | %d | |' % (shm['peak_keys'], shm['end']['keys'],
-                                                      shm['baseline_end']['keys']),
-        '| traffic-status zone usedSize (`vhost_traffic_status_zone` %s) | peak %s (%d nodes), end %s (%d nodes, %d peers listed) | start %s (%d nodes), baseline end %s | dropped nodes at end: %s |' % (
-            r['vts_zone'], mb(vts['peak_usedSize']), vts['peak_usedNode'], mb(vts['end']['usedSize']),
-            vts['end']['usedNode'], vts['end']['dyn_peers_listed'], mb(vts['start']['usedSize']),
-            vts['start']['usedNode'], mb(vts['baseline_end']['usedSize']),
-            json.dumps(vts['end']['droppedNodes'])),
-        '| DNS change -> nginx\'s first answer with it (median / p95 / max) | %s | | TTL 1 s |' % d(ad['change_to_dns_answer']),
+            r['shm_dict'], mb(shm['peak_used']), mb(shm['end']['used']), mb(shm['control_end']['used']),
+            mb(shm['rule']['bytes']), mb(shm['rule']['bytes_with_records']), shm['rule']['peers_known']),
+        '| per-peer state keys (`st:%s:p:`) | peak %d, end %d | %d | %d (%d + %g/s x 60 s) |' % (
+            UPSTREAM, shm['peak_state_keys'], shm['end']['state_keys'], shm['control_end']['state_keys'],
+            shm['rule']['peers_known'], r['peers'], r['churn_per_tick'] / r['every_s']),
+        '| all shm keys; removed peers remembered (`gone:`) | peak %d, end %d; peak %d | %d; %d | |' % (
+            shm['peak_keys'], shm['end']['keys'], shm['peak_gone'], shm['control_end']['keys'],
+            shm['control_end']['gone']),
+        '| traffic-status zone usedSize (`vhost_traffic_status_zone` %s) | start %s (%d nodes), peak %s (%d nodes), end %s (%d nodes, %d peers listed) | end %s (%d nodes) | dropped nodes: %d |' % (
+            r['vts_zone'], mb(vts['start']['usedSize']), vts['start']['usedNode'],
+            mb(vts['peak_usedSize']), vts['peak_usedNode'], mb(vts['end']['usedSize']),
+            vts['end']['usedNode'], vts['end']['dyn_peers_listed'], mb(vts['control_end']['usedSize']),
+            vts['control_end']['usedNode'], sum((vts['end']['droppedNodes'] or {}).values())),
+        '| DNS change -> nginx\'s first answer with it (median / p95 / max) | %s | | nginx asks every valid + 1 = 2 s |' % d(
+            ad['change_to_dns_answer']),
         '| DNS change -> first health check of a new address | %s | | |' % d(ad['change_to_checked']),
         '| DNS change -> first client request to it | %s | | |' % d(ad['change_to_routed']),
-        '| first check -> first client request | %s | | a peer\'s turn every %d/%d = %.1f s |' % (
-            d(ad['checked_to_routed']), r['peers'], r['client_rps'], r['peers'] / r['client_rps']),
+        '| first check -> first client request | %s | | |' % d(ad['checked_to_routed']),
         '| added addresses never checked / never routed / routed before their first check | %d / %d / %d | | |' % (
             ad['never_checked'], ad['never_routed'], ad['routed_before_first_check']),
         '| removed address: last client request after the first DNS answer without it | %s | | |' % d(
@@ -726,10 +854,12 @@ def markdown(r, meta):
         '| removed address: last health check after that answer | %s | | |' % d(rm['last_check_after_dns_answer']),
         '| client requests to removed addresses > 2 s after that answer | %d (%d addresses) | | |' % (
             rm['requests_later_than_2s'], rm['addresses_with_those']),
-        '| client requests ok / failed | %d / %d | | |' % (r['client']['ok'], r['client']['errors']),
-        '| front error log: [alert] / [crit] / [error] / [warn] | %d / %d / %d / %d | | |' % (
-            r['front_error_log']['[alert]'], r['front_error_log']['[crit]'],
-            r['front_error_log']['[error]'], r['front_error_log']['[warn]']),
+        '| client requests ok / failed | %d / %d | %d / %d | |' % (
+            r['client']['churning']['ok'], r['client']['churning']['errors'],
+            r['client']['control']['ok'], r['client']['control']['errors']),
+        '| error log: [alert] / [crit] / [error] / [warn] | %d / %d / %d / %d | %d / %d / %d / %d | |' % (
+            el['[alert]'], el['[crit]'], el['[error]'], el['[warn]'],
+            *(r['error_log']['control'][k] for k in ('[alert]', '[crit]', '[error]', '[warn]'))),
         '',
     ]
     return '\n'.join(lines)
@@ -750,6 +880,8 @@ def main():
     ap.add_argument('--vts-zone', default='16m',
                     help='vhost_traffic_status_zone size (its default, 1m, holds ~250 peers)')
     ap.add_argument('--initial-state', default='up', choices=('up', 'down'))
+    ap.add_argument('--no-checker', action='store_true',
+                    help='no health checker on either front: what churn costs nginx and traffic-status alone')
     ap.add_argument('--seed', type=int, default=1)
     ap.add_argument('--json')
     ap.add_argument('--markdown')
