@@ -436,6 +436,64 @@ def count_lines(path, words):
     return n, samples
 
 
+def address_figures(added, removed, seen, first_answer):
+    """The timings of every address added and removed: `added` and `removed`
+    map an address to (change time, generation), `seen` is read_log()'s,
+    first_answer(generation) the DNS server's first answer holding it."""
+    answered, checked, routed, check_to_route, early = [], [], [], [], 0
+    a_checked, a_routed = [], []
+    never_checked = never_routed = 0
+    for x, (t_c, gen) in added.items():
+        if gen == 1:
+            continue                  # the initial set: not a change
+        t_dns = first_answer(gen)
+        checks, reqs = seen.get(x, ([], []))
+        if t_dns:
+            answered.append(t_dns - t_c)
+        if checks:
+            checked.append(checks[0] - t_c)
+            if t_dns:
+                a_checked.append(checks[0] - t_dns)
+        else:
+            never_checked += 1
+        if reqs:
+            routed.append(reqs[0] - t_c)
+            if t_dns:
+                a_routed.append(reqs[0] - t_dns)
+            if checks and reqs[0] < checks[0]:
+                early += 1
+            if checks:
+                check_to_route.append(reqs[0] - checks[0])
+        else:
+            never_routed += 1
+    out = {}
+    out['added'] = {'n': sum(1 for v in added.values() if v[1] > 1),
+                    'change_to_dns_answer': dist(answered),
+                    'change_to_checked': dist(checked),
+                    'change_to_routed': dist(routed),
+                    'dns_answer_to_checked': dist(a_checked),
+                    'dns_answer_to_routed': dist(a_routed),
+                    'checked_to_routed': dist(check_to_route),
+                    'never_checked': never_checked, 'never_routed': never_routed,
+                    'routed_before_first_check': early}
+    last_req, last_check, late_reqs, late_addrs = [], [], 0, 0
+    for x, (t_c, gen) in removed.items():
+        t_dns = first_answer(gen) or t_c
+        checks, reqs = seen.get(x, ([], []))
+        after = [t for t in reqs if t > t_dns]
+        last_req.append(after[-1] - t_dns if after else 0.0)
+        ca = [t for t in checks if t > t_dns]
+        last_check.append(ca[-1] - t_dns if ca else 0.0)
+        late = [t for t in after if t > t_dns + 2.0]
+        late_reqs += len(late)
+        late_addrs += bool(late)
+    out['removed'] = {'n': len(removed),
+                      'last_request_after_dns_answer': dist(last_req),
+                      'last_check_after_dns_answer': dist(last_check),
+                      'requests_later_than_2s': late_reqs, 'addresses_with_those': late_addrs}
+    return out
+
+
 # ---------------------------------------------------------------- the run
 
 def wait_until(pred, timeout, what, step=0.2):
@@ -690,49 +748,7 @@ def run(a):
                 ph['checks_per_round'] = dist([r[2] for r in rounds])
                 ph['us_cpu_per_check'] = round(1e6 * ph['worker_cpu_s'] / n_checks, 1) if n_checks else None
 
-        answered, checked, routed, check_to_route, early = [], [], [], [], 0
-        never_checked = never_routed = 0
-        for x, (t_c, gen) in added.items():
-            if gen == 1:
-                continue                  # the initial set: not a change
-            t_dns = dns.first_answer(gen)
-            checks, reqs = seen.get(x, ([], []))
-            if t_dns:
-                answered.append(t_dns - t_c)
-            if checks:
-                checked.append(checks[0] - t_c)
-            else:
-                never_checked += 1
-            if reqs:
-                routed.append(reqs[0] - t_c)
-                if checks and reqs[0] < checks[0]:
-                    early += 1
-                if checks:
-                    check_to_route.append(reqs[0] - checks[0])
-            else:
-                never_routed += 1
-        out['added'] = {'n': sum(1 for v in added.values() if v[1] > 1),
-                        'change_to_dns_answer': dist(answered),
-                        'change_to_checked': dist(checked),
-                        'change_to_routed': dist(routed),
-                        'checked_to_routed': dist(check_to_route),
-                        'never_checked': never_checked, 'never_routed': never_routed,
-                        'routed_before_first_check': early}
-        last_req, last_check, late_reqs, late_addrs = [], [], 0, 0
-        for x, (t_c, gen) in removed.items():
-            t_dns = dns.first_answer(gen) or t_c
-            checks, reqs = seen.get(x, ([], []))
-            after = [t for t in reqs if t > t_dns]
-            last_req.append(after[-1] - t_dns if after else 0.0)
-            ca = [t for t in checks if t > t_dns]
-            last_check.append(ca[-1] - t_dns if ca else 0.0)
-            late = [t for t in after if t > t_dns + 2.0]
-            late_reqs += len(late)
-            late_addrs += bool(late)
-        out['removed'] = {'n': len(removed),
-                          'last_request_after_dns_answer': dist(last_req),
-                          'last_check_after_dns_answer': dist(last_check),
-                          'requests_later_than_2s': late_reqs, 'addresses_with_those': late_addrs}
+        out.update(address_figures(added, removed, seen, dns.first_answer))
         out['dns_answers'] = len(dns.answers)
         words = ['[alert]', '[crit]', '[error]', '[warn]', 'no memory', 'peers changed']
         out['error_log'], out['error_log_samples'] = {}, {}
@@ -846,6 +862,8 @@ def markdown(r, meta):
             ad['change_to_dns_answer']),
         '| DNS change -> first health check of a new address | %s | | |' % d(ad['change_to_checked']),
         '| DNS change -> first client request to it | %s | | |' % d(ad['change_to_routed']),
+        '| nginx\'s first answer with it -> first health check / first client request | %s / %s | | interval 1 s, a round ~0.05 s |' % (
+            d(ad.get('dns_answer_to_checked')), d(ad.get('dns_answer_to_routed'))),
         '| first check -> first client request | %s | | |' % d(ad['checked_to_routed']),
         '| added addresses never checked / never routed / routed before their first check | %d / %d / %d | | |' % (
             ad['never_checked'], ad['never_routed'], ad['routed_before_first_check']),
