@@ -775,7 +775,7 @@ def run(a):
 # ---------------------------------------------------------------- output
 
 def mb(n):
-    return '%.2f MB' % (n / 1048576.0)
+    return '%.2f MB' % (n / 1e6)
 
 
 def markdown(r, meta):
@@ -878,6 +878,7 @@ def markdown(r, meta):
         '| error log: [alert] / [crit] / [error] / [warn] | %d / %d / %d / %d | %d / %d / %d / %d | |' % (
             el['[alert]'], el['[crit]'], el['[error]'], el['[warn]'],
             *(r['error_log']['control'][k] for k in ('[alert]', '[crit]', '[error]', '[warn]'))),
+        '',
         '',
     ]
     return '\n'.join(lines)
