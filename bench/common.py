@@ -52,6 +52,13 @@ class Server:
         subprocess.run(cmd, check=True, env=self.env)
         for port in ports:
             wait_port('127.0.0.1', port)
+        # the sockets listen before the daemonized master writes its pid file:
+        # stop() needs the pid (else it would delete a running nginx's prefix)
+        pid_file = self.dir / 'logs' / 'nginx.pid'
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            time.sleep(0.05)
         return self
 
     def pid(self):
