@@ -62,9 +62,10 @@ def pki(tmp_path):
 
 
 @pytest.fixture
-def backends(pki, own_network):
+def seed_backends(pki, own_network):
     """The seed's four backends on their fixed addresses: in the test's own
-    network namespace where possible, so port 8080 is free there."""
+    network namespace where possible, so port 8080 is free there.  (Its own
+    name: the shared `backends` fixture is a factory of another shape.)"""
     bar_ctx = pki.server_context('bar.internal')
     foo = [Backend(h, p, name='foo%d' % i).start() for i, (h, p) in enumerate(FOO, 1)]
     bar = [Backend(h, p, name='bar%d' % i, tls=bar_ctx, dual=True).start()
@@ -96,8 +97,8 @@ def status_of(metrics_port):
     return peer_states_in(page), page
 
 
-def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
-    foo, bar = backends
+def test_seed_example_end_to_end(nginx_factory, seed_backends, pki, tmp_path):
+    foo, bar = seed_backends
     n, proxy, metrics = start_seed(nginx_factory, pki, tmp_path, name='seed-e2e')
 
     # checks run against every peer, https ones verified against the system-like bundle
@@ -148,7 +149,7 @@ def test_seed_example_end_to_end(nginx_factory, backends, pki, tmp_path):
              timeout=5, what='traffic to foo1 again')
 
 
-def test_metrics_says_when_healthcheck_module_is_missing(nginx_factory, backends, pki, tmp_path):
+def test_metrics_says_when_healthcheck_module_is_missing(nginx_factory, seed_backends, pki, tmp_path):
     n, proxy, metrics = start_seed(nginx_factory, pki, tmp_path, name='seed-nohc',
                                    lualib_without='resty/upstream/healthcheck.lua')
     body = http_get('127.0.0.1', metrics, '/metrics')[2].decode()
@@ -162,7 +163,7 @@ def test_metrics_says_when_healthcheck_module_is_missing(nginx_factory, backends
     assert 'failed to spawn health checker' in n.error_log or 'module' in n.error_log
 
 
-def test_metrics_says_when_traffic_status_is_missing(nginx_factory, backends, pki, tmp_path):
+def test_metrics_says_when_traffic_status_is_missing(nginx_factory, seed_backends, pki, tmp_path):
     def drop_display(conf):
         return re.sub(r'location = /status/format/prometheus \{.*?\}', '', conf, flags=re.S)
     n, proxy, metrics = start_seed(nginx_factory, pki, tmp_path, name='seed-novts', edit=drop_display)

@@ -1,5 +1,6 @@
 """traffic-status: hostile input, full zones, node caps, invalid configuration,
 the seed's merged /metrics, dump persistence, cache zones."""
+import json
 import pathlib
 import re
 import socket
@@ -7,7 +8,7 @@ import socket
 import pytest
 
 from conftest import conf_wrap, free_port, wait_for
-from support.net import raw_request
+from support.net import http_get, raw_request
 from support.probes import promtool
 from vts_util import (HOST_FROM_HEADER, backend_conf, get, get_json, hostile_host_request, many_requests,
                       req, status_of)
@@ -366,13 +367,52 @@ def test_cache_zone_statistics(nginx_factory, tmp_path):
 
 
 def test_two_workers_share_counts(nginx_factory):
+    """Both workers serve requests and each one's status answer counts them
+    all.  Every answer names its worker ($pid), so the test proves the
+    sharing: one worker serving everything (which passed the old test) would
+    not reach the two pids, and per-worker counts would not reach the sum."""
     fport, sport = free_port(), free_port()
-    n = nginx_factory(simple_conf(fport, sport, workers=2), workers=2,
-                      wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
-    for _ in range(50):
-        raw_request(fport, req('/', host='x'))
-    wait_for(lambda: get_json(sport)['serverZones']['default.test']['requestCounter'] == 50,
-             what='50 counted')
+    conf = conf_wrap(f"""
+    vhost_traffic_status_zone shared:vts:4m;
+    server {{
+        listen 127.0.0.1:{fport} reuseport;
+        server_name default.test;
+        location / {{ return 200 "$pid"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport} reuseport;
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{
+            add_header X-Pid $pid always;
+            vhost_traffic_status_display;
+        }}
+    }}
+""", workers=2)
+    n = nginx_factory(conf, workers=2, wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    workers = set(n.worker_pids())
+    assert len(workers) == 2
+    served = {}                 # pid -> requests it answered
+
+    def both_served():
+        resp = raw_request(fport, req('/', host='x'))
+        assert status_of(resp) == 200, resp
+        pid = int(resp.partition(b'\r\n\r\n')[2])
+        served[pid] = served.get(pid, 0) + 1
+        return len(served) == 2 and min(served.values()) >= 5
+    # reuseport spreads new connections over the workers by their source ports
+    wait_for(both_served, timeout=30, interval=0, what='both workers to serve 5 requests')
+    assert set(served) == workers, (served, workers)
+    total = sum(served.values())
+    views = {}                  # pid -> the count that worker's status answer shows
+
+    def both_views():
+        st, headers, body = http_get('127.0.0.1', sport, '/status/format/json',
+                                     headers={'Host': 'status.test'})
+        views[int(headers['x-pid'])] = json.loads(body)['serverZones']['default.test']['requestCounter']
+        return len(views) == 2
+    wait_for(both_views, timeout=30, interval=0, what='both workers to answer the status')
+    assert views == dict.fromkeys(workers, total), (views, served)
 
 
 def test_counts_survive_a_worker_crash(nginx_factory):
