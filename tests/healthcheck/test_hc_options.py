@@ -1,25 +1,32 @@
 """spawn_checker option validation: every bad option gives nil, err naming the
 option, in the spec's order, and nothing is started (no shm keys, no timers)."""
 import json
+import re
 
 import pytest
 
-from conftest import free_port, http_get
-from support.confs import conf_wrap
+from conftest import free_port, http_get, wait_for
+from support.confs import STATUS_LOCATION, conf_wrap
+from support.probes import peer_states
 
 CASES = [
     # (lua options table, expected error)
     ('{}', '"type" option required'),
-    # "tcp" is supported since issue 16: another unknown type keeps the contract's text
+    # "tcp" is supported since issue 16: the text names it, and what was given (issue 27, item 7)
     ('{type = "udp", http_req = "x", shm = "hc", upstream = "foo"}',
-     'only "http" and "https" type are supported right now'),
+     'nil|only "http", "https" and "tcp" type are supported, not "udp"'),
+    ('{type = "grpc", http_req = "x", shm = "hc", upstream = "foo"}',
+     'nil|only "http", "https" and "tcp" type are supported, not "grpc"'),
+    ('{type = 5, http_req = "x", shm = "hc", upstream = "foo"}',
+     'nil|only "http", "https" and "tcp" type are supported, not 5'),
     ('{type = "http", shm = "hc", upstream = "foo"}', '"http_req" option required'),
     ('{type = "http", http_req = 42, shm = "hc", upstream = "foo"}', '"http_req"'),
     ('{type = "http", http_req = "x", upstream = "foo"}', '"shm" option required'),
     ('{type = "http", http_req = "x", shm = "nope", upstream = "foo"}', 'shm "nope" not found'),
     ('{type = "http", http_req = "x", shm = "hc"}', 'no upstream specified'),
+    # the upstream is named (issue 27, item 10)
     ('{type = "http", http_req = "x", shm = "hc", upstream = "bar"}',
-     'failed to get primary peers: upstream not found'),
+     'nil|failed to get primary peers: upstream "bar" not found'),
     ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = "1s"}', '"timeout"'),
     ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = 0}', '"timeout"'),
     ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", timeout = -5}', '"timeout"'),
@@ -63,6 +70,31 @@ CASES = [
     ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", fall = 0, rise = 0}', '"fall"'),
     ('{type = "http", http_req = "x", shm = "nope", upstream = "bar", fall = 0}', 'shm "nope"'),
     ('{type = "http", shm = "nope"}', '"http_req" option required'),
+] + [
+    # a misspelled option is an error that names the option meant (issue 27, item 6),
+    # before any other: a misspelled required option would only be "missing"
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", %s}' % typo,
+     'nil|unknown option "%s" (did you mean "%s"?)' % (typo.split(' =')[0], meant))
+    for typo, meant in (
+        ('intervall = 2000', 'interval'),
+        ('valid_status = {200}', 'valid_statuses'),
+        ('Interval = 2000', 'interval'),
+        ('timout = 500', 'timeout'),
+        ('fail = 3', 'fall'),
+        ('tyep = "http"', 'type'),
+        ('concurency = 2', 'concurrency'),
+        ('http_request = "x"', 'http_req'),
+        ('interval_unhealty = 100', 'interval_unhealthy'),
+        ('initial_sate = "down"', 'initial_state'),
+        ('forget = 1000', 'forget_after'),
+    )
+] + [
+    ('{type = "https", http_req = "x", shm = "hc", upstream = "foo", ssl_verfy = false}',
+     'nil|unknown option "ssl_verfy" (did you mean "ssl_verify"?)'),
+    ('{type = "http", http_req = "x", shm = "hc", upstrem = "foo"}',
+     'nil|unknown option "upstrem" (did you mean "upstream"?)'),
+    ('{type = "http", http_req = "x", shm = "hc", upstream = "foo", intervall = 2000, fall = 0}',
+     'nil|unknown option "intervall" (did you mean "interval"?)'),
 ]
 
 LUA = r'''
@@ -160,7 +192,10 @@ def test_bad_options(nginx_factory):
     results, tail = lines[:len(CASES)], lines[len(CASES):]
     for (opts, want), got in zip(CASES, results):
         assert got.startswith('nil|'), (opts, got)       # returned nil, err; never raised
-        assert want in got, (opts, got)
+        if want.startswith('nil|'):
+            assert got == want, (opts, got)              # verbatim
+        else:
+            assert want in got, (opts, got)
     # nothing half-started: no shm keys written, no timers created
     assert tail == ['keys=0', 'timers=0'], tail
     assert '[error]' not in n.error_log.replace('failed to spawn', '')
@@ -197,3 +232,39 @@ def test_bounds_are_inclusive_and_a_second_checker_is_refused(nginx_factory):
     nginx_factory(conf_wrap(LUA % (port, '')), wait_ports=[('127.0.0.1', port)])
     body = http_get('127.0.0.1', port, '/valid_max')[2].decode().strip()
     assert body == 'true nil|nil checker already spawned for upstream baz', body
+
+
+UNKNOWN = r'''
+    lua_shared_dict hc 1m;
+    upstream foo { server 127.0.0.1:1; }
+    init_worker_by_lua_block {
+        local hc = require "resty.upstream.healthcheck"
+        -- written for another checker: keys no option of ours is close to
+        local ok, err = hc.spawn_checker{type = "http", http_req = "GET / HTTP/1.0\r\n\r\n",
+            shm = "hc", upstream = "foo", interval = 100, fall = 1,
+            checks = {}, name = "x", shm_name = "hc", [1] = "positional"}
+        if not ok then
+            ngx.log(ngx.ERR, "failed to spawn health checker: ", err)
+        end
+    }
+    server {
+        listen 127.0.0.1:%d;
+%s
+    }
+'''
+
+
+def test_unknown_options_far_from_every_option_are_one_warning(nginx_factory):
+    """Issue 27, item 6: keys that no option is close to (a config written for
+    another checker) keep the checker starting, and one warning names them,
+    from worker 0 only (not once per worker)."""
+    port = free_port()
+    n = nginx_factory(conf_wrap(UNKNOWN % (port, STATUS_LOCATION), workers=2), workers=2,
+                      wait_ports=[('127.0.0.1', port)])
+    wait_for(lambda: peer_states(port).get('127.0.0.1:1') == 'DOWN', what='the checker to run')
+    lines = [l for l in n.error_log.splitlines() if 'unknown option' in l]
+    assert len(lines) == 1, lines
+    assert re.search(r'\[warn\] \d+#\d+: \*\d+ \[lua\] healthcheck\.lua:\d+: spawn_checker\(\): '
+                     r'healthcheck: unknown options ignored by spawn_checker for upstream "foo": '
+                     r'"checks", "name", "shm_name", 1, context: init_worker_by_lua\*$', lines[0]), lines[0]
+    assert 'failed to spawn' not in n.error_log

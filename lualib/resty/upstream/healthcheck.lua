@@ -33,6 +33,8 @@ local state = require "resty.upstream.healthcheck.state"
 
 local ngx = ngx
 local tostring = tostring
+local concat = table.concat
+local worker_id = ngx.worker.id
 
 local _M = {
     _VERSION = "0.1.0",
@@ -90,6 +92,13 @@ function _M.spawn_checker(opts)
         if not ok then
             return nil, err
         end
+    end
+    -- keys no option is close to (options.lua): said once, not per worker
+    local unknown = ctx.unknown
+    if unknown and (worker_id() or 0) == 0 then
+        ngx.log(ngx.WARN, "healthcheck: unknown option", #unknown > 1 and "s"
+                or "", " ignored by spawn_checker for upstream \"", u,
+                "\": ", concat(unknown, ", "))
     end
     return true
 end

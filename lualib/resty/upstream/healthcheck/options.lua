@@ -12,6 +12,11 @@
 -- Error texts are the contract's; the number ones name the option and its
 -- bounds.  The options beyond the contract come after its table, so its
 -- order of errors is unchanged.
+--
+-- A key that is no option is looked at first: close to an option's name (a
+-- typo: "intervall") it is an error naming that option, since the default
+-- would run silently instead; otherwise (a config written for another
+-- checker) it is only reported, and spawn_checker warns once.
 
 local state = require "resty.upstream.healthcheck.state"
 local match = require "resty.upstream.healthcheck.match"
@@ -25,8 +30,13 @@ local ipairs = ipairs
 local math_floor = math.floor
 local math_huge = math.huge
 local pcall = pcall
+local tostring = tostring
 local concat = table.concat
+local sort = table.sort
 local str_find = string.find
+local str_byte = string.byte
+local str_lower = string.lower
+local str_sub = string.sub
 
 local fetch_peers = state.fetch_peers
 
@@ -45,9 +55,17 @@ end
 -- kind -> function(spec, value, ctx) returning the value to store, or nil, err
 local CHECK = {}
 
+-- "name" for a string, else the value as Lua writes it
+local function quoted(v)
+    if type(v) == "string" then
+        return "\"" .. v .. "\""
+    end
+    return tostring(v)
+end
+
 function CHECK.probe_type(spec, v)
     if v ~= "http" and v ~= "https" and v ~= "tcp" then
-        return nil, spec.unsupported
+        return nil, spec.unsupported .. quoted(v)
     end
     return v
 end
@@ -207,7 +225,8 @@ local MAX_CONCURRENCY = 1000
 local SPECS = {
     { name = "type", kind = "probe_type",
       required = "\"type\" option required",
-      unsupported = "only \"http\" and \"https\" type are supported right now" },
+      unsupported = "only \"http\", \"https\" and \"tcp\" type are "
+                    .. "supported, not " },
     { name = "http_req", kind = "string", non_empty = true, types = HTTP,
       required = "\"http_req\" option required" },
     { name = "shm", kind = "shm", required = "\"shm\" option required" },
@@ -247,6 +266,102 @@ local SPECS = {
 }
 _M.SPECS = SPECS
 
+
+------------------------------------------------------------------------
+-- keys that are no option
+------------------------------------------------------------------------
+
+-- Optimal string alignment distance: Levenshtein's, plus a swap of two
+-- neighbours as one edit ("tyep" is one edit from "type").
+local function distance(a, b)
+    local la, lb = #a, #b
+    local older, prev = nil, {}
+    for j = 0, lb do
+        prev[j] = j
+    end
+    for i = 1, la do
+        local cur = { [0] = i }
+        local ca = str_byte(a, i)
+        for j = 1, lb do
+            local cb = str_byte(b, j)
+            local d = prev[j - 1] + (ca == cb and 0 or 1)
+            if prev[j] + 1 < d then
+                d = prev[j] + 1
+            end
+            if cur[j - 1] + 1 < d then
+                d = cur[j - 1] + 1
+            end
+            if i > 1 and j > 1 and ca == str_byte(b, j - 1)
+               and str_byte(a, i - 1) == cb and older[j - 2] + 1 < d
+            then
+                d = older[j - 2] + 1
+            end
+            cur[j] = d
+        end
+        older, prev = prev, cur
+    end
+    return prev[lb]
+end
+
+-- the option a key was probably meant to be, or nil: one edit away (two
+-- for names of 8 letters or more), a letter case apart, or one name the
+-- start of the other ("http_request", "forget"); the closest wins, the
+-- first in SPECS among equals
+local KEY_MAX = 64      -- longer keys are nobody's typo (and cost n x m)
+
+local function meant(key)
+    if type(key) ~= "string" or #key > KEY_MAX then
+        return nil
+    end
+    key = str_lower(key)
+    local best, best_d
+    for i = 1, #SPECS do
+        local name = SPECS[i].name
+        local d = distance(key, name)
+        local limit = #name >= 8 and 2 or 1
+        local short, long = key, name
+        if #short > #long then
+            short, long = long, short
+        end
+        if (d <= limit or #short >= 4 and str_sub(long, 1, #short) == short)
+           and (not best_d or d < best_d)
+        then
+            best, best_d = name, d
+        end
+    end
+    return best
+end
+
+local KNOWN = {}
+for i = 1, #SPECS do
+    KNOWN[SPECS[i].name] = true
+end
+
+local function by_text(a, b)
+    return a < b
+end
+
+-- the keys of opts that are no option: nil, or a sorted list of them as
+-- the log shows them; nil, err when one looks like a misspelled option
+local function unknown_keys(opts)
+    local list
+    for k in pairs(opts) do
+        if not KNOWN[k] then
+            local name = meant(k)
+            if name then
+                return nil, "unknown option " .. quoted(k)
+                            .. " (did you mean \"" .. name .. "\"?)"
+            end
+            list = list or {}
+            list[#list + 1] = quoted(k)
+        end
+    end
+    if list then
+        sort(list, by_text)
+    end
+    return list
+end
+
 local function option_value(spec, opts, ctx)
     local v = opts[spec.name]
     local applies = not spec.types or spec.types[ctx.type]
@@ -280,12 +395,17 @@ end
 -- state_file =, send =, expect =, match =, jitter = (s),
 -- interval_unhealthy = (s), period = (s, the round period), initial_state =,
 -- forget_after = (s),
--- client_cert =, client_key = (parsed), passive = }, or nil, err
+-- client_cert =, client_key = (parsed), passive =, unknown = (the keys
+-- that are no option, for a warning) }, or nil, err
 function _M.validate(opts)
     if type(opts) ~= "table" then
         return nil, "options table expected"
     end
-    local ctx = {}
+    local unknown, uerr = unknown_keys(opts)
+    if uerr then
+        return nil, uerr
+    end
+    local ctx = { unknown = unknown }
     for i = 1, #SPECS do
         local spec = SPECS[i]
         local v, err = option_value(spec, opts, ctx)

@@ -79,6 +79,10 @@ end
 function _M.fetch_peers(u)
     local primary, err = get_primary_peers(u)
     if not primary then
+        if err == "upstream not found" then
+            -- configs log err alone: name the group that is not there
+            err = "upstream \"" .. tostring(u) .. "\" not found"
+        end
         return nil, "failed to get primary peers: " .. tostring(err)
     end
     local backup
