@@ -191,3 +191,31 @@ def test_binary_upgrade_keeps_down_peers_down(nginx_factory, backends):
     assert peer_states(port)[b[1].addr] == 'DOWN'
     new_log = n.error_log.split('SIGUSR2', 1)[1] if 'SIGUSR2' in n.error_log else n.error_log
     assert 'is turned up' not in new_log
+
+
+def test_state_file_warning_is_logged_once(nginx_factory, backends):
+    """Issue 27, item 13: started as root (workers as nobody), the workers
+    cannot write the state file under the root-owned logs/.  The warning was
+    logged once per worker and upstream, so again by every new worker after
+    each reload at its first state change; now once per upstream for the
+    life of the shm, whichever worker and reload meets the problem."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root: the workers run as nobody and cannot write logs/')
+    b = backends(2)
+    port = free_port()
+    n = nginx_factory(conf_for([x.addr for x in b], port, interval=100, fall=1, rise=1, workers=2),
+                      workers=2, wait_ports=[('127.0.0.1', port)])
+    warning = re.compile(r'\[warn\] .*healthcheck: cannot save peer states of upstream "foo" to %s: '
+                         r'%s\.tmp\d+: Permission denied \(they will not survive a new master: '
+                         r"let the workers' user write there, or set the state_file option\)"
+                         % ((re.escape(str(n.prefix / 'logs' / 'healthcheck.healthcheck.foo.state')),) * 2))
+    for flip in range(3):
+        b[1].status, b[1].mode = 500, 'status'
+        wait_state(port, b[1].addr, 'DOWN')
+        b[1].mode = 'ok'
+        wait_state(port, b[1].addr, 'UP')
+        wait_for(lambda: warning.search(n.error_log), what='the warning')
+        n.reload()                      # new workers: they meet the problem anew
+    lines = [l for l in n.error_log.splitlines() if 'cannot save peer states' in l]
+    assert len(lines) == 1, lines
+    assert warning.search(lines[0]), lines[0]

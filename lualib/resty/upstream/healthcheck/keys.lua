@@ -33,6 +33,7 @@ local TAGS = {
     follow_lock = "flock",    -- pid of the worker updating peers/gone (expires)
     resume = "resume",        -- where a round cut short by a reload stopped
     saved = "saved",          -- a new master's state file text (expires)
+    state_file_warned = "sfw", -- the state file could not be written: said so
     -- per peer
     state = "st",                       -- 1 DOWN, 0 UP
     consecutive_failures = "cf",
@@ -108,6 +109,7 @@ function _M.new(upstream)
         follow_lock = _M.upstream_key("follow_lock", upstream),
         resume = _M.upstream_key("resume", upstream),
         saved = _M.upstream_key("saved", upstream),
+        state_file_warned = _M.upstream_key("state_file_warned", upstream),
         cache = cache,
     }, checker_keys_mt)
 end

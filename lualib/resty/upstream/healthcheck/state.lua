@@ -229,11 +229,22 @@ local function save_file(ctx, primary, backup)
     out[#out + 1] = ""
 
     local ok, err = write_file(path, concat(out, "\n"))
-    if not ok then
-        -- warn once per worker: states will not survive a new master
-        ctx.state_file_failed = true
+    local warned = ks.state_file_warned
+    if ok then
+        if dict:get(warned) then
+            dict:delete(warned)     -- fixed: a new failure is news again
+        end
+        return
+    end
+    -- this worker stops trying; the warning is said once per upstream for
+    -- the life of the shm, not by every worker after every reload
+    ctx.state_file_failed = true
+    local added, aerr = dict:safe_add(warned, true)
+    if added or aerr ~= "exists" then
         warn("cannot save peer states of upstream \"", ctx.upstream, "\" to ",
-             path, ": ", tostring(err))
+             path, ": ", tostring(err), " (they will not survive a new ",
+             "master: let the workers' user write there, or set the ",
+             "state_file option)")
     end
 end
 
