@@ -2,10 +2,12 @@
 starts with `sbin/nginx -p <bundle>` alone and behaves as the README's tour says."""
 import json
 import re
+import shutil
 
 import pytest
 
-from conftest import Nginx, copy_bundle, http_get, port_open, wait_for
+from conftest import ROOT, Nginx, copy_bundle, http_get, port_open, wait_for
+from support.pki import PKI
 from support.probes import peer_states, promtool
 
 PROXY, METRICS, CONTROL = 8080, 18080, 18081
@@ -181,3 +183,80 @@ def test_monitoring_answers_this_host_and_the_allow_list_only(own_network, tmp_p
         remote.close()
         n.stop()
     assert 'exited on signal' not in n.error_log
+
+
+def readme_steps(title='### From demo to real config'):
+    """The numbered steps of a README section, each as one line of text."""
+    section = (ROOT / 'README.md').read_text().split(title, 1)[1].split('\n#', 1)[0]
+    return [' '.join(m.split()) for m in re.findall(r'^\d+\. (.*?)(?=^\d+\. |\Z)', section, re.M | re.S)]
+
+
+def test_from_demo_to_real_config(own_network, backends, tmp_path):
+    """Issue 27, item 11: a new user follows the README's "From demo to real
+    config" with backends whose certificates come from a private CA.  Each
+    step is done as its text says; step 3's trust directives are set where
+    the config has them.  On the old config the checker's trust lived in
+    conf/demo/demo.conf, which step 1 deletes, and step 3 led to setting
+    proxy_ssl_trusted_certificate only: `-t` passed, every bar peer went DOWN
+    and every request to / got 502."""
+    if any(port_open('127.0.0.1', p) for p in (PROXY, METRICS)):
+        pytest.skip('the default ports are taken on this machine')
+    pki = PKI(tmp_path / 'pki')
+    # not on 8080: nginx listens on *:8080
+    foo = backends(2, port=28080)
+    bar = backends(2, port=28443, tls=pki.server_context('bar.internal'))
+    steps = readme_steps()
+    assert len(steps) == 5, steps
+    dest = copy_bundle(tmp_path / 'bundle')
+    conf = dest / 'conf' / 'nginx.conf'
+    n = Nginx(dest)
+
+    # 1. delete the include line and conf/demo/
+    assert '`include demo/demo.conf;`' in steps[0] and '`conf/demo/`' in steps[0], steps[0]
+    text = conf.read_text()
+    assert text.count('include demo/demo.conf;') == 1
+    text = text.replace('include demo/demo.conf;', '')
+    shutil.rmtree(dest / 'conf' / 'demo')
+    # 2. point the upstreams at our servers (the checker options fit them as they are)
+    assert '`upstream foo` / `upstream bar`' in steps[1], steps[1]
+    for name, group in (('foo', foo), ('bar', bar)):
+        servers = ''.join('        server %s;\n' % b.addr for b in group)
+        text, k = re.subn(r'(upstream %s \{\n)(\s*server [^\n]*\n)+' % name, r'\g<1>' + servers, text)
+        assert k == 1, name
+    conf.write_text(text)
+    r = n.run('-t')
+    assert r.returncode != 0 and 'demo/ca.crt' in r.stderr, r.stderr      # step 3 is not optional
+    # 3. our CA for every trust directive the step names, where the config has it
+    ca = dest / 'conf' / 'our-ca.crt'
+    shutil.copy(pki.ca_crt, ca)
+    named = re.findall(r'`(\w+_trusted_certificate)`', steps[2])
+    assert 'proxy_ssl_trusted_certificate' in named, steps[2]
+    for directive in named:
+        text = re.sub(r'^(\s*%s\s+)\S+;' % directive, r'\g<1>%s;' % ca, text, flags=re.M)
+    conf.write_text(text)
+    # 4. (Prometheus on this host: loopback is allowed already)
+    assert 'conf/monitoring-allow.conf' in steps[3], steps[3]
+    # 5. -t, then start
+    assert '`sbin/nginx -p <bundle> -t`' in steps[4], steps[4]
+    r = n.run('-t')
+    assert r.returncode == 0, r.stderr
+    r = n.run()
+    assert r.returncode == 0, r.stderr + n.error_log
+    try:
+        wait_for(lambda: port_open('127.0.0.1', METRICS), what='the monitoring port')
+        def checked():
+            doc = json.loads(http_get('127.0.0.1', METRICS, '/traffic/health.json')[2])
+            peers = [p for u in doc['upstreams'].values() for p in u['peers']]
+            return len(peers) == 4 and all(p['checks'] for p in peers) and peers
+        # every peer checked once (bar's interval is 5 s), and none failed: on the
+        # old config every bar check failed ("certificate verify failed")
+        for p in wait_for(checked, timeout=20, what='every peer checked'):
+            assert p['state'] == 'UP' and p['last_failure'] is None, p
+        assert status() == {b.addr: 'UP' for b in foo + bar}
+        for path, group in (('/', bar), ('/api/x', foo)):
+            for _ in range(4):
+                st, _, body = http_get('127.0.0.1', PROXY, path)
+                assert st == 200 and body.decode() in {b.name for b in group}, (path, st, body)
+        assert 'verify' not in n.error_log, n.error_log[-3000:]
+    finally:
+        n.stop()
