@@ -3,6 +3,7 @@ interval, it comes back UP after `rise` successes, and once it is DOWN no
 client request reaches it (proxy_next_upstream off: the checker, not nginx's
 retries, protects the clients)."""
 import re
+import signal
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from conftest import free_port, http_get, wait_for
 from hcutil import hc_conf, wait_state
 from support.confs import checker_lua, upstream_block
+from support.hostile import Hostile
 from support.probes import peer_states
 
 INTERVAL, TIMEOUT, FALL, RISE = 100, 300, 2, 2
@@ -212,3 +214,66 @@ def test_failed_checks_of_a_peer_are_rate_limited_in_the_log(nginx_factory, back
     m = re.search(r'nginx_upstream_peer_check_failures_total\{name="foo",endpoint="%s",'
                   r'role="PRIMARY",reason="connect"\} (\d+)' % re.escape(bad.addr), body.decode())
     assert m and int(m.group(1)) >= 20, body.decode()[-2000:]
+
+
+def failures_of(port, addr, reason):
+    body = http_get('127.0.0.1', port, '/metrics?extended=1')[2].decode()
+    m = re.search(r'nginx_upstream_peer_check_failures_total\{name="foo",endpoint="%s",'
+                  r'role="PRIMARY",reason="%s"\} (\d+)' % (re.escape(addr), reason), body)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.parametrize('match', [False, True], ids=['status_line', 'match_body'])
+def test_a_silent_peer_costs_one_socket_line_per_check(nginx_factory, backends, request, match):
+    """Issue 27, item 12: with lua_socket_log_errors on, a peer that accepts
+    and never answers made the socket log "read timed out" at every 0.1 s
+    slice of the read (the slices noticed an exiting worker): 5 lines per
+    check at timeout 500 ms, 35 in 10 s with the default config's settings.
+    Now a read waits for its deadline (the exit is watched beside it): one
+    socket line per failed check at most, and the checker's own line once
+    per 10 s; a quit still abandons the check in flight at once."""
+    good = backends(1)[0]
+    addr = '%s.20:%d' % (good.host.rsplit('.', 1)[0], good.port)
+    if match:
+        # the status line and headers come, the body never does (it has its deadline too)
+        silent = Hostile(addr, 'trickle_body', body=b'x' * 1000, piece=1, every=60).start()
+        opts = {'match': {'body': 'ready'}}
+    else:
+        silent = Hostile(addr, 'hang').start()       # accepts, reads, never answers
+        opts = {}
+    request.addfinalizer(silent.stop)
+    port = free_port()
+    conf = hc_conf([upstream_block('foo', [good.addr, silent.addr])],
+                   [checker_lua('foo', interval=100, timeout=500, fall=1000, **opts)], port)
+    conf = conf.replace('lua_socket_log_errors off;', 'lua_socket_log_errors on;')
+    n = nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+    reason = 'timeout'
+    wait_for(lambda: failures_of(port, silent.addr, reason) >= 4, timeout=20, what='4 failed checks')
+    log = n.error_log                                # first the log, then the count
+    failed = failures_of(port, silent.addr, reason)
+    socket_lines = [l for l in log.splitlines() if 'lua tcp socket read timed out' in l]
+    own_lines = [l for l in log.splitlines() if '[error]' in l and 'healthcheck: failed to receive' in l]
+    # one check may have logged its line and not yet been counted
+    assert 1 <= len(socket_lines) <= failed + 1, (failed, socket_lines)
+    assert len(own_lines) == 1, own_lines
+    assert peer_states(port)[good.addr] == 'UP'
+
+    # a check in flight is abandoned at once by a quit, long before its deadline
+    (n.prefix / 'conf' / 'nginx.conf').write_text(conf.replace('timeout = 500', 'timeout = 10000'))
+    seen = silent.accepted
+    n.reload()
+    wait_for(lambda: silent.accepted > seen, what='a check in flight')
+    master = n.master_pid()
+    n.signal(signal.SIGQUIT)
+    t0 = time.monotonic()
+    wait_for(lambda: gone(master), timeout=15, interval=0.01, what='nginx to quit')
+    assert time.monotonic() - t0 < 1.5
+
+
+def gone(pid):
+    """Exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except OSError:
+        return True

@@ -138,6 +138,10 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
         backend.wait(timeout=10)
         wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz')[0] == 503, timeout=15, what='/readyz 503')
         assert ns.http('http://127.0.0.1:18080/healthz')[0] == 200          # but still alive
+        # every failed check of the dead peer is the checker's to log (once per 10 s), not
+        # the socket's as well (issue 27, item 12: the ConfigMap left lua_socket_log_errors on)
+        wait_for(lambda: b'failed to connect to 127.0.1.21:9090' in err.read_bytes(), what="the checker's line")
+        assert b'connect() failed' not in err.read_bytes(), err.read_bytes()[-2000:]
         n.send_signal(3)
         assert n.wait(timeout=20) == 0
     finally:

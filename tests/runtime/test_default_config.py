@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, Nginx, copy_bundle, http_get, port_open, wait_for
+from conftest import BUNDLE, ROOT, Nginx, copy_bundle, http_get, port_open, wait_for
 from support.pki import PKI
 from support.probes import peer_states, promtool
 
@@ -81,6 +81,15 @@ def test_tour(bundle_copy, tmp_path):
     wait_for(lambda: status()['127.0.1.11:8080'] == 'UP', timeout=2 * 2 + 1 + 4, interval=0.2, what='UP')
     ok, why = promtool(metrics())
     assert ok, why
+
+
+def test_failed_checks_are_left_to_the_checker_to_log():
+    """Issue 27, item 12: the checker logs a failed check itself (at most once
+    per 10 s per peer); the default config had the sockets log their errors as
+    well (lua_socket_log_errors on by default), a line per failed check."""
+    conf = (BUNDLE / 'conf' / 'nginx.conf').read_text()
+    http = conf.split('\nhttp {', 1)[1]
+    assert re.search(r'^    lua_socket_log_errors off;$', http, re.M), http[:2000]
 
 
 def test_metrics_without_the_healthcheck_module_stays_valid(bundle_copy, tmp_path):

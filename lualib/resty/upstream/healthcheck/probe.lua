@@ -11,7 +11,7 @@
 -- within `timeout` after the request was sent however slowly it trickles in,
 -- it is read in pieces of at most STATUS_LINE_MAX bytes in all, a whole check
 -- never takes more than 3 x timeout, and a worker that is exiting gives up
--- the read within READ_SLICE.
+-- the check within EXIT_POLL (sock.guarded).
 
 local sock_steps = require "resty.upstream.healthcheck.sock"
 local match = require "resty.upstream.healthcheck.match"
@@ -30,7 +30,7 @@ local arm = sock_steps.arm
 local connect = sock_steps.connect
 local step_failed = sock_steps.step_failed
 local printable = sock_steps.printable
-local READ_SLICE = sock_steps.READ_SLICE
+local guarded = sock_steps.guarded
 
 -- bytes: the longest status line, CRLF included; never buffered beyond
 local STATUS_LINE_MAX = 8192
@@ -89,7 +89,7 @@ local function read_status_line(ctx, sock, line_end)
         if worker_exiting() then
             return nil, _M.ABANDONED
         end
-        if not arm(sock, ctx, line_end, READ_SLICE) then
+        if not arm(sock, ctx, line_end) then
             return nil, "timeout"
         end
         local data, err = sock:receiveany(STATUS_LINE_MAX - got)
@@ -109,10 +109,10 @@ local function read_status_line(ctx, sock, line_end)
                 return nil, "status line too long"
             end
             parts[#parts + 1] = data
-        elseif err ~= "timeout" then
+        else
+            -- the status line's deadline ("timeout"), or another error
             return nil, err
         end
-        -- a slice ran out (the read timeout leaves the socket usable)
     end
 end
 
@@ -161,9 +161,7 @@ local function judge(ctx, peer, line)
     return code
 end
 
--- peer: { name =, host =, port = (nil for unix:), sni = }; returns nil, or
--- reason, message, or ABANDONED when the worker is exiting
-function _M.run(ctx, peer)
+local function check(ctx, peer)
     local check_end = clock() + CHECK_TIMEOUTS * ctx.timeout / 1000
     local sock, reason, msg = connect(ctx, peer, check_end)
     if not sock then
@@ -189,6 +187,12 @@ function _M.run(ctx, peer)
     end
     sock:close()
     return reason, msg
+end
+
+-- peer: { name =, host =, port = (nil for unix:), sni = }; returns nil, or
+-- reason, message, or ABANDONED when the worker is exiting
+function _M.run(ctx, peer)
+    return guarded(check, ctx, peer)
 end
 
 return _M

@@ -5,8 +5,8 @@
 -- bytes must arrive within `timeout` after the send (or the connect) however
 -- slowly they trickle, at most EXPECT_MAX bytes are read, the whole check
 -- never takes more than 3 x timeout, and an exiting worker gives up the
--- read within READ_SLICE.  Returns nil on success, or reason, message
--- (reasons from probe.REASONS).  Touches no shm.
+-- check within EXIT_POLL (sock.guarded).  Returns nil on success, or
+-- reason, message (reasons from probe.REASONS).  Touches no shm.
 
 local sock_steps = require "resty.upstream.healthcheck.sock"
 local probe = require "resty.upstream.healthcheck.probe"
@@ -20,6 +20,7 @@ local connect = sock_steps.connect
 local read_until = sock_steps.read_until
 local step_failed = sock_steps.step_failed
 local printable = sock_steps.printable
+local guarded = sock_steps.guarded
 
 -- bytes: the most read while looking for `expect` (as for a status line)
 local EXPECT_MAX = probe.STATUS_LINE_MAX
@@ -64,8 +65,7 @@ local function expect_answer(ctx, peer, sock, check_end)
     return step_failed(RECEIVE, peer, err)
 end
 
--- peer: { name =, host =, port = (nil for unix:) }
-function _M.run(ctx, peer)
+local function check(ctx, peer)
     local check_end = clock() + CHECK_TIMEOUTS * ctx.timeout / 1000
     local sock, reason, msg = connect(ctx, peer, check_end)
     if not sock then
@@ -87,6 +87,12 @@ function _M.run(ctx, peer)
     end
     sock:close()
     return reason, msg
+end
+
+-- peer: { name =, host =, port = (nil for unix:) }; nil, or reason,
+-- message, or ABANDONED when the worker is exiting
+function _M.run(ctx, peer)
+    return guarded(check, ctx, peer)
 end
 
 return _M

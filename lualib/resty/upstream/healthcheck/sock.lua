@@ -1,10 +1,12 @@
 -- Bounded socket steps shared by every kind of check
 -- (resty.upstream.healthcheck.sock): the clock, the one place that sets a
--- step's time limit (`arm`), the TCP connect, and a bounded read that
--- gathers bytes until a caller's test is satisfied.  Used by probe.lua
--- (http/https), probe_tcp.lua and match.lua; touches no shm.
+-- step's time limit (`arm`), the TCP connect, a bounded read that gathers
+-- bytes until a caller's test is satisfied, and `guarded`, which runs a
+-- whole check so that an exiting worker abandons it at once.  Used by
+-- probe.lua (http/https), probe_tcp.lua and match.lua; touches no shm.
 
 local ngx = ngx
+local error = error
 local tostring = tostring
 local str_sub = string.sub
 local str_gsub = string.gsub
@@ -15,14 +17,18 @@ local concat = table.concat
 
 local tcp = ngx.socket.tcp
 local now = ngx.now
+local sleep = ngx.sleep
 local update_time = ngx.update_time
 local worker_exiting = ngx.worker.exiting
+local spawn = ngx.thread.spawn
+local wait = ngx.thread.wait
+local kill = ngx.thread.kill
 
--- seconds: the longest single wait of a read, so that an exiting worker
--- (reload, quit) notices it and abandons the check
-local READ_SLICE = 0.1
+-- seconds: how often a check in flight looks whether its worker is exiting
+-- (reload, quit), to abandon the check then
+local EXIT_POLL = 0.1
 
-local _M = { READ_SLICE = READ_SLICE }
+local _M = { EXIT_POLL = EXIT_POLL }
 
 -- what a check returns when the worker started exiting: nothing to record
 _M.ABANDONED = "abandoned"
@@ -122,6 +128,11 @@ end
 -- (err ABANDONED when the worker is exiting).  Never buffers more than max
 -- bytes (beyond `buffered`).
 --
+-- Each wait for bytes lasts until the deadline (a silent peer costs one
+-- socket timeout, and with lua_socket_log_errors on one "read timed out"
+-- line, per check), or until the quiet test below is due; an exiting worker
+-- abandons it through `guarded`.
+--
 -- Linear in the bytes read, however small the pieces: pieces are kept apart,
 -- and joined and tested only when the data doubled since the last test, when
 -- the socket went quiet (above), and once more when the read stops (closed,
@@ -138,7 +149,7 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
     end
     local parts, n, tested, last, err = {}, 0, got, now(), nil
     while true do
-        local wait = READ_SLICE
+        local quiet_wait      -- nil: wait for bytes until the deadline
         if got > tested then
             local quiet = last + QUIET + tested / QUIET_RATE - clock()
             if got >= 2 * tested or quiet <= 0 then
@@ -147,8 +158,8 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
                 if r ~= nil then
                     return r, nil, data
                 end
-            elseif quiet < wait then
-                wait = quiet
+            else
+                quiet_wait = quiet
             end
         end
         if got >= max then
@@ -158,7 +169,7 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
         if worker_exiting() then
             return nil, _M.ABANDONED, joined(data, parts, n)
         end
-        if not arm(sock, ctx, deadline, wait) then
+        if not arm(sock, ctx, deadline, quiet_wait) then
             err = "timeout"
             break
         end
@@ -171,7 +182,7 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
             err = rerr
             break
         end
-        -- a slice that ran out leaves the socket usable
+        -- a quiet wait that ran out leaves the socket usable
     end
     if got > tested then
         data = joined(data, parts, n)
@@ -181,6 +192,41 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
         end
     end
     return nil, err, data
+end
+
+
+-- The exit watch of a check in flight: returns EXITING once the worker is
+-- exiting.  Sleeping, unlike a short socket timeout, logs nothing.
+local EXITING = {}
+
+local function watch_exit()
+    while not worker_exiting() do
+        sleep(EXIT_POLL)
+    end
+    return EXITING
+end
+
+-- Runs check(ctx, peer) (a whole check, returning nil or reason, message) in
+-- a light thread beside an exit watch, so that no socket wait needs to be
+-- cut into short slices to notice a reload or quit: the first to finish
+-- wins, the other is killed (a killed check's socket is closed).  Returns
+-- what check returned, or ABANDONED; raises the check's error.
+function _M.guarded(check, ctx, peer)
+    if worker_exiting() then
+        return _M.ABANDONED
+    end
+    local th = spawn(check, ctx, peer)
+    local watch = spawn(watch_exit)
+    local ok, reason, msg = wait(th, watch)
+    if ok and reason == EXITING then
+        kill(th)
+        return _M.ABANDONED
+    end
+    kill(watch)
+    if not ok then
+        error(reason, 0)
+    end
+    return reason, msg
 end
 
 return _M
