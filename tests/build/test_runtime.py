@@ -2,6 +2,7 @@
 lualib/, and handles -t, reload and graceful quit."""
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -87,14 +88,49 @@ def test_default_config_loaded_without_c(serve_copy):
     assert http_get('127.0.0.1', port, '/path')[0] == 200
 
 
-def test_missing_resty_core_file_fails_startup_clearly(tmp_path):
+def resty_core_failure(dest, env=None):
+    """(`nginx -t`, start) of a copy whose resty.core cannot load."""
+    conf = dest / 'conf' / 'nginx.conf'
+    conf.write_text(conf_wrap(LUA_INFO % free_port()))
+    n = Nginx(dest, env)
+    t = subprocess.run([n.binary, '-p', str(dest), '-t'], cwd='/', env=n.env,
+                       capture_output=True, text=True, timeout=30)
+    start = subprocess.run([n.binary, '-p', str(dest)], cwd='/', env=n.env,
+                           capture_output=True, text=True, timeout=30)
+    return t, start
+
+
+def test_missing_resty_core_file_fails_the_test_and_the_start_clearly(tmp_path):
+    """Issue 27, item 8: `-t` passed (it set up no Lua VM) and only the start
+    failed, with a message that sent the user to OpenResty's download page;
+    now both fail and say where this bundle keeps resty.core."""
     dest = copy_bundle(tmp_path / 'b')
     (dest / 'lualib' / 'resty' / 'core.lua').unlink()
-    n, r = start_copy(dest, LUA_INFO % free_port())
-    assert r.returncode != 0
-    text = r.stderr + n.error_log
-    assert "failed to load the 'resty.core' module" in text, text
-    assert str(dest) in text     # the message shows where it looked
+    want = ("nginx: [alert] failed to load the 'resty.core' module: this nginx-portable bundle loads it "
+            "from %s/lualib/, first on the default Lua path: check the prefix (-p), that lualib/ is "
+            "complete and that lua_package_path names no other lua-resty-core before it (reason: module "
+            "'resty.core' not found:\n\tno field package.preload['resty.core']\n\tno file "
+            "'%s/lualib/resty/core.lua'" % (dest, dest))
+    t, start = resty_core_failure(dest)
+    for r in (t, start):
+        assert r.returncode != 0
+        assert want in r.stderr, r.stderr
+        assert ' in %s/conf/nginx.conf:' % dest in r.stderr and 'openresty.org' not in r.stderr
+    assert 'configuration file %s/conf/nginx.conf test failed' % dest in t.stderr
+
+
+def test_config_test_does_not_run_init_by_lua(nginx_factory):
+    """`-t` loads resty.core now (above), but runs no code of the config's."""
+    n = nginx_factory(conf_wrap('''
+    init_by_lua_block {
+        local f = assert(io.open(ngx.config.prefix() .. "logs/init-ran", "w"))
+        f:close()
+    }'''), start=False)
+    r = n.test_config()
+    assert r.returncode == 0 and 'test is successful' in r.stderr, r.stderr
+    assert not (n.prefix / 'logs' / 'init-ran').exists()
+    n.start()
+    wait_for((n.prefix / 'logs' / 'init-ran').exists, what='init_by_lua at the start')
 
 
 def test_ffi_finds_nginx_and_libc_symbols_and_pcre_jit_works(serve_copy):
@@ -124,12 +160,38 @@ def test_lua_path_env_is_the_default(serve_copy, tmp_path):
     assert http_get('127.0.0.1', port, '/path')[2].decode() == lua_path
 
 
-def test_lua_path_env_without_lualib_means_no_resty_core(tmp_path):
-    # LUA_PATH replaces the default: without lualib/ in it, resty.core is not found.
+def test_lua_path_env_without_lualib_fails_the_test_and_the_start_clearly(tmp_path):
+    """LUA_PATH replaces the default: without lualib/ in it, resty.core is
+    not found.  Issue 27, item 8: `-t` passed; now it fails as the start
+    does, and the message says what to put into LUA_PATH."""
     dest = copy_bundle(tmp_path / 'b')
-    n, r = start_copy(dest, LUA_INFO % free_port(), env={'LUA_PATH': '/nonexistent/?.lua'})
-    assert r.returncode != 0
-    assert "resty.core" in r.stderr + n.error_log
+    want = ("nginx: [alert] failed to load the 'resty.core' module: this nginx-portable bundle loads it "
+            "from %s/lualib/, which LUA_PATH replaces as the default Lua path: add \"%s/lualib/?.lua;\" "
+            "at the start of LUA_PATH or unset it (reason: module 'resty.core' not found:\n\tno field "
+            "package.preload['resty.core']\n\tno file '/nonexistent/resty/core.lua'" % (dest, dest))
+    t, start = resty_core_failure(dest, env={'LUA_PATH': '/nonexistent/?.lua'})
+    for r in (t, start):
+        assert r.returncode != 0
+        assert want in r.stderr, r.stderr
+        assert 'openresty.org' not in r.stderr
+    assert 'configuration file %s/conf/nginx.conf test failed' % dest in t.stderr
+
+
+def test_another_resty_core_first_fails_the_test(tmp_path):
+    """Another release's lua-resty-core before ours in LUA_PATH (its version
+    check refuses this lua-nginx-module): `-t` fails as the start does."""
+    dest = copy_bundle(tmp_path / 'b')
+    other = tmp_path / 'other-openresty' / 'lualib'
+    shutil.copytree(dest / 'lualib', other)
+    base = other / 'resty' / 'core' / 'base.lua'
+    text = base.read_text()
+    version = re.search(r'ngx\.config\.ngx_lua_version ~= (\d+)', text).group(1)
+    base.write_text(text.replace('~= %s' % version, '~= %d' % (int(version) - 1)))
+    t, start = resty_core_failure(dest, env={'LUA_PATH': '%s/?.lua;%s/lualib/?.lua' % (other, dest)})
+    for r in (t, start):
+        assert r.returncode != 0
+        assert 'at the start of LUA_PATH' in r.stderr, r.stderr
+        assert 'required but got %s' % version in r.stderr, r.stderr
 
 
 def test_config_test_good_and_bad(nginx_factory):
@@ -195,3 +257,4 @@ def test_root_master_switches_workers_to_compiled_user(nginx_factory):
     users = subprocess.run(['ps', '-o', 'user=', '-p', str(n.worker_pids()[0])],
                            capture_output=True, text=True).stdout.strip()
     assert users == 'nobody'     # getpwnam/getgrnam work in the static binary
+
