@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import (BUNDLE, Nginx, conf_wrap, copy_bundle, free_port, http_get,
+from conftest import (BUNDLE, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
                       port_open, wait_for)
 
 LUA_INFO = r'''
@@ -258,3 +258,85 @@ def test_root_master_switches_workers_to_compiled_user(nginx_factory):
                            capture_output=True, text=True).stdout.strip()
     assert users == 'nobody'     # getpwnam/getgrnam work in the static binary
 
+
+def run_plain(binary, *args, cwd='/'):
+    """binary run as is (no -p), from cwd."""
+    return subprocess.run([str(binary), *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+                          env=Nginx(BUNDLE).env)
+
+
+def test_without_p_the_prefix_is_the_directory_above_sbin(tmp_path, stopper):
+    """Issue 27, item 15: without -p nginx used its compiled-in prefix
+    /opt/nginx-portable, so a bundle anywhere else needed -p for everything
+    (start, -t, -s).  Now the prefix is the directory above the binary's
+    sbin/ (symbolic links resolved); -p still wins; a binary elsewhere keeps
+    the compiled-in prefix."""
+    dest = copy_bundle(tmp_path / 'moved')
+    port = free_port()
+    (dest / 'conf' / 'nginx.conf').write_text(conf_wrap(LUA_INFO % port))
+    binary = dest / 'sbin' / 'nginx'
+    r = run_plain(binary, '-t')
+    assert r.returncode == 0, r.stderr
+    assert 'the configuration file %s/conf/nginx.conf syntax is ok' % dest in r.stderr, r.stderr
+    assert 'could not open error log file' not in r.stderr      # the early log is the bundle's too
+    r = run_plain(binary)
+    assert r.returncode == 0, r.stderr
+    n = Nginx(dest)
+    stopper(n)
+    wait_for(lambda: port_open('127.0.0.1', port), what='listen')
+    lines = http_get('127.0.0.1', port, '/where')[2].decode().split('\n')
+    assert lines[0] == str(dest / 'lualib' / 'resty' / 'core.lua') and lines[2] == 'loaded', lines
+    pid = n.master_pid()                            # from <dest>/logs/nginx.pid
+    assert pid
+    assert run_plain(binary, '-s', 'quit').returncode == 0       # it finds that file too
+    wait_for(lambda: gone(pid), what='quit')
+
+    # a symbolic link to the binary: the bundle it points into
+    (tmp_path / 'bin').mkdir()
+    (tmp_path / 'bin' / 'nginx').symlink_to(binary)
+    r = run_plain(tmp_path / 'bin' / 'nginx', '-t', cwd=str(tmp_path))
+    assert 'the configuration file %s/conf/nginx.conf syntax is ok' % dest in r.stderr, r.stderr
+    # -p still wins
+    other = copy_bundle(tmp_path / 'other')
+    (other / 'conf' / 'nginx.conf').write_text(conf_wrap(''))
+    r = run_plain(binary, '-p', str(other), '-t')
+    assert 'the configuration file %s/conf/nginx.conf syntax is ok' % other in r.stderr, r.stderr
+    # not in a directory named sbin: the compiled-in prefix, as before
+    (tmp_path / 'tools').mkdir()
+    shutil.copy(binary, tmp_path / 'tools' / 'nginx')
+    r = run_plain(tmp_path / 'tools' / 'nginx', '-t')
+    assert r.returncode != 0
+    assert 'open() "/opt/nginx-portable/conf/nginx.conf" failed' in r.stderr, r.stderr
+
+
+def gone(pid):
+    """Exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except OSError:
+        return True
+
+
+def test_c_elsewhere_resolves_include_next_to_that_config(tmp_path):
+    """Issue 27, item 14: with -c naming a config outside conf/, `include
+    mime.types` (and every other config-relative file) resolves next to that
+    config, as in any nginx; the README said against conf/.  The README says
+    so now; this pins the behaviour it describes (the code did not change)."""
+    dest = copy_bundle(tmp_path / 'b')
+    etc = tmp_path / 'etc'
+    etc.mkdir()
+    conf = etc / 'nginx.conf'
+    conf.write_text(conf_wrap('server { listen 127.0.0.1:%d; }' % free_port()))   # include mime.types;
+    n = Nginx(dest)
+    r = n.run('-c', str(conf), '-t')
+    assert r.returncode != 0
+    assert 'open() "%s/mime.types" failed (2: No such file or directory) in %s:' % (etc, conf) in r.stderr, r.stderr
+    # the README's two ways out: the file beside the config, or an absolute include
+    shutil.copy(dest / 'conf' / 'mime.types', etc / 'mime.types')
+    assert n.run('-c', str(conf), '-t').returncode == 0
+    (etc / 'mime.types').unlink()
+    conf.write_text(conf.read_text().replace('include mime.types;', 'include %s/conf/mime.types;' % dest))
+    assert n.run('-c', str(conf), '-t').returncode == 0
+    readme = ' '.join((ROOT / 'README.md').read_text().split())
+    assert 'against the directory of the config file' in readme
