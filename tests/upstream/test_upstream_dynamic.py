@@ -283,3 +283,43 @@ def test_names_stay_whole_while_dns_flaps(nginx_factory, dns):
         assert calls > 50 and bad == [], (calls, bad[:10])
     assert statuses.count(200) >= 150, statuses
     assert not re.search(r'\[(alert|emerg|crit)\]', n.error_log), n.error_log[-2000:]
+
+
+RESOLVE_HINTS = {
+    # (zone, resolver) -> what `nginx -t` says (issue 27, item 9): nginx named
+    # neither the directive to add (for the zone: "to be in shared memory") nor,
+    # with both missing, the resolver, which only the next test run reported
+    (False, False): 'resolving names at run time requires upstream "u" in %(conf)s:%(line)d to be in shared '
+                    'memory: add "zone u 64k;" and "resolver ADDRESS;" to it',
+    (False, True): 'resolving names at run time requires upstream "u" in %(conf)s:%(line)d to be in shared '
+                   'memory: add "zone u 64k;" to it',
+    (True, False): 'no resolver defined to resolve names at run time in upstream "u" in %(conf)s:%(line)d: '
+                   'add "resolver ADDRESS;" to it or to %(block)s{}',
+}
+
+
+@pytest.mark.parametrize('block', ['http', 'stream'])
+@pytest.mark.parametrize('zone,resolver', sorted(RESOLVE_HINTS), ids=lambda v: str(v))
+def test_resolve_without_zone_or_resolver_names_the_fix(nginx_factory, block, zone, resolver):
+    port = free_ports(1)[0]
+    upstream = ('upstream u {\n'
+                + ('    zone u 64k;\n' if zone else '')
+                + '    server app.test:%d resolve;\n}\n' % port)
+    blocks = {'http': 'server { listen 127.0.0.1:%d; location / { proxy_pass http://u; } }' % port,
+              'stream': 'server { listen 127.0.0.1:%d; proxy_pass u; }' % port}
+    body = ('resolver 127.0.0.1:1;\n' if resolver else '') + upstream + blocks[block]
+    conf = ('daemon on;\nerror_log logs/error.log;\npid logs/nginx.pid;\nevents {}\n%s {\n%s\n}\n'
+            % (block, body))
+    n = nginx_factory(conf, start=False)
+    path = n.prefix / 'conf' / 'nginx.conf'
+    line = conf.splitlines().index('upstream u {') + 1
+    r = n.test_config()
+    assert r.returncode != 0
+    want = 'nginx: [emerg] ' + RESOLVE_HINTS[(zone, resolver)] % dict(conf=path, line=line, block=block)
+    assert want + '\n' in r.stderr, r.stderr
+    # the hint followed as written is enough
+    fixed = conf.replace('upstream u {\n', 'upstream u {\n    zone u 64k;\n    resolver 127.0.0.1:1;\n', 1)
+    fixed = fixed.replace('    zone u 64k;\n    zone u 64k;\n', '    zone u 64k;\n')
+    path.write_text(fixed)
+    r = n.test_config()
+    assert r.returncode == 0, r.stderr
