@@ -253,6 +253,7 @@ def test_from_demo_to_real_config(own_network, backends, tmp_path):
     assert r.returncode == 0, r.stderr + n.error_log
     try:
         wait_for(lambda: port_open('127.0.0.1', METRICS), what='the monitoring port')
+
         def checked():
             doc = json.loads(http_get('127.0.0.1', METRICS, '/traffic/health.json')[2])
             peers = [p for u in doc['upstreams'].values() for p in u['peers']]
