@@ -392,9 +392,9 @@ def test_binary_upgrade_during_churn_keeps_a_dead_resolved_peer_down(nginx_facto
             dns.set('app.test', [b1.host, b2.host] + ([b3.host] if i % 2 else []))
 
     t = threading.Thread(target=churn, daemon=True)
+    old_master = n.master_pid()
     t.start()
     try:
-        old_master = n.master_pid()
         old_workers = set(n.worker_pids())
         n.signal(signal.SIGUSR2)
         wait_for(lambda: n.master_pid() != old_master and len(n.worker_pids()) == 2,
@@ -412,5 +412,7 @@ def test_binary_upgrade_during_churn_keeps_a_dead_resolved_peer_down(nginx_facto
     finally:
         stop.set()
         t.join()
+        if os.path.exists('/proc/%d' % old_master):
+            os.kill(old_master, signal.SIGKILL)    # the factory knows the new master only
     assert states(status).get(b2.addr) == 'DOWN'
     assert states(status).get(b1.addr) == 'UP'
