@@ -413,6 +413,8 @@ def test_binary_upgrade_during_churn_keeps_a_dead_resolved_peer_down(nginx_facto
         stop.set()
         t.join()
         if os.path.exists('/proc/%d' % old_master):
-            os.kill(old_master, signal.SIGKILL)    # the factory knows the new master only
+            os.kill(old_master, signal.SIGQUIT)    # the factory knows the new master only
+            wait_for(lambda: not os.path.exists('/proc/%d' % old_master), timeout=10,
+                     what='the old master to quit')
     assert states(status).get(b2.addr) == 'DOWN'
     assert states(status).get(b1.addr) == 'UP'
