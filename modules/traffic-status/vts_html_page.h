@@ -2,6 +2,9 @@
 #ifndef VTS_HTML_PAGE_H
 #define VTS_HTML_PAGE_H
 
+static const char ngx_http_vts_html_csp[] =
+    "default-src 'self'; script-src 'sha256-uC9ggb695RrIzTfJ65P/8Bb/4LvaYW8VPvKtGFM3vRI=' 'sha256-SusCKnga7rEjS2e62lbByxk6SJYKZ/ShHLSv9q0uZME='; style-src 'sha256-AqOaFrKeH/rmVEHjyoTLf4C9K/PVxHz229+XDyR4/SI='; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 static const char ngx_http_vts_html[] =
     "<!DOCTYPE html>\n"
     "<html lang=\"en\">\n"
@@ -252,8 +255,19 @@ static const char ngx_http_vts_html[] =
     " * names come from Host headers. */\n"
     "(function () {\n"
     "  \"use strict\";\n"
-    "  var base = location.pathname.replace(/\\/+$/, \"\").replace(/\\/format\\/html$/, \"\");\n"
-    "  var url = base + \"/format/json\", healthUrl = base + \"/health.json\";\n"
+    "  /* the page's own location, as a path of this origin only: nginx merges\n"
+    "   * slashes, so \"//evil.example/\" reaches this page, and a URL built from it\n"
+    "   * as is would be protocol-relative (another host's data) */\n"
+    "  function ownPath(suffix) {\n"
+    "    var path = location.pathname.replace(/\\/{2,}/g, \"/\").replace(/\\/+$/, \"\")\n"
+    "      .replace(/\\/format\\/html$/, \"\") + suffix;\n"
+    "    var u = new URL(path, location.origin);\n"
+    "    if (u.origin !== location.origin || path.charAt(0) !== \"/\") {\n"
+    "      throw new Error(\"refusing a data source outside this origin: \" + path);\n"
+    "    }\n"
+    "    return u.pathname;\n"
+    "  }\n"
+    "  var url = ownPath(\"/format/json\"), healthUrl = ownPath(\"/health.json\");\n"
     "  var HEALTH_RETRY = 30000, ZONE_CARDS = 12, PEER_CARDS = 32, NEW_FOR = 60000;\n"
     "  var prev = null, prevAt = 0, updates = 0;\n"
     "  var health = null, healthRetryAt = 0, peerStates = {};\n"

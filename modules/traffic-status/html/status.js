@@ -5,8 +5,19 @@
  * names come from Host headers. */
 (function () {
   "use strict";
-  var base = location.pathname.replace(/\/+$/, "").replace(/\/format\/html$/, "");
-  var url = base + "/format/json", healthUrl = base + "/health.json";
+  /* the page's own location, as a path of this origin only: nginx merges
+   * slashes, so "//evil.example/" reaches this page, and a URL built from it
+   * as is would be protocol-relative (another host's data) */
+  function ownPath(suffix) {
+    var path = location.pathname.replace(/\/{2,}/g, "/").replace(/\/+$/, "")
+      .replace(/\/format\/html$/, "") + suffix;
+    var u = new URL(path, location.origin);
+    if (u.origin !== location.origin || path.charAt(0) !== "/") {
+      throw new Error("refusing a data source outside this origin: " + path);
+    }
+    return u.pathname;
+  }
+  var url = ownPath("/format/json"), healthUrl = ownPath("/health.json");
   var HEALTH_RETRY = 30000, ZONE_CARDS = 12, PEER_CARDS = 32, NEW_FOR = 60000;
   var prev = null, prevAt = 0, updates = 0;
   var health = null, healthRetryAt = 0, peerStates = {};
