@@ -31,11 +31,12 @@
  * when the view starts (ngx_http_vts_render_start in begin()), not when
  * the request arrives: a parked scrape may wait long for a slot (behind
  * clients that read slowly), and a snapshot taken then could name nodes
- * freed (and their pages reused by other entries) before it ran.  From that moment, each run of
- * the view first checks the snapshot (snapshot_expiring): one older than
- * half the grace period while entries were unlinked since it was taken is
- * given up.  A document under 64 KB, a subrequest or a HEAD is written
- * whole, right after its snapshot, and sent with a Content-Length.
+ * freed (and their pages reused by other entries) before it ran.  From
+ * that moment, each run of the view first checks the snapshot
+ * (snapshot_expiring): one older than half the grace period while entries
+ * were unlinked since it was taken is given up.  A document under 64 KB,
+ * a subrequest or a HEAD is written whole, right after its snapshot, and
+ * sent with a Content-Length.
  */
 
 #include "vts_display.h"
@@ -215,9 +216,10 @@ send_pieces(stream_t *s)
 }
 
 
-/* the view returned: its last buffer ends the body */
 void drop_slot(stream_t *s);
 
+
+/* the view returned: its last buffer ends the body */
 void
 finish(stream_t *s)
 {
