@@ -120,10 +120,9 @@ render_prometheus(vts_out_t &o, vts_render_t &rd)
 
 
 ngx_int_t
-render_html(vts_out_t &o, vts_render_t &)
+render_html(vts_out_t &o, vts_render_t &rd)
 {
-    ngx_http_vts_render_html(o);
-    return NGX_OK;
+    return ngx_http_vts_render_html(o, rd.r);
 }
 
 

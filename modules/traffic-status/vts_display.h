@@ -156,7 +156,7 @@ void ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd,
 ngx_int_t ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd);
 
 /* vts_html.cpp */
-void ngx_http_vts_render_html(vts_out_t &o);
+ngx_int_t ngx_http_vts_render_html(vts_out_t &o, ngx_http_request_t *r);
 
 /* vts_control.cpp */
 ngx_int_t ngx_http_vts_control(ngx_http_request_t *r, vts_render_t &rd);

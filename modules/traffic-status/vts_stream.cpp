@@ -19,19 +19,24 @@
  * Buffers already sent are reused.  The view never pauses inside a lock
  * (ngx_http_vts_out_hold).  At most VTS_RENDERS views run at once in a
  * worker; a later scrape waits for a slot (parked), holding nothing of
- * the store.
+ * the store.  A client that takes nothing for VTS_STALL_MSEC gives its
+ * slot up (its view stays paused, under send_timeout as before): clients
+ * that never read cannot keep the worker's slots from other scrapes.  When
+ * it reads on, its view waits for a slot again (parked, ahead of nothing:
+ * at the tail of the queue).
  *
  * The snapshot's node pointers stay valid only while their nodes are not
  * freed: an unlinked node is freed a grace period after its unlink, and a
  * render may be paused (slow client) far longer.  So the snapshot is taken
  * when the view starts (ngx_http_vts_render_start in begin()), not when
- * the request arrives: a parked scrape waits up to send_timeout for a
- * slot, and a snapshot taken then could name nodes freed (and their pages
- * reused by other entries) before it ran.  From that moment, each run of
- * the view first checks the snapshot (snapshot_expiring): one older than
- * half the grace period while entries were unlinked since it was taken is
- * given up.  A document under 64 KB, a subrequest or a HEAD is written
- * whole, right after its snapshot, and sent with a Content-Length.
+ * the request arrives: a parked scrape may wait long for a slot (behind
+ * clients that read slowly), and a snapshot taken then could name nodes
+ * freed (and their pages reused by other entries) before it ran.  From
+ * that moment, each run of the view first checks the snapshot
+ * (snapshot_expiring): one older than half the grace period while entries
+ * were unlinked since it was taken is given up.  A document under 64 KB,
+ * a subrequest or a HEAD is written whole, right after its snapshot, and
+ * sent with a Content-Length.
  */
 
 #include "vts_display.h"
@@ -58,6 +63,8 @@
 #define VTS_SLICE_USEC   5000       /* renders' share of one loop turn */
 #define VTS_RUN_USEC     2000       /* one render's run between pauses */
 #define VTS_RENDERS      4          /* views running at once in a worker */
+#define VTS_STALL_MSEC   200        /* a client that takes nothing this long
+                                       holds no slot */
 #define VTS_STALE_MSEC   5000       /* half the store's grace period:
                                        one run (VTS_RUN_USEC) and a loop
                                        turn's lag of ngx_current_msec fit
@@ -80,6 +87,8 @@ struct ngx_http_vts_stream_t {
     ngx_uint_t             reads = 0;
     bool                   parked = false;
     bool                   has_slot = false;
+    bool                   started = false;     /* the view has its stack */
+    ngx_msec_t             stalled_at = 0;      /* client blocked since */
 #if (VTS_ASAN)
     const void            *caller_bottom = nullptr;
     size_t                 caller_size = 0;
@@ -207,11 +216,16 @@ send_pieces(stream_t *s)
 }
 
 
+void drop_slot(stream_t *s);
+
+
 /* the view returned: its last buffer ends the body */
 void
 finish(stream_t *s)
 {
     ngx_http_request_t *r = s->r;
+
+    drop_slot(s);               /* what is left to send needs no slot */
 
     if (s->rc != NGX_OK || s->out.failed) {
         ngx_http_finalize_request(r, NGX_ERROR);
@@ -232,9 +246,25 @@ finish(stream_t *s)
 
 
 void resume_handler(ngx_http_request_t *r);
+void park(stream_t *s);
+void wake_one();
 
 
-/* waits for the client to take what was sent */
+/* the view no longer runs (it ended, or its client stalls): the slot
+   goes to the longest-waiting scrape */
+void
+drop_slot(stream_t *s)
+{
+    if (s->has_slot) {
+        s->has_slot = false;
+        running--;
+        wake_one();
+    }
+}
+
+
+/* waits for the client to take what was sent: send_timeout in all, and
+   with a slot only VTS_STALL_MSEC (then stalled() gives it up) */
 void
 wait_client(stream_t *s)
 {
@@ -243,9 +273,16 @@ wait_client(stream_t *s)
     ngx_http_core_loc_conf_t *clcf = (ngx_http_core_loc_conf_t *)
         ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
+    if (s->stalled_at == 0) {
+        s->stalled_at = ngx_current_msec;
+    }
+    ngx_msec_t spent = ngx_current_msec - s->stalled_at;
+    ngx_msec_t left = spent < clcf->send_timeout
+                      ? clcf->send_timeout - spent : 1;
+
     r->write_event_handler = resume_handler;
     if (!wev->delayed) {
-        ngx_add_timer(wev, clcf->send_timeout);
+        ngx_add_timer(wev, s->has_slot ? ngx_min(left, VTS_STALL_MSEC) : left);
     }
     if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_ERROR);
@@ -303,6 +340,47 @@ pump(stream_t *s)
 }
 
 
+/* the client took nothing for a while: past send_timeout the request
+   ends, before it the view gives its slot up (stays paused, slotless) */
+void
+stalled(stream_t *s)
+{
+    ngx_http_request_t *r = s->r;
+    ngx_http_core_loc_conf_t *clcf = (ngx_http_core_loc_conf_t *)
+        ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    r->connection->write->timedout = 0;
+    if (ngx_current_msec - s->stalled_at >= clcf->send_timeout) {
+        r->connection->timedout = 1;
+        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+    if (s->has_slot) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "vhost_traffic_status: stalled client, slot given up");
+        drop_slot(s);
+    }
+    wait_client(s);
+}
+
+
+/* a slotless view whose client reads on: a free slot, else the queue's
+   tail (false) */
+bool
+take_slot(stream_t *s)
+{
+    if (running < VTS_RENDERS
+        && (parked.next == nullptr || ngx_queue_empty(&parked)))
+    {
+        running++;
+        s->has_slot = true;
+        return true;
+    }
+    park(s);
+    return false;
+}
+
+
 void
 resume_handler(ngx_http_request_t *r)
 {
@@ -310,16 +388,25 @@ resume_handler(ngx_http_request_t *r)
     ngx_event_t *wev = r->connection->write;
 
     if (wev->timedout) {
-        r->connection->timedout = 1;
-        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+        stalled(s);
         return;
     }
     if (wev->timer_set) {
         ngx_del_timer(wev);
     }
+    s->stalled_at = 0;
     if (ngx_http_output_filter(r, nullptr) == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_ERROR);
         return;
+    }
+    if (!s->has_slot) {
+        if (client_blocked(r)) {
+            wait_client(s);
+            return;
+        }
+        if (!take_slot(s)) {
+            return;
+        }
     }
     pump(s);
 }
@@ -354,9 +441,11 @@ begin(stream_t *s)
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+    s->started = true;
     if (s->done) {
         /* under 64 KB: never paused, the whole output is here */
         s->out.stream = nullptr;
+        drop_slot(s);
         ngx_http_finalize_request(r, s->rc == NGX_OK
             ? ngx_http_vts_send(r, NGX_HTTP_OK, s->type, s->out)
             : NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -419,7 +508,7 @@ wake_one()
     s->parked = false;
     s->has_slot = true;
     running++;
-    s->r->write_event_handler = begin_handler;
+    s->r->write_event_handler = s->started ? resume_handler : begin_handler;
     ngx_post_event(s->r->connection->write, &ngx_posted_next_events);
 }
 
@@ -434,11 +523,7 @@ release(void *data)
         ngx_queue_remove(&s->queue);
         s->parked = false;
     }
-    if (s->has_slot) {
-        s->has_slot = false;
-        running--;
-        wake_one();
-    }
+    drop_slot(s);
 }
 
 } // namespace

@@ -194,6 +194,34 @@ def test_dashboard_of_the_default_config(default_nginx, browser, tmp_path):
     assert p['last_failure']['reason'] == 'receive', p
     assert card_state(b, 'foo', FOO[1])['state'] == 'up'
 
+    # issue 27, item 16: the checker stops counting failures once a peer is
+    # DOWN (consecutive_failures 0 while it keeps failing): the page shows
+    # the failing streak; a summary of what is wrong opens the page; no
+    # cache columns without a cache
+    wait_for(lambda: peer_health(health(), 'foo', FOO[0])['checks'] >= p['checks'] + 2,
+             timeout=10, what='two more failed checks while DOWN')
+    p = peer_health(health(), 'foo', FOO[0])
+    assert p['state'] == 'DOWN' and p['consecutive_failures'] == 0 \
+        and p['consecutive_successes'] == 0, p
+    time.sleep(1.5)                             # the page's next poll
+    fails = b.eval("document.querySelector('table[data-upstream=foo] tr[data-peer=\"%s\"] "
+                   "td.fails').textContent" % FOO[0])
+    assert fails.startswith('failing ') and fails != 'failing 0s', fails
+    summary = b.eval("""(function () {
+      var s = document.getElementById('summary');
+      return s && {first: document.querySelector('main').firstElementChild === s,
+                   problems: s.getAttribute('data-problems'), text: s.textContent,
+                   kinds: Array.prototype.map.call(s.querySelectorAll('li'),
+                                                   function (l) { return l.getAttribute('data-kind'); })};
+    })()""")
+    assert summary and summary['first'] and summary['problems'] == '1', summary
+    assert summary['kinds'] == ['down'] and FOO[0] in summary['text'] \
+        and 'failed to receive status line' in summary['text'], summary
+    assert b.eval("Array.prototype.some.call(document.querySelectorAll('#serverZones th'), "
+                  "function (t) { return t.textContent === 'Hit'; })") is False
+    assert b.eval("!!document.querySelector('#cacheZones .empty') && "
+                  "!document.querySelector('#cacheZones table')") is True
+
     # readable at 1280x800 and on a phone: no horizontal page scroll
     shots = []
     for w, h, mobile, name, top in ((1280, 800, False, 'dashboard-1280x800.png', 'document.body'),
@@ -203,6 +231,24 @@ def test_dashboard_of_the_default_config(default_nginx, browser, tmp_path):
         b.viewport(w, h, mobile=mobile)
         wait_for(lambda: b.eval('document.documentElement.scrollWidth') <= w, timeout=5,
                  what='page fits %dpx' % w)
+        if w == 1280:
+            # the upstream tables fit, a failure message shown (no column
+            # scrolled out of sight: Weight, In, Out)
+            wide = b.eval("""Array.prototype.map.call(document.querySelectorAll(
+                '#upstreamZones .tablewrap'), function (t) {
+                return [t.scrollWidth, t.clientWidth]; })""")
+            assert wide and all(sw <= cw for sw, cw in wide), wide
+        else:
+            # the summary first, and the first upstream's health within
+            # the first screens (before: 1,775 px down, below 6 zone cards)
+            tops = b.eval("""(function () {
+              function top(e) { return e.getBoundingClientRect().top + scrollY; }
+              return [top(document.getElementById('summary')),
+                      top(document.querySelector('#upstreamZones tr.peer')),
+                      top(document.querySelector('#zoneCharts'))];
+            })()""")
+            print('\nphone: summary at %d px, first peer row at %d px' % (tops[0], tops[1]))
+            assert tops[0] < tops[2] and tops[1] < 1200, tops
         b.eval("(%s).scrollIntoView({block: 'start'})" % top)
         shot = tmp_path / name
         b.screenshot(shot)

@@ -150,6 +150,12 @@ var Charts = (function () {
     return s && s.samples.length ? s.samples[s.samples.length - 1].rps : 0;
   }
 
-  return { sample: sample, mark: mark, forget: forget, draw: draw, rate: rate, num: num,
+  /* current 5xx/s of key */
+  function rate5(key) {
+    var s = tracks[key];
+    return s && s.samples.length ? s.samples[s.samples.length - 1].r5 : 0;
+  }
+
+  return { sample: sample, mark: mark, forget: forget, draw: draw, rate: rate, rate5: rate5, num: num,
            WINDOW: WINDOW };
 })();

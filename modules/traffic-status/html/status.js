@@ -5,8 +5,19 @@
  * names come from Host headers. */
 (function () {
   "use strict";
-  var base = location.pathname.replace(/\/+$/, "").replace(/\/format\/html$/, "");
-  var url = base + "/format/json", healthUrl = base + "/health.json";
+  /* the page's own location, as a path of this origin only: nginx merges
+   * slashes, so "//evil.example/" reaches this page, and a URL built from it
+   * as is would be protocol-relative (another host's data) */
+  function ownPath(suffix) {
+    var path = location.pathname.replace(/\/{2,}/g, "/").replace(/\/+$/, "")
+      .replace(/\/format\/html$/, "") + suffix;
+    var u = new URL(path, location.origin);
+    if (u.origin !== location.origin || path.charAt(0) !== "/") {
+      throw new Error("refusing a data source outside this origin: " + path);
+    }
+    return u.pathname;
+  }
+  var url = ownPath("/format/json"), healthUrl = ownPath("/health.json");
   var HEALTH_RETRY = 30000, ZONE_CARDS = 12, PEER_CARDS = 32, NEW_FOR = 60000;
   var prev = null, prevAt = 0, updates = 0;
   var health = null, healthRetryAt = 0, peerStates = {};
@@ -48,12 +59,15 @@
 
   var zoneCols = ["Zone", "Requests", "Req/s", "Time (ms)", "1xx", "2xx", "3xx", "4xx", "5xx",
                   "In", "Out", "Hit", "Miss"];
+  var caching = false;        /* Hit / Miss columns only when a cache exists */
+  function zoneHead(table) { head(table, caching ? zoneCols : zoneCols.slice(0, 11)); }
   function zoneRow(name, z, cls, key, dt, last) {
     var tr = el("tr", cls), r = z.responses || {};
     tr.setAttribute("data-zone", name);
-    [name, z.requestCounter, rate(key, z.requestCounter, dt, last), z.requestMsec, r["1xx"],
-     r["2xx"], r["3xx"], r["4xx"], r["5xx"], bytes(z.inBytes), bytes(z.outBytes), r.hit,
-     r.miss].forEach(function (v, i) {
+    var cells = [name, z.requestCounter, rate(key, z.requestCounter, dt, last), z.requestMsec,
+                 r["1xx"], r["2xx"], r["3xx"], r["4xx"], r["5xx"], bytes(z.inBytes),
+                 bytes(z.outBytes)];
+    (caching ? cells.concat([r.hit, r.miss]) : cells).forEach(function (v, i) {
       var td = el("td", i ? (i === 1 ? "requests" : "") : "k", v);
       if (i === 0) { td.title = name; }
       tr.appendChild(td);
@@ -96,7 +110,7 @@
     var t = document.getElementById("serverZones"), zones = d.serverZones || {};
     var names = Object.keys(zones), sum = names[names.length - 1];
     t.textContent = "";
-    head(t, zoneCols);
+    zoneHead(t);
     names.forEach(function (n) {
       var z = zones[n], key = "s:" + n;
       t.appendChild(zoneRow(n, z, n === sum ? "sum" : "", key, dt, last));
@@ -123,7 +137,7 @@
     groups.forEach(function (g) {
       f.appendChild(el("h3", "", g));
       var ft = el("table");
-      head(ft, zoneCols);
+      zoneHead(ft);
       Object.keys(d.filterZones[g]).forEach(function (n) {
         var z = d.filterZones[g][n], key = "f:" + g + "\u0000" + n;
         ft.appendChild(zoneRow(n, z, "", key, dt, last));
@@ -182,14 +196,25 @@
   }
 
   var peerCols = ["Server", "State", "Requests", "Req/s", "Resp (ms)", "2xx", "4xx", "5xx",
-                  "Since", "Fails", "Succ.", "Last check", "Check (ms)", "Last failure",
+                  "Since", "Fails", "Succ.", "Last check", "Last failure",
                   "Weight", "In", "Out"];
+  var REASON = 12;            /* the Last failure column */
+  /* the failing streak: the checker counts consecutive failures up to its
+   * `fall` only (0 once DOWN), so a DOWN peer that still fails every check
+   * (no success since) shows how long it has been failing */
+  function failStreak(h, now) {
+    var failing = h.state === "DOWN" && !h.consecutive_successes && h.last_failure;
+    if (!failing) { return h.consecutive_failures; }
+    return "failing " + ago(now - (h.since ? h.since * 1000 : h.last_failure.time * 1000));
+  }
   function health_cells(h, now) {
-    if (!h || !h.checked) { return ["-", "-", "-", "-", "-", h ? "not checked" : ""]; }
+    if (!h || !h.checked) { return ["-", "-", "-", "-", h ? "not checked" : ""]; }
     var f = h.last_failure;
-    return [h.since ? ago(now - h.since * 1000) : "-", h.consecutive_failures,
-            h.consecutive_successes, h.last_check ? ago(now - h.last_check * 1000) + " ago" : "-",
-            h.last_check_duration === null ? "-" : (h.last_check_duration * 1000).toFixed(1),
+    return [h.since ? ago(now - h.since * 1000) : "-", failStreak(h, now),
+            h.consecutive_successes,
+            (h.last_check ? ago(now - h.last_check * 1000) + " ago" : "-") +
+            (typeof h.last_check_duration === "number"
+             ? ", " + (h.last_check_duration * 1000).toFixed(1) + " ms" : ""),
             f ? f.message + " (" + ago(now - f.time * 1000) + " ago)" : "none"];
   }
   function peerRow(p, state, key, now, dt, last) {
@@ -206,17 +231,20 @@
       .concat(health_cells(p.hc, now), [v.removed ? "-" : v.weight, bytes(v.inBytes),
                                         bytes(v.outBytes)]);
     cells.forEach(function (c, i) {
-      var td = el("td", ["k", state + " state", "requests"][i] || (i === 13 ? "reason" : ""), c);
+      var td = el("td", ["k", state + " state", "requests"][i] ||
+                  (i === REASON ? "reason" : (i === 9 ? "fails" : "")), c);
       if (i === 0) { td.title = "weight " + v.weight + ", max_fails " + v.maxFails + ", fail_timeout " + v.failTimeout; }
-      if (i === 13) { td.title = td.textContent; }
+      if (i === REASON) { td.title = td.textContent; }
       tr.appendChild(td);
     });
     return tr;
   }
   function healthInfo(h, state, now) {
     if (!h || !h.checked) { return ["not health-checked"]; }
+    var streak = failStreak(h, now);
     var info = [h.since ? "since " + ago(now - h.since * 1000) : "no change seen",
-                state === "down" ? h.consecutive_successes + " ok in a row"
+                state === "down" ? (typeof streak === "string" ? streak + ", 0 ok"
+                                                                 : h.consecutive_successes + " ok in a row")
                                  : h.consecutive_failures + " failed in a row"];
     if (h.last_check) {
       info.push("checked " + ago(now - h.last_check * 1000) + " ago in " +
@@ -280,6 +308,14 @@
         ut.appendChild(peerRow(p, state, key, now, dt, last));
         if (cards++ < PEER_CARDS) { grid.appendChild(peerCard(g, p, state, key, now)); }
       });
+      var down = peers.filter(function (p) { return stateOf(p) === "down"; });
+      if (down.length) {
+        problem("down", g + ": " + (upCount ? down.length + " of " + (peers.length - removedCount) +
+                " peers DOWN" : "no peer UP") + ": " + down.map(function (p) {
+                  var f = p.hc && p.hc.last_failure;
+                  return p.name + (f ? " (" + f.message + ")" : "");
+                }).join(", "));
+      }
       var h3 = el("h3", "", g);
       h3.appendChild(el("span", "summary", upCount + "/" + (peers.length - removedCount) + " up" +
                         (removedCount ? ", " + removedCount + " removed" : "") +
@@ -291,8 +327,10 @@
   }
 
   function renderCaches(d) {
-    var ct = document.getElementById("cacheZones");
-    ct.textContent = "";
+    var box = document.getElementById("cacheZones"), ct = el("table");
+    box.textContent = "";
+    if (!caching) { box.appendChild(el("div", "empty", "none")); return; }
+    box.appendChild(wrapped(ct));
     head(ct, ["Cache", "Size", "Used", "In", "Out", "Hit", "Miss", "Bypass", "Expired",
               "Stale", "Updating", "Revalidated"]);
     Object.keys(d.cacheZones || {}).forEach(function (n) {
@@ -305,13 +343,43 @@
     });
   }
 
+  /* what is wrong, first: DOWN peers (and upstreams with none up), 5xx
+   * now, entries the zone dropped */
+  var problems = [];
+  function problem(kind, s) { problems.push({ kind: kind, text: s }); }
+  function renderSummary(d) {
+    var box = document.getElementById("summary"), z = d.serverZones || {};
+    var names = Object.keys(z), sum = names[names.length - 1];
+    var r5 = sum === undefined ? 0 : Charts.rate5("s:" + sum);
+    var dropped = (d.sharedZones || {}).droppedNodes || {};
+    if (r5 > 0) { problem("5xx", "5xx responses: " + r5.toFixed(1) + "/s"); }
+    if (dropped.zoneFull || dropped.maxNode) {
+      problem("zone", "zone " + (d.sharedZones || {}).name + ": " +
+              (dropped.zoneFull + dropped.maxNode) + " entries not stored (full or capped)");
+    }
+    box.textContent = "";
+    box.className = problems.length ? "bad" : "";
+    box.setAttribute("data-problems", String(problems.length));
+    if (!problems.length) {
+      box.appendChild(el("span", "ok", "No problem seen: every peer up, no 5xx now"));
+      return;
+    }
+    box.appendChild(el("strong", "", problems.length === 1 ? "1 problem" : problems.length + " problems"));
+    var ul = el("ul");
+    problems.forEach(function (p) { ul.appendChild(el("li", "", p.text)).setAttribute("data-kind", p.kind); });
+    box.appendChild(ul);
+  }
+
   function render(d) {
     var now = d.nowMsec, dt = prev ? now - prevAt : 0, last = prev, seen = {};
+    caching = Object.keys(d.cacheZones || {}).length > 0;
+    problems = [];
     renderHeader(d);
     renderServers(d, now, dt, last, seen);
     renderFilters(d, dt, last, seen);
     renderUpstreams(d, now, dt, last, seen);
     renderCaches(d);
+    renderSummary(d);
     Charts.forget(now);
     prev = seen;
     prevAt = now;
