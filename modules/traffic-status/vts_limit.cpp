@@ -2,7 +2,8 @@
  * traffic-status: the VTS limit family.  limit_traffic MEMBER:SIZE [CODE]
  * (the request's server zone) and limit_traffic_by_set_key KEY
  * MEMBER:SIZE [CODE] (any zone) answer CODE (default 503) once the
- * zone's counter MEMBER has reached SIZE; `limit off` and
+ * zone's counter MEMBER is over SIZE (as VTS: request:3 refuses the 5th
+ * request, the 4th sees 3); `limit off` and
  * `bypass_limit on` lift them in a scope.
  *
  * A scope's limits are the inherited ones plus its own; with
@@ -222,9 +223,9 @@ ngx_http_vts_limit_handler(ngx_http_request_t *r)
         const uint64_t *counter = (const uint64_t *)
             ((const u_char *) &n->stats + l[i].offset);
         uint64_t v = ngx_http_vts_load(counter);
-        if (v >= l[i].size) {
+        if (v > l[i].size) {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "traffic-status: limit %V:%uL reached (%uL), "
+                          "traffic-status: limit %V:%uL exceeded (%uL), "
                           "answering %ui", &l[i].member,
                           l[i].size, v, l[i].code);
             return (ngx_int_t) l[i].code;

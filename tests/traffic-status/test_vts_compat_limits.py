@@ -1,6 +1,7 @@
 """traffic-status, issue 14: the VTS limit family (limit_traffic,
 limit_traffic_by_set_key, limit, bypass_limit, limit_check_duplicate):
-the configured code from the request after the counter reaches the size.
+the configured code once the counter is over the size (as VTS: request:3
+refuses the 5th request; issue 27 item 2).
 The check runs in the preaccess phase (as limit_req): content here comes
 from Lua or a proxy, since `return` answers in the rewrite phase, before it."""
 
@@ -40,9 +41,9 @@ def statuses(fport, path, n, host='a.test'):
 
 def test_limit_traffic_requests(nginx_factory):
     fport, sport = start_front(nginx_factory, 'vhost_traffic_status_limit_traffic request:3;')
-    assert statuses(fport, '/', 5) == [200, 200, 200, 503, 503]
+    assert statuses(fport, '/', 6) == [200, 200, 200, 200, 503, 503]
     z = get_json(sport)['serverZones']['a.test']
-    assert z['requestCounter'] == 5 and z['responses']['5xx'] == 2
+    assert z['requestCounter'] == 6 and z['responses']['5xx'] == 2
 
 
 def test_limit_traffic_custom_code_and_bytes(nginx_factory):
@@ -52,8 +53,8 @@ def test_limit_traffic_custom_code_and_bytes(nginx_factory):
     for i in range(12):
         z = get_json(sport)['serverZones'].get('a.test', {'outBytes': 0})
         (c,) = statuses(fport, '/', 1)
-        # each answer is well under 1 KB: the limit falls once 1024 bytes were sent
-        assert c == (429 if z['outBytes'] >= 1024 else 200), (i, z['outBytes'], codes)
+        # each answer is well under 1 KB: the limit falls once over 1024 bytes were sent
+        assert c == (429 if z['outBytes'] > 1024 else 200), (i, z['outBytes'], codes)
         codes.append(c)
     assert codes[0] == 200 and codes[-1] == 429
 
@@ -63,7 +64,7 @@ def test_limit_on_4xx_member(nginx_factory):
         vhost_traffic_status_limit_traffic 4xx:2 503;
         location /missing { content_by_lua_block { ngx.exit(404) } }''')
     assert statuses(fport, '/', 2) == [200, 200]
-    assert statuses(fport, '/missing', 3) == [404, 404, 503]
+    assert statuses(fport, '/missing', 4) == [404, 404, 404, 503]
     assert statuses(fport, '/', 1) == [503]
 
 
@@ -71,7 +72,7 @@ def test_bypass_limit_and_limit_off(nginx_factory):
     fport, sport = start_front(nginx_factory, 'vhost_traffic_status_limit_traffic request:2;', '''
         location /free { vhost_traffic_status_bypass_limit on; content_by_lua_block { ngx.say("f") } }
         location /off { vhost_traffic_status_limit off; content_by_lua_block { ngx.say("o") } }''')
-    assert statuses(fport, '/', 3) == [200, 200, 503]
+    assert statuses(fport, '/', 4) == [200, 200, 200, 503]
     assert statuses(fport, '/free', 2) == [200, 200]
     assert statuses(fport, '/off', 2) == [200, 200]
     assert statuses(fport, '/', 1) == [503]
@@ -84,8 +85,8 @@ def test_limit_by_set_key_server_and_filter(nginx_factory):
                       content_by_lua_block { ngx.say("f") } }
         location /n { vhost_traffic_status_limit_traffic_by_set_key NO@$host request:3;
                       content_by_lua_block { ngx.say("n") } }''')
-    assert statuses(fport, '/f', 3) == [200, 200, 429]
-    # /n reads the a.test server zone: 3 requests already (the /f ones)
+    assert statuses(fport, '/f', 4) == [200, 200, 200, 429]
+    # /n reads the a.test server zone: 4 requests already (the /f ones), over 3
     assert statuses(fport, '/n', 1) == [503]
     assert statuses(fport, '/', 1) == [200]            # no limit in location /
 
@@ -98,20 +99,20 @@ def test_limit_by_set_key_upstream_peer(nginx_factory):
             vhost_traffic_status_limit_traffic_by_set_key UG@grp@127.0.0.1:{bport} request:2 502;
             proxy_pass http://grp/;
         }}''', bport=bport)
-    assert statuses(fport, '/up/x', 4) == [200, 200, 502, 502]
-    assert get_json(sport)['upstreamZones']['grp'][0]['requestCounter'] == 2
+    assert statuses(fport, '/up/x', 5) == [200, 200, 200, 502, 502]
+    assert get_json(sport)['upstreamZones']['grp'][0]['requestCounter'] == 3
 
 
 @pytest.mark.parametrize('dup,expected', [
-    ('on', [200, 200, 200, 200, 503]),      # the location's entry replaces the server's
-    ('off', [200, 200, 429, 429, 503]),     # both are checked, the location's first
+    ('on', [200, 200, 200, 200, 200, 503]),      # the location's entry replaces the server's
+    ('off', [200, 200, 200, 429, 429, 503]),     # both are checked, the location's first
 ])
 def test_limit_check_duplicate(nginx_factory, dup, expected):
     fport, sport = start_front(nginx_factory, f'vhost_traffic_status_limit_check_duplicate {dup};', '''
         vhost_traffic_status_limit_traffic request:2 429;
         location /l { vhost_traffic_status_limit_traffic request:4 503;
                       content_by_lua_block { ngx.say("l") } }''')
-    assert statuses(fport, '/l', 5) == expected
+    assert statuses(fport, '/l', 6) == expected
 
 
 @pytest.mark.parametrize('directive,message', [

@@ -1,0 +1,69 @@
+"""traffic-status, issue 27 items 2-5 and issue 26 item 4: VTS v0.2.7's
+behaviour where ours differed.
+
+- a limit refuses once its counter is *over* the size (request:3 refuses
+  the 5th request), not when it reaches it;
+- $vts_* and set_by_filter give "not found" for an entry that does not
+  exist yet (add_header sends nothing, Lua gets nil), not 0;
+- the HTML page is `text/html` (no charset);
+- a variable as the MEMBER:SIZE of limit_traffic is evaluated per request;
+- with filter_by_host, a limit judges each Host by its own count (a Host
+  without an entry is at 0), never by the server's shared zone."""
+import pytest
+
+from conftest import conf_wrap, free_port
+from support.net import raw_request
+from vts_util import get, get_json, many_requests, req, status_of
+
+
+def front(nginx_factory, http_extra='', server_extra='', zone='shared:vts:4m'):
+    fport, sport = free_port(), free_port()
+    nginx_factory(conf_wrap(f"""
+    vhost_traffic_status_zone {zone};
+    {http_extra}
+    server {{
+        listen 127.0.0.1:{fport};
+        server_name a.test;
+        {server_extra}
+        location / {{ content_by_lua_block {{ ngx.say("ok") }} }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}
+"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    return fport, sport
+
+
+def statuses(fport, path, n, host='a.test'):
+    return [status_of(raw_request(fport, req(path, host=host))) for _ in range(n)]
+
+
+def headers_of(resp):
+    head = resp.split(b'\r\n\r\n', 1)[0].decode('latin-1')
+    return {k.strip().lower(): v.strip() for k, _, v in
+            (line.partition(':') for line in head.split('\r\n')[1:])}
+
+
+def body_of(resp):
+    return resp.split(b'\r\n\r\n', 1)[1].decode()
+
+
+# issue 27 item 2 ---------------------------------------------------------
+
+def test_limit_refuses_once_over_the_size(nginx_factory):
+    fport, sport = front(nginx_factory, 'vhost_traffic_status_limit_traffic request:3;')
+    # VTS: the 4th request sees 3 (not over 3) and passes; the 5th sees 4
+    assert statuses(fport, '/', 6) == [200, 200, 200, 200, 503, 503]
+    z = get_json(sport)['serverZones']['a.test']
+    assert z['requestCounter'] == 6 and z['responses']['5xx'] == 2
+
+
+def test_limit_by_set_key_refuses_once_over(nginx_factory):
+    fport, sport = front(nginx_factory, '', '''
+        vhost_traffic_status_filter_by_set_key $uri uris;
+        location /f { vhost_traffic_status_limit_traffic_by_set_key FG@uris@/f request:2 429;
+                      content_by_lua_block { ngx.say("f") } }''')
+    assert statuses(fport, '/f', 5) == [200, 200, 200, 429, 429]
