@@ -1,7 +1,8 @@
 /*
  * traffic-status: variables.  vhost_traffic_status_set_by_filter $VAR
  * GROUP/ZONE/NAME makes $VAR read one stored statistic when it is used
- * (not in the rewrite phase); an entry that does not exist yields 0.
+ * (not in the rewrite phase); an entry that does not exist leaves it not
+ * found (as VTS: add_header sends nothing, Lua gets nil).
  * NAME is looked up in one field table (name -> counter or average).
  * A GROUP or NAME with variables is split and looked up per request.
  * The $vts_* variables read the request's own server zone through the
@@ -250,6 +251,17 @@ set_key(const ngx_http_vts_scope_t *scope, ngx_str_t zone, ngx_str_t *group,
 }
 
 
+/* no such entry (yet): not found, and asked again on the next use */
+ngx_int_t
+set_not_found(ngx_http_variable_value_t *v)
+{
+    v->valid = 0;
+    v->no_cacheable = 1;
+    v->not_found = 1;
+    return NGX_OK;
+}
+
+
 ngx_int_t
 set_number(ngx_http_request_t *r, ngx_http_variable_value_t *v, uint64_t val)
 {
@@ -295,52 +307,55 @@ set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ngx_http_vts_main_conf_t *vmcf = ngx_http_vts_main_conf(r);
     ngx_http_vts_loc_conf_t *vlcf = ngx_http_vts_loc_conf(r);
 
-    v->not_found = 1;
     if (!vmcf->enable || !ngx_http_vts_store_ready(&vmcf->store)
         || vlcf->sets == nullptr)
     {
-        return NGX_OK;
+        return set_not_found(v);
     }
     ngx_http_vts_set_t *set = find_set(vlcf, data);
     if (set == nullptr) {
-        return NGX_OK;
+        return set_not_found(v);
     }
 
     const ngx_http_vts_scope_t *scope;
     ngx_str_t zone, group, name;
     ngx_uint_t field;
-    uint64_t val = 0;
     stats_t st;
-    if (resolve_set(r, set, &scope, &zone, &field)
-        && set_key(scope, zone, &group, &name)
-        && ngx_http_vts_store_read(&vmcf->store, scope->kind, &group, &name,
-                                   &st))
-    {
-        val = field_value(fields[field], st, vlcf);
+    if (!resolve_set(r, set, &scope, &zone, &field)) {
+        return set_number(r, v, 0);     /* an unknown GROUP or NAME */
     }
-    return set_number(r, v, val);
+    if (!set_key(scope, zone, &group, &name)
+        || !ngx_http_vts_store_read(&vmcf->store, scope->kind, &group, &name,
+                                    &st))
+    {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "traffic-status: set_by_filter: no entry \"%V\" in "
+                       "\"%V\"", &zone, &scope->name);
+        return set_not_found(v);
+    }
+    return set_number(r, v, field_value(fields[field], st, vlcf));
 }
 
 
-/* $vts_NAME: a field of the request's own server zone (0 without one) */
+/* $vts_NAME: a field of the request's own server zone (not found
+   without one, as VTS) */
 ngx_int_t
 own_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t field)
 {
     ngx_http_vts_main_conf_t *vmcf = ngx_http_vts_main_conf(r);
-    uint64_t val = 0;
 
-    if (vmcf->enable && ngx_http_vts_store_ready(&vmcf->store)) {
-        ngx_http_vts_loc_conf_t *vlcf = ngx_http_vts_loc_conf(r);
-        ngx_http_vts_node_t *n =
-            ngx_http_vts_own_server(r, &vmcf->store, vlcf);
-        if (n) {
-            stats_t st;
-            ngx_http_vts_read_stats(&st, &n->stats);
-            val = field_value(fields[field], st, vlcf);
-        }
+    if (!vmcf->enable || !ngx_http_vts_store_ready(&vmcf->store)) {
+        return set_not_found(v);
     }
-    return set_number(r, v, val);
+    ngx_http_vts_loc_conf_t *vlcf = ngx_http_vts_loc_conf(r);
+    ngx_http_vts_node_t *n = ngx_http_vts_own_server(r, &vmcf->store, vlcf);
+    if (n == nullptr) {
+        return set_not_found(v);
+    }
+    stats_t st;
+    ngx_http_vts_read_stats(&st, &n->stats);
+    return set_number(r, v, field_value(fields[field], st, vlcf));
 }
 
 } // namespace

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import conf_wrap, free_port
 from support.net import raw_request
-from vts_util import get, get_json, many_requests, req, status_of
+from vts_util import dechunk, get, get_json, many_requests, req, status_of
 
 
 def front(nginx_factory, http_extra='', server_extra='', zone='shared:vts:4m'):
@@ -48,7 +48,7 @@ def headers_of(resp):
 
 
 def body_of(resp):
-    return resp.split(b'\r\n\r\n', 1)[1].decode()
+    return dechunk(resp)[1].decode()
 
 
 # issue 27 item 2 ---------------------------------------------------------
@@ -67,3 +67,46 @@ def test_limit_by_set_key_refuses_once_over(nginx_factory):
         location /f { vhost_traffic_status_limit_traffic_by_set_key FG@uris@/f request:2 429;
                       content_by_lua_block { ngx.say("f") } }''')
     assert statuses(fport, '/f', 5) == [200, 200, 200, 429, 429]
+
+
+# issue 27 item 4 ---------------------------------------------------------
+
+VARS = '''
+        location /vars {
+            add_header X-Req $vts_request_counter;
+            add_header X-Time $vts_request_time;
+            vhost_traffic_status_set_by_filter $stat server/$arg_z/requestCounter;
+            vhost_traffic_status_set_by_filter $flt filter/uris@$arg_k/requestCounter;
+            add_header X-Stat $stat;
+            content_by_lua_block {
+                ngx.say(type(ngx.var.stat), " ", type(ngx.var.flt), " ",
+                        type(ngx.var.vts_request_counter))
+            }
+        }'''
+
+
+def test_missing_entry_is_not_found(nginx_factory):
+    fport, sport = front(nginx_factory, 'vhost_traffic_status_filter_by_host on;',
+                         'vhost_traffic_status_filter_by_set_key $uri uris;' + VARS)
+    # nothing counted yet: no zone for this Host, no entry for z or k
+    resp = raw_request(fport, req('/vars?z=nosuch.test&k=/nope', host='new.test'))
+    assert status_of(resp) == 200
+    h = headers_of(resp)
+    assert 'x-req' not in h and 'x-time' not in h and 'x-stat' not in h, h
+    assert body_of(resp) == 'nil nil nil\n'
+    # existing entries give their numbers (0 is a real count)
+    for _ in range(3):
+        raw_request(fport, req('/', host='h1.test'))
+    resp = raw_request(fport, req('/vars?z=h1.test&k=/', host='h1.test'))
+    h = headers_of(resp)
+    assert h['x-req'] == '3' and h['x-stat'] == '3', h
+    assert body_of(resp) == 'string string string\n'
+
+
+def test_set_by_filter_not_found_in_a_string(nginx_factory):
+    fport, sport = front(nginx_factory, '', '''
+        location = /count {
+            vhost_traffic_status_set_by_filter $c server/nosuch.test/requestCounter;
+            return 200 "[$c]\\n";
+        }''')
+    assert body_of(raw_request(fport, req('/count', host='a.test'))) == '[]\n'
