@@ -49,8 +49,7 @@ const struct {
     { NGX_HTTP_VTS_FORMAT_JSONP, "application/javascript", true, render_jsonp },
     { NGX_HTTP_VTS_FORMAT_PROMETHEUS,
       "text/plain; version=0.0.4; charset=utf-8", true, render_prometheus },
-    { NGX_HTTP_VTS_FORMAT_HTML, "text/html; charset=utf-8", false,
-      render_html },
+    { NGX_HTTP_VTS_FORMAT_HTML, "text/html", false, render_html },
 };
 
 

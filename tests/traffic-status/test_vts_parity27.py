@@ -110,3 +110,14 @@ def test_set_by_filter_not_found_in_a_string(nginx_factory):
             return 200 "[$c]\\n";
         }''')
     assert body_of(raw_request(fport, req('/count', host='a.test'))) == '[]\n'
+
+
+# issue 27 item 5 ---------------------------------------------------------
+
+def test_html_content_type_is_text_html(nginx_factory):
+    fport, sport = front(nginx_factory)
+    st, head, _ = get(sport, '/status/format/html')
+    assert st == 200
+    ctype = [line.split(':', 1)[1].strip() for line in head.split('\r\n')
+             if line.lower().startswith('content-type:')]
+    assert ctype == ['text/html'], head
