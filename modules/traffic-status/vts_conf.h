@@ -37,7 +37,10 @@ struct ngx_http_vts_limit_t {
     bool                      by_key;   /* else the request's server zone */
     ngx_str_t                 key_text; /* as written: de-duplication */
     ngx_http_complex_value_t  key;      /* NO@name, UA@, UG@, CC@, FG@ */
-    ngx_str_t                 member;   /* as written */
+    ngx_str_t                 member;   /* as written (MEMBER, or the
+                                           whole MEMBER:SIZE if dynamic) */
+    ngx_http_complex_value_t *value;    /* MEMBER:SIZE with variables,
+                                           parsed per request; or nullptr */
     size_t                    offset;   /* of its counter in the stats */
     uint64_t                  size;
     ngx_uint_t                code;

@@ -4,7 +4,9 @@
  * MEMBER:SIZE [CODE] (any zone) answer CODE (default 503) once the
  * zone's counter MEMBER is over SIZE (as VTS: request:3 refuses the 5th
  * request, the 4th sees 3); `limit off` and
- * `bypass_limit on` lift them in a scope.
+ * `bypass_limit on` lift them in a scope.  A MEMBER:SIZE with variables
+ * (`$member:4`) is evaluated and parsed per request, as VTS; one that is
+ * not a valid MEMBER:SIZE then limits nothing.
  *
  * A scope's limits are the inherited ones plus its own; with
  * limit_check_duplicate on, an own entry replaces an inherited one of the
@@ -17,24 +19,47 @@
 
 namespace {
 
-/* "MEMBER:SIZE" -> the counter's offset and the size; false after
-   logging (the members are the $vts_* field table's, vts_vars.cpp) */
+/* "MEMBER:SIZE" -> the member's name, its counter's offset and the size;
+   false when it is none (the members are the $vts_* field table's,
+   vts_vars.cpp) */
 bool
-parse_member(ngx_conf_t *cf, ngx_str_t v, ngx_http_vts_limit_t *l)
+split_member(ngx_str_t v, ngx_str_t *member, size_t *offset, uint64_t *size)
 {
     u_char *colon = (u_char *) ngx_strlchr(v.data, v.data + v.len, ':');
 
-    if (colon) {
-        ngx_str_t name = { (size_t) (colon - v.data), v.data };
-        ngx_str_t size = { (size_t) (v.data + v.len - colon - 1), colon + 1 };
-        off_t n = ngx_parse_offset(&size);
-        if (n != NGX_ERROR && n > 0
-            && ngx_http_vts_limit_member(name, &l->offset))
+    if (colon == nullptr) {
+        return false;
+    }
+    ngx_str_t name = { (size_t) (colon - v.data), v.data };
+    ngx_str_t num = { (size_t) (v.data + v.len - colon - 1), colon + 1 };
+    off_t n = ngx_parse_offset(&num);
+    if (n == NGX_ERROR || n <= 0 || !ngx_http_vts_limit_member(name, offset)) {
+        return false;
+    }
+    *member = name;
+    *size = (uint64_t) n;
+    return true;
+}
+
+
+/* "MEMBER:SIZE" of the directive: parsed now, or compiled when it holds
+   variables; false after logging */
+bool
+parse_member(ngx_conf_t *cf, ngx_str_t v, ngx_http_vts_limit_t *l)
+{
+    if (ngx_http_script_variables_count(&v)) {
+        l->value = (ngx_http_complex_value_t *)
+            ngx_pcalloc(cf->pool, sizeof(ngx_http_complex_value_t));
+        if (l->value == nullptr
+            || ngx_http_vts_compile(cf, &v, l->value) != NGX_OK)
         {
-            l->member = name;
-            l->size = (uint64_t) n;
-            return true;
+            return false;
         }
+        l->member = v;
+        return true;
+    }
+    if (split_member(v, &l->member, &l->offset, &l->size)) {
+        return true;
     }
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid limit \"%V\", expected "
                        "MEMBER:SIZE with MEMBER one of request, in, out, "
@@ -92,7 +117,12 @@ parse_key(ngx_str_t key, uint8_t *kind, ngx_str_t *group, ngx_str_t *name)
 bool
 same_limit(ngx_http_vts_limit_t *a, ngx_http_vts_limit_t *b)
 {
-    return a->by_key == b->by_key && a->offset == b->offset
+    if ((a->value == nullptr) != (b->value == nullptr)) {
+        return false;
+    }
+    bool same_member = a->value ? ngx_http_vts_str_eq(a->member, &b->member)
+                                : a->offset == b->offset;
+    return a->by_key == b->by_key && same_member
            && ngx_http_vts_str_eq(a->key_text, &b->key_text);
 }
 
@@ -113,6 +143,32 @@ limit_node(ngx_http_request_t *r, ngx_http_vts_store_t *store,
         return nullptr;
     }
     return ngx_http_vts_store_find(store, kind, &group, &name);
+}
+
+
+/* this request's member, counter offset and size of l; false: the
+   limit's MEMBER:SIZE evaluates to none (no limit) */
+bool
+limit_member(ngx_http_request_t *r, ngx_http_vts_limit_t *l,
+    ngx_str_t *member, size_t *offset, uint64_t *size)
+{
+    if (l->value == nullptr) {
+        *member = l->member;
+        *offset = l->offset;
+        *size = l->size;
+        return true;
+    }
+    ngx_str_t v;
+    if (ngx_http_complex_value(r, l->value, &v) != NGX_OK) {
+        return false;
+    }
+    if (!split_member(v, member, offset, size)) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "traffic-status: limit \"%V\" is \"%V\", no "
+                       "MEMBER:SIZE: not checked", &l->member, &v);
+        return false;
+    }
+    return true;
 }
 
 } // namespace
@@ -216,18 +272,23 @@ ngx_http_vts_limit_handler(ngx_http_request_t *r)
     }
     ngx_http_vts_limit_t *l = (ngx_http_vts_limit_t *) vlcf->limits->elts;
     for (ngx_uint_t i = 0; i < vlcf->limits->nelts; i++) {
+        ngx_str_t member;
+        size_t offset;
+        uint64_t size;
+        if (!limit_member(r, &l[i], &member, &offset, &size)) {
+            continue;
+        }
         ngx_http_vts_node_t *n = limit_node(r, &vmcf->store, vlcf, &l[i]);
         if (n == nullptr) {
             continue;
         }
         const uint64_t *counter = (const uint64_t *)
-            ((const u_char *) &n->stats + l[i].offset);
+            ((const u_char *) &n->stats + offset);
         uint64_t v = ngx_http_vts_load(counter);
-        if (v > l[i].size) {
+        if (v > size) {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "traffic-status: limit %V:%uL exceeded (%uL), "
-                          "answering %ui", &l[i].member,
-                          l[i].size, v, l[i].code);
+                          "answering %ui", &member, size, v, l[i].code);
             return (ngx_int_t) l[i].code;
         }
     }

@@ -121,3 +121,21 @@ def test_html_content_type_is_text_html(nginx_factory):
     ctype = [line.split(':', 1)[1].strip() for line in head.split('\r\n')
              if line.lower().startswith('content-type:')]
     assert ctype == ['text/html'], head
+
+
+# issue 27 item 3 ---------------------------------------------------------
+
+def test_limit_member_from_a_variable(nginx_factory):
+    fport, sport = front(nginx_factory, '', '''
+        vhost_traffic_status_limit_traffic $arg_m:3;
+        location /b { vhost_traffic_status_limit_traffic_by_set_key NO@a.test $arg_m 429;
+                      content_by_lua_block { ngx.say("b") } }''')
+    assert statuses(fport, '/?m=request', 5) == [200, 200, 200, 200, 503]
+    # a member that is not one (or empty) limits nothing
+    assert statuses(fport, '/?m=bogus', 2) == [200, 200]
+    assert statuses(fport, '/', 1) == [200]
+    # evaluated per request: another member, another counter
+    assert statuses(fport, '/?m=4xx', 1) == [200]
+    # by_set_key: the whole MEMBER:SIZE from one variable
+    assert statuses(fport, '/b?m=request:100', 1) == [200]
+    assert statuses(fport, '/b?m=request:5', 1) == [429]
