@@ -323,19 +323,18 @@ ngx_http_vts_node_t *
 ngx_http_vts_own_server(ngx_http_request_t *r, ngx_http_vts_store_t *store,
     ngx_http_vts_loc_conf_t *vlcf)
 {
-    ngx_http_vts_node_t *node = nullptr;
-    ngx_str_t host;
+    ngx_str_t key;
 
-    if (host_key(r, vlcf, &host)) {
-        node = ngx_http_vts_store_find(store, NGX_HTTP_VTS_SERVER, &empty_group,
-                                       &host);
+    /* a Host-keyed request reads its Host's own entry only: without one
+       (a new Host, or one beyond the Host cap, counted in the server_name
+       zone) it has no count yet; the server_name zone is no Host's
+       budget (issue 26: 3,000 new Hosts spent it, then a never-seen Host
+       got the limit code on its first request) */
+    if (!host_key(r, vlcf, &key)) {
+        key = server_key(r);
     }
-    if (node == nullptr) {
-        ngx_str_t server = server_key(r);
-        node = ngx_http_vts_store_find(store, NGX_HTTP_VTS_SERVER, &empty_group,
-                                       &server);
-    }
-    return node;
+    return ngx_http_vts_store_find(store, NGX_HTTP_VTS_SERVER, &empty_group,
+                                   &key);
 }
 
 

@@ -25,7 +25,9 @@ def front(nginx_factory, http_extra='', server_extra='', zone='shared:vts:4m'):
         listen 127.0.0.1:{fport};
         server_name a.test;
         {server_extra}
-        location / {{ content_by_lua_block {{ ngx.say("ok") }} }}
+        # a Content-Length (not chunked): many_requests reads by it
+        location / {{ content_by_lua_block {{
+            ngx.header.content_length = 3 ngx.print("ok\\n") }} }}
     }}
     server {{
         listen 127.0.0.1:{sport};
@@ -139,3 +141,25 @@ def test_limit_member_from_a_variable(nginx_factory):
     # by_set_key: the whole MEMBER:SIZE from one variable
     assert statuses(fport, '/b?m=request:100', 1) == [200]
     assert statuses(fport, '/b?m=request:5', 1) == [429]
+
+
+# issue 26 item 4 ---------------------------------------------------------
+
+def test_per_host_limit_is_no_shared_budget(nginx_factory):
+    fport, sport = front(nginx_factory, 'vhost_traffic_status_filter_by_host on;',
+                         'vhost_traffic_status_limit_traffic request:100;', zone='shared:vts:8m')
+    hosts = [b'h%04d.example' % i for i in range(3000)]
+    reqs = [b'GET / HTTP/1.1\r\nHost: ' + h + b'\r\n\r\n' for h in hosts]
+    for i in range(0, 3000, 500):      # first requests of new Hosts: each at 0
+        part = reqs[i:i + 500]
+        assert many_requests(fport, part) == len(part)
+    doc = get_json(sport)
+    refused = doc['serverZones']['*']['responses']['5xx']
+    assert refused == 0, refused          # main: 1,876 (1,124 passed)
+    # beyond the 1,024 Host cap the requests are counted in a.test's zone ...
+    assert doc['serverZones']['*']['requestCounter'] == 3000
+    assert doc['serverZones']['a.test']['requestCounter'] == 3000 - 1024
+    # ... which is no budget of any Host: a never-seen Host passes
+    assert statuses(fport, '/', 1, host='never-seen.example') == [200]
+    # a Host with its own entry is limited by its own count
+    assert statuses(fport, '/', 101, host='h0001.example')[-2:] == [200, 503]
