@@ -159,6 +159,7 @@ ngx_http_vts_graveyard_collect_locked(ngx_http_vts_store_t *store)
         {
             *pp = n->free_next;
             store->sh->used_bytes -= ngx_http_vts_node_size(n);
+            store->sh->buried--;
             ngx_slab_free_locked(store->shpool, n);
             continue;
         }
@@ -257,6 +258,7 @@ ngx_http_vts_unlink_locked(ngx_http_vts_store_t *store,
     node->freed_at = ngx_current_msec;
     node->free_next = sh->graveyard;
     sh->graveyard = node;
+    sh->buried++;
     sh->nodes--;
     cap_add(sh, node, -1);
     __atomic_fetch_add(&sh->generation, 1, __ATOMIC_RELEASE);
@@ -348,9 +350,40 @@ evict_locked(ngx_http_vts_store_t *store, uint8_t cls, ngx_str_t *group)
 }
 
 
+/* client-keyed entries (Host-keyed server zones, filter entries) never
+   take the last eighth of the zone: it stays for server_name zones,
+   upstream peers and caches (issue 26: 250 distinct ?k= values filled the
+   default 1m zone for good, and a peer's requests were never counted).
+   *evict: a refused filter entry may evict one of its cap's, while fewer
+   than 1/64 of the pages wait in the graveyard (a flood must not empty
+   the zone faster than the grace period gives pages back) */
+static bool
+in_reserve_locked(ngx_http_vts_store_t *store, uint8_t cls, bool *evict)
+{
+    if (cls == NGX_HTTP_VTS_CAP_NONE) {
+        return false;
+    }
+    ngx_http_vts_shctx_t *sh = store->sh;
+    if (sh->graveyard) {
+        ngx_http_vts_graveyard_collect_locked(store);
+    }
+    ngx_slab_pool_t *pool = store->shpool;
+    ngx_uint_t pages = (pool->end - pool->start) >> ngx_pagesize_shift;
+    if (pool->pfree * NGX_HTTP_VTS_CLIENT_RESERVE >= pages) {
+        return false;
+    }
+    *evict = *evict && cls >= NGX_HTTP_VTS_CAP_GROUP
+             && sh->buried < ngx_max(pages / 64, 1);
+    return true;
+}
+
+
 /* a new node under its cap; a drop is counted (max_node or zone_full).
    Filter entries at their cap evict (request path) or are refused
-   (restore: evict false) */
+   (restore: evict false).  A client-keyed entry refused for the zone's
+   reserve is a zone_full drop; a filter entry then evicts its cap's
+   least recently updated entry, whose page comes back after the grace
+   period, so the newest keys get in again */
 static ngx_http_vts_node_t *
 create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
     ngx_str_t *group, ngx_str_t *name, uint32_t hash, ngx_array_t *buckets,
@@ -358,6 +391,17 @@ create_capped_locked(ngx_http_vts_store_t *store, uint8_t kind,
 {
     ngx_http_vts_shctx_t *sh = store->sh;
 
+    bool evict_one = evict;
+    if (in_reserve_locked(store, cls, &evict_one)) {
+        if (evict_one) {
+            evict_locked(store, cls, group);
+        }
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "traffic-status: \"%V\" \"%V\" refused: the zone's "
+                       "last eighth is kept", group, name);
+        sh->dropped_full++;
+        return nullptr;
+    }
     if (cap_reached(store, cls, group)
         && !(evict && cls >= NGX_HTTP_VTS_CAP_GROUP
              && evict_locked(store, cls, group)))

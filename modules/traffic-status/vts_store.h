@@ -222,6 +222,9 @@ ngx_uint_t ngx_http_vts_store_apply(ngx_http_vts_store_t *store,
    max_node drop), and a restore leaves a quarter of the zone's pages free
    for new keys (NGX_ABORT: stop) */
 #define NGX_HTTP_VTS_RESTORE_RESERVE  4     /* keep 1/4 of the pages free */
+/* client-keyed entries (Host-keyed server zones, filter entries) leave
+   1/8 of the pages free for server_name zones, upstream peers, caches */
+#define NGX_HTTP_VTS_CLIENT_RESERVE   8
 ngx_int_t ngx_http_vts_store_restore(ngx_http_vts_store_t *store,
     uint8_t kind, ngx_str_t *group, ngx_str_t *name,
     const ngx_http_vts_stats_t *st, uint8_t cap_class);

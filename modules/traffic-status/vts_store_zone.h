@@ -16,6 +16,7 @@ struct ngx_http_vts_shctx_t {
     ngx_rbtree_node_t     sentinel;
     ngx_queue_t           queue;
     ngx_http_vts_node_t  *graveyard;
+    uint64_t              buried;       /* nodes in the graveyard */
     uint64_t              generation;   /* bumped when a node is unlinked */
     uint64_t              nodes;
     uint64_t              host_nodes;   /* server zones keyed by Host */

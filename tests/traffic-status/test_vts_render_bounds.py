@@ -62,7 +62,8 @@ def full_zone(nginx_factory):
     doc = get_json(sport)
     assert doc['sharedZones']['droppedNodes']['zoneFull'] > 0, 'the zone is not full'
     entries = len(doc['filterZones']['x'])
-    assert entries > 15000
+    # filter entries leave the zone's last eighth to configured entries
+    assert entries > 14000
     return n, sport, entries
 
 

@@ -1,0 +1,51 @@
+"""traffic-status, issue 26 item 7: the default sizes fit each other.  The
+default 1 MB zone holds ~250 entries, the default filter cap is 1,024 per
+group: 250 distinct `?k=` values used to fill the zone for good, after
+which an upstream peer's requests and new Hosts were never counted.  Now
+client-keyed entries (Host-keyed server zones, filter entries) never take
+the last eighth of the zone (kept for server_name zones, upstream peers
+and caches); a filter entry refused there evicts its group's least recently
+updated entry (a few per grace period), whose page comes back after the
+10 s grace period."""
+import time
+
+from conftest import conf_wrap, free_port
+from vts_util import backend_conf, get_json, many_requests
+
+
+def test_default_zone_keeps_room_for_peers_and_new_keys(nginx_factory):
+    fport, sport, bport = free_port(), free_port(), free_port()
+    nginx_factory(backend_conf([bport]), name='backend', wait_ports=[('127.0.0.1', bport)])
+    nginx_factory(conf_wrap(f"""
+    vhost_traffic_status_zone;
+    vhost_traffic_status_filter_by_host on;
+    upstream grp {{ server 127.0.0.1:{bport}; }}
+    server {{
+        listen 127.0.0.1:{fport};
+        server_name a.test;
+        vhost_traffic_status_filter_by_set_key $arg_k keys;
+        location / {{ return 200 "ok\\n"; }}
+        location /up/ {{ proxy_pass http://grp/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}
+"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    flood = [b'GET /?k=%d HTTP/1.1\r\nHost: a.test\r\n\r\n' % i for i in range(300)]
+    assert many_requests(fport, flood) == 300
+    doc = get_json(sport)
+    shared = doc['sharedZones']
+    # an eighth of the zone stays free for configured entries
+    assert shared['freeSize'] >= shared['maxSize'] // 8 - 4 * 4096, shared   # main: 0
+    assert shared['droppedNodes']['zoneFull'] > 0 and shared['droppedNodes']['evicted'] > 0
+    assert many_requests(fport, [b'GET /up/x HTTP/1.1\r\nHost: a.test\r\n\r\n'] * 10) == 10
+    peers = get_json(sport)['upstreamZones']['grp']
+    assert peers[0]['requestCounter'] == 10, peers      # main: 0 (zone full)
+    # once the evicted entries' pages are back, a new Host is counted again
+    time.sleep(11)
+    assert many_requests(fport, [b'GET / HTTP/1.1\r\nHost: new.test\r\n\r\n']) == 1
+    doc = get_json(sport)
+    assert doc['serverZones']['new.test']['requestCounter'] == 1   # main: not counted
