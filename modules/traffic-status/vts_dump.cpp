@@ -13,8 +13,11 @@
  * Binary upgrade (USR2): the new binary's first zone is not restored when
  * it starts, because the old master keeps counting until QUIT; its worker
  * 0 instead polls PATH every second and, once the old master's final dump
- * (flag FINAL, the old master's pid) is there (or the old master is gone),
- * adds it into the live zone.  Until then the new generation writes no
+ * (flag FINAL, the old master's pid) is there (or the old master is gone:
+ * no such process, or a zombie nobody reaped, as a SIGKILLed master under
+ * a parent that never waits), adds it (else the last periodic dump written
+ * under the old master) into the live zone.  A worker whose master is gone
+ * writes no more dumps.  Until then the new generation writes no
  * dump, so the old one's stays whole.
  */
 
@@ -411,10 +414,51 @@ read_header(ngx_str_t *path, dump_header_t *h)
 }
 
 
+/* a killed process that its parent has not reaped yet (a shell, a
+   container's init that never waits) still answers kill(pid, 0): on
+   Linux its state in /proc/PID/stat is Z (zombie) or X (dead) */
+bool
+process_is_zombie(ngx_pid_t pid)
+{
+    u_char path[64], buf[512];
+
+    ngx_sprintf(path, "/proc/%P/stat%Z", pid);
+    ngx_fd_t fd = open((const char *) path, O_RDONLY|O_CLOEXEC);
+    if (fd == NGX_INVALID_FILE) {
+        return false;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf));
+    ngx_close_file(fd);
+    if (n <= 0) {
+        return false;
+    }
+    /* "PID (COMM) STATE ...": COMM may hold ')', the last one ends it */
+    u_char *p = buf + n;
+    while (p > buf && p[-1] != ')') {
+        p--;
+    }
+    return p > buf && p + 1 < buf + n
+           && (p[1] == 'Z' || p[1] == 'X');
+}
+
+
 bool
 process_gone(ngx_pid_t pid)
 {
-    return kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH;
+    if (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+        return true;
+    }
+    return process_is_zombie(pid);
+}
+
+
+/* a worker whose master is gone (killed: its workers were reparented)
+   writes no more dumps: a new generation's dumps must not be overwritten
+   by an orphan of the old one (issue 26) */
+bool
+master_gone()
+{
+    return ngx_process == NGX_PROCESS_WORKER && getppid() != ngx_parent;
 }
 
 
@@ -461,6 +505,12 @@ dump_handler(ngx_event_t *ev)
 {
     ngx_http_vts_main_conf_t *vmcf = (ngx_http_vts_main_conf_t *) ev->data;
 
+    if (master_gone()) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "vhost_traffic_status: master %P is gone, this worker "
+                      "writes no more dumps", ngx_parent);
+        return;
+    }
     ngx_http_vts_dump_save(vmcf, ev->log, false);
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
         ngx_add_timer(ev, vmcf->dump_period);
