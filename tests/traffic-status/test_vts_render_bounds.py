@@ -62,8 +62,9 @@ def full_zone(nginx_factory):
     doc = get_json(sport)
     assert doc['sharedZones']['droppedNodes']['zoneFull'] > 0, 'the zone is not full'
     entries = len(doc['filterZones']['x'])
-    # filter entries leave the zone's last eighth to configured entries
-    assert entries > 14000
+    # filter entries leave the zone's last eighth to configured entries, and
+    # up to 1/64 of the pages wait in the graveyard after evictions
+    assert entries > 13500
     return n, sport, entries
 
 
