@@ -367,6 +367,7 @@ ngx_http_vts_sum_stats(vts_render_t &rd, ngx_http_vts_stats_t *sum,
 
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_read_stats(&st, &rd.snap.nodes[i]->stats);
+        ngx_http_vts_stream_check_slice();
         sum_add(sum, st, period, rd.now, &total_ms, &samples);
         if (buckets_ok) {
             buckets_ok = sum_buckets(sum, st, i == first);

@@ -235,6 +235,7 @@ entry(vts_out_t &o, vts_render_t &rd, ngx_http_vts_node_t *n)
     stats_t st;
 
     ngx_http_vts_read_stats(&st, &n->stats);
+    ngx_http_vts_stream_check_slice();
     name(o, ngx_http_vts_node_name(n),
          n->kind == NGX_HTTP_VTS_SERVER ? &rd.vlcf->sum_key : nullptr);
     o.put(":{");
@@ -281,6 +282,7 @@ peer(vts_out_t &o, vts_render_t &rd, ngx_http_vts_peer_t &pi)
 
     if (pi.node) {
         ngx_http_vts_read_stats(&st, &pi.node->stats);
+        ngx_http_vts_stream_check_slice();
     } else {
         ngx_memzero(&st, sizeof(st));
     }

@@ -22,9 +22,22 @@ extern ngx_uint_t  ngx_http_vts_out_hold;
 /* the streamed render running now (nullptr: none) */
 extern ngx_http_vts_stream_t  *ngx_http_vts_stream_current;
 
-/* called where a view reads a lot without writing (the store's
-   read_stats): a streamed render past its time slice pauses there */
+/* called from a view's own loops (never from the store, never under a
+   lock): a streamed render past its time slice pauses there */
 void ngx_http_vts_stream_check_slice();
+
+/* while alive, a streamed render does not pause: a view holding a lock
+   (a peer list's, a zone's) scopes one, so no early return can leave the
+   count raised */
+class ngx_http_vts_no_pause_t {
+public:
+    ngx_http_vts_no_pause_t() { ngx_http_vts_out_hold++; }
+    ~ngx_http_vts_no_pause_t() { ngx_http_vts_out_hold--; }
+
+    ngx_http_vts_no_pause_t(const ngx_http_vts_no_pause_t &) = delete;
+    ngx_http_vts_no_pause_t &operator=(const ngx_http_vts_no_pause_t &)
+        = delete;
+};
 
 struct ngx_http_vts_out_t {
     ngx_pool_t   *pool;

@@ -77,7 +77,8 @@ copy_list(ngx_pool_t *pool, ngx_http_upstream_rr_peers_t *peers, bool backup,
     ngx_int_t rc = NGX_OK;
 
     ngx_http_upstream_rr_peers_rlock(peers);
-    ngx_http_vts_out_hold++;
+    {
+    ngx_http_vts_no_pause_t no_pause;
     for (ngx_http_upstream_rr_peer_t *p = peers->peer; p; p = p->next) {
         peer_t *pi = (peer_t *) ngx_array_push(arr);
         u_char *name = (u_char *) ngx_pnalloc(pool, p->name.len);
@@ -90,7 +91,7 @@ copy_list(ngx_pool_t *pool, ngx_http_upstream_rr_peers_t *peers, bool backup,
         pi->name.len = p->name.len;
         ngx_memcpy(name, p->name.data, p->name.len);
     }
-    ngx_http_vts_out_hold--;
+    }
     ngx_http_upstream_rr_peers_unlock(peers);
     return rc;
 }

@@ -3,9 +3,10 @@
  * families plus nginx_vts_upstream_peer_{down,drain,removed} and
  * nginx_vts_main_shm_dropped_nodes_total.
  *
- * Server, filter and upstream entries are first collected with a private
- * copy of their counters, then printed family by family (a family's
- * series must be contiguous), driven by one table of families.
+ * Server, filter and upstream entries are first collected (servers and
+ * filters pointing at their counters in the zone, upstream peers with a
+ * copy of theirs), then printed family by family (a family's series must
+ * be contiguous), driven by one table of families.
  */
 
 #include "vts_display.h"
@@ -543,6 +544,7 @@ peer_entries(vts_render_t &rd, entry_t *e, stats_t *st)
     ngx_http_vts_peers(rd, [&](ngx_str_t group, ngx_http_vts_peer_t &pi) {
         if (pi.node) {
             ngx_http_vts_read_stats(&st[m], &pi.node->stats);
+            ngx_http_vts_stream_check_slice();
         } else {
             ngx_memzero(&st[m], sizeof(st[m]));
         }

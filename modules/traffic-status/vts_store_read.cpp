@@ -130,8 +130,8 @@ ngx_http_vts_read_stats(ngx_http_vts_stats_t *dst,
     for (size_t i = 0; i < sizeof(*dst) / sizeof(uint64_t); i++) {
         d[i] = ngx_http_vts_load(&s[i]);
     }
-    /* a view reading every entry must not hold the worker */
-    ngx_http_vts_stream_check_slice();
+    /* the store never pauses a render (its callers may hold the zone
+       mutex): the views check their time slice in their own loops */
 }
 
 
