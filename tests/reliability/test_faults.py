@@ -196,9 +196,12 @@ def test_reload_changing_the_peer_list_under_load(nginx_factory, tmp_path):
         assert peer_states(port) == {a[1]: 'DOWN', a[2]: 'UP', a[3]: 'UP'}
         assert shm_get(port, hc_key('state', 'foo', 'primary', a[0])) == 'nil'
         peers = {p['server']: p for p in vts_json(port)['upstreamZones']['foo']}
-        assert set(peers) == {a[1], a[2], a[3]}
+        # the peer the reload removed stays listed, marked removed, with its counts
+        assert {k for k, p in peers.items() if not p.get('removed')} == {a[1], a[2], a[3]}
+        assert peers[a[0]]['removed'] is True and peers[a[0]]['requestCounter'] > 0
         wait_for(lambda: all(p['down'] == (p['server'] == a[1])
-                             for p in vts_json(port)['upstreamZones']['foo']),
+                             for p in vts_json(port)['upstreamZones']['foo']
+                             if not p.get('removed')),
                  timeout=3, what='traffic status shows the states')
         b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(a[1]) == 'UP', timeout=10, what='UP')
