@@ -252,8 +252,10 @@ def test_binary_upgrade_under_load(nginx_factory, tmp_path):
         assert workers_settled(n, 2)
         st, h, _ = http_get('127.0.0.1', port, '/')
         assert st == 200 and h['x-backend'] == 'b0'
-        data = vts_json(port)                           # the new master's zone counts
-        assert data['serverZones']['127.0.0.1']['requestCounter'] >= 1
+        # the new master's zone counts (the log phase counts after the response
+        # is sent: the JSON may be served first, by the other worker too)
+        wait_for(lambda: vts_json(port)['serverZones'].get('127.0.0.1', {})
+                 .get('requestCounter', 0) >= 1, timeout=5, what='the new zone counting')
         b[1].mode = 'ok'
         wait_for(lambda: peer_states(port).get(a[1]) == 'UP', timeout=10, what='UP')
     finally:
