@@ -283,14 +283,8 @@ local function check_all(ctx, targets)
     return idx
 end
 
+-- (do_tick's sync_states has just followed DNS: peers.lua)
 local function run_round(ctx)
-    if ctx.follow_peers then
-        -- peers DNS added since the last sync get their state first
-        local ok, err = ctx.follow_peers(ctx)
-        if not ok then
-            return nil, err
-        end
-    end
     local primary, backup = fetch_peers(ctx.upstream)
     if not primary then
         return nil, backup
