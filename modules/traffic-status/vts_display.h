@@ -59,6 +59,7 @@ struct ngx_http_vts_peer_t {
                                            set_peer_down */
     bool                  drain;        /* the draining bit: `drain` */
     bool                  removed;      /* left its list, kept (lifecycle) */
+    bool                  resolved;     /* from a `resolve` line's name */
     uint64_t              added;        /* msec it joined at run time, 0 */
     uint64_t              removed_at;   /* msec it left (when removed) */
     ngx_http_vts_node_t  *node;         /* its counters; nullptr: none */
