@@ -1,5 +1,5 @@
 """deploy/: the Kubernetes manifests parse and fit together, their nginx.conf runs
-(health, readiness following the health checks, metrics), the systemd unit's
+(liveness, readiness = checkers running, a live peer per upstream apart, metrics), the systemd unit's
 commands start/reload/stop the bundle, and the logrotate snippet rotates logs
 with nginx reopening them."""
 import json
@@ -133,11 +133,16 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
         entry = json.loads(out.read_bytes().splitlines()[0])
         assert (entry['uri'], entry['status'], entry['upstream_addr']) == ('/hello', 200, '127.0.1.21:9090')
         assert b'[notice]' in err.read_bytes() and b'[notice]' not in out.read_bytes()
-        # the backend dies: this replica's own checks turn it DOWN, readiness follows
+        assert ns.http('http://127.0.0.1:18080/readyz/upstreams') == (200, 'live')
+        # the backend dies: this replica's own checks turn it DOWN; the live-peer endpoint
+        # says so, readiness does not (issue 28, item 5: a backend outage unreadied every
+        # replica at once and emptied the Service)
         backend.kill()
         backend.wait(timeout=10)
-        wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz')[0] == 503, timeout=15, what='/readyz 503')
-        assert ns.http('http://127.0.0.1:18080/healthz')[0] == 200          # but still alive
+        wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz/upstreams') ==
+                 (503, 'not live: no live peer in upstream backend'), timeout=15, what='/readyz/upstreams 503')
+        assert ns.http('http://127.0.0.1:18080/readyz') == (200, 'ready')
+        assert ns.http('http://127.0.0.1:18080/healthz')[0] == 200
         # every failed check of the dead peer is the checker's to log (once per 10 s), not
         # the socket's as well (issue 27, item 12: the ConfigMap left lua_socket_log_errors on)
         wait_for(lambda: b'failed to connect to 127.0.1.21:9090' in err.read_bytes(), what="the checker's line")
