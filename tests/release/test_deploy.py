@@ -8,6 +8,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -338,3 +339,20 @@ def test_systemd_syscall_filter_allows_what_nginx_calls(tmp_path):
                 used.add(f[-1])
     assert {'epoll_wait', 'accept4', 'clone'} & used and len(used) > 30, used
     assert used <= allowed, sorted(used - allowed)
+
+
+def test_tarball_top_has_the_readme_the_unit_documents():
+    """Issue 28, item 7: the systemd unit's Documentation= names the README at the
+    top of the unpacked tarball; the tarball (and the bundle) now has one."""
+    unit = (DEPLOY / 'systemd' / 'nginx-portable.service').read_text()
+    doc = re.search(r'^Documentation=file:///opt/nginx-portable/(\S+)$', unit, re.M)
+    assert doc, unit
+    readme = (BUNDLE / doc.group(1)).read_text()
+    for what in ('/healthz', '/readyz', '/readyz/upstreams', '/metrics', 'sbin/nginx -t'):
+        assert what in readme, what
+    version = (ROOT / 'VERSION').read_text().strip()
+    tarball = ROOT / 'dist' / ('nginx-portable-%s-linux-x86_64.tar.gz' % version)
+    if not tarball.is_file():
+        pytest.skip('no release tarball in dist/')
+    with tarfile.open(tarball) as t:
+        assert t.extractfile('nginx-portable/' + doc.group(1)).read().decode() == readme
