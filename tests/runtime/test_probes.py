@@ -2,10 +2,13 @@
 /readyz: the configuration is loaded and the health checkers are checking --
 not "every upstream has a live peer", which unreadied every replica at once
 when one backend went down; that condition is /readyz/upstreams, apart."""
+import re
+
 import pytest
 
 from conftest import BUNDLE, Nginx, conf_wrap, copy_bundle, free_port, http_get, port_open, wait_for
 from support.confs import checker_lua, upstream_block
+from support.hc_keys import hc_key
 
 PROXY, METRICS, CONTROL = 8080, 18080, 18081
 FOO = ['127.0.1.11:8080', '127.0.1.12:8080']
@@ -40,12 +43,7 @@ def test_default_config_readiness_survives_a_backend_outage(own_network, tmp_pat
         n.stop()
 
 
-def test_readyz_waits_for_the_first_checks(nginx_factory, blackhole):
-    """A checker that has not finished a check yet (its only peer never
-    completes the TCP handshake, timeout 8 s) keeps /readyz at 503."""
-    hole = blackhole('127.0.3.41')
-    port = free_port()
-    conf = conf_wrap('''
+READYZ_CONF = """
     lua_shared_dict healthcheck 1m;
 %s
     init_worker_by_lua_block {%s
@@ -59,9 +57,40 @@ def test_readyz_waits_for_the_first_checks(nginx_factory, blackhole):
                 ngx.say(ok and "ready" or "not ready: " .. why)
             }
         }
-    }''' % (upstream_block('slow', [hole.addr]), checker_lua('slow', interval=1000, timeout=8000), port))
+        # the test's stand-in for a checker that stopped: its last check long ago
+        location = /age {
+            content_by_lua_block {
+                ngx.shared.healthcheck:set(ngx.var.arg_key, ngx.now() - 1000)
+            }
+        }
+    }"""
+
+
+def test_readyz_waits_for_the_first_checks(nginx_factory, blackhole):
+    """A checker that has not finished a check yet (its only peer never
+    completes the TCP handshake, timeout 8 s) keeps /readyz at 503."""
+    hole = blackhole('127.0.3.41')
+    port = free_port()
+    conf = conf_wrap(READYZ_CONF % (upstream_block('slow', [hole.addr]),
+                                    checker_lua('slow', interval=1000, timeout=8000), port))
     nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
     assert get('/readyz', port) == (503, 'not ready: health checker of upstream slow has not checked yet')
+
+
+def test_readyz_says_when_a_checker_stopped_checking(nginx_factory, backends):
+    """The latest check older than 3 intervals (+ 4 timeouts + 1 s): 503, and
+    the reason says how old.  interval 30 s: no check comes in between."""
+    peer, = backends(1)
+    port = free_port()
+    conf = conf_wrap(READYZ_CONF % (upstream_block('quiet', [peer.addr]),
+                                    checker_lua('quiet', interval=30000, timeout=1000), port))
+    nginx_factory(conf, wait_ports=[('127.0.0.1', port)])
+    wait_for(lambda: get('/readyz', port) == (200, 'ready'), timeout=15, what='first check')
+    key = hc_key('last_check', 'quiet', 'primary', peer.addr)
+    assert http_get('127.0.0.1', port, '/age?key=' + key)[0] == 200
+    st, body = get('/readyz', port)
+    assert st == 503 and re.fullmatch(r'not ready: health checker of upstream quiet has not checked for '
+                                      r'100\d\.\d s \(limit 95\.0 s\)', body), (st, body)
 
 
 def test_probe_locations_answer_every_address():
