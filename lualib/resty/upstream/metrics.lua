@@ -83,7 +83,7 @@ local function healthcheck_chunk(out, extended)
 end
 
 
--- the traffic-status page's body, or nil
+-- 1 and the traffic-status page's body, or 0 (a comment in its place)
 local function vts_chunk(out, uri)
     local res = capture(uri)
     if res.status ~= ngx.HTTP_OK then
@@ -96,28 +96,36 @@ local function vts_chunk(out, uri)
 end
 
 
+-- the seven numbers of nginx_vts_main_connections in STUB's order, or nil
+local function stub_values(vts_body)
+    if not vts_body then
+        return nil
+    end
+    local v = {}
+    for i = 1, #STUB do
+        v[i] = match(vts_body, '\nnginx_vts_main_connections{status="'
+                     .. STUB[i][1] .. '"} (%d+)')
+        if not v[i] then
+            return nil
+        end
+    end
+    return v
+end
+
+
 -- nginx_up and the stub_status families; nginx_up 0 alone when the
 -- traffic-status page gave no connection counters
 local function stub_chunk(out, vts_body)
-    local values = {}
-    for i = 1, vts_body and #STUB or 0 do
-        local v = match(vts_body, '\nnginx_vts_main_connections{status="'
-                        .. STUB[i][1] .. '"} (%d+)')
-        if not v then
-            values = nil
-            break
-        end
-        values[i] = v
-    end
+    local v = stub_values(vts_body)
     family(out, "nginx_up", "gauge", "Status of the last metric scrape")
-    out[#out + 1] = "nginx_up " .. ((values and values[1]) and 1 or 0)
-    if not (values and values[1]) then
+    out[#out + 1] = "nginx_up " .. (v and 1 or 0)
+    if not v then
         return
     end
     for i = 1, #STUB do
         local s = STUB[i]
         family(out, s[2], s[3], s[4])
-        out[#out + 1] = s[2] .. " " .. values[i]
+        out[#out + 1] = s[2] .. " " .. v[i]
     end
 end
 
@@ -163,9 +171,9 @@ function _M.page(opts)
     build_info(out)
     family(out, "nginx_metrics_source_up", "gauge",
            "Source availability for merged /metrics endpoint")
-    out[#out + 1] = format('nginx_metrics_source_up{source="healthcheck_module"} %d',
-                           hc_up)
-    out[#out + 1] = format('nginx_metrics_source_up{source="vts"} %d', vts_up)
+    local up = 'nginx_metrics_source_up{source="%s"} %d'
+    out[#out + 1] = format(up, "healthcheck_module", hc_up)
+    out[#out + 1] = format(up, "vts", vts_up)
     -- (the seed omits the final newline; the text format wants it)
     out[#out + 1] = ""
     return concat(out, "\n")
