@@ -83,6 +83,19 @@ def traffic(n):
         assert http_get('127.0.0.1', PROXY, '/')[0] == 200
 
 
+def assert_only_camel_case_lint(text):
+    """promtool parses the page and lints nothing but the names the
+    dashboards need (camelCase: *Msec, hostName, nginxVersion, filterName);
+    the counters without _total are untyped."""
+    ok, why = promtool(text)
+    problems = [line for line in why.splitlines() if line.strip()]
+    assert not ok and problems, why
+    for line in problems:
+        assert re.fullmatch(r"(nginx_(server|upstream|filter)_(request|response)Msec metric"
+                            r"|nginx_server_info label|nginx_filter_\w+ label) names "
+                            r"should be written in 'snake_case' not 'camelCase'", line), why
+
+
 def test_default_metrics_answer_the_nginx_exporter_dashboard(bundle_copy):  # noqa: F811
     bundle_copy()
     wait_for(lambda: 'nginx_upstream_status_info{name="foo",endpoint="%s",status="UP"' % PEER
@@ -146,22 +159,14 @@ def test_vts_exporter_format_answers_its_dashboard(bundle_copy):  # noqa: F811
     assert values(m, 'nginx_upstream_bytes', upstream='foo', direction='out')[0] > 0
     assert values(m, 'nginx_server_connections', status='accepted')[0] >= 1
 
-    # promtool: parsed, and linted for nothing but the names the dashboards
-    # need (camelCase: *Msec, hostName, nginxVersion, filterName); the
-    # counters without _total are untyped
-    ok, why = promtool(text)
-    problems = [line for line in why.splitlines() if line.strip()]
-    assert not ok and problems, why
-    for line in problems:
-        assert re.fullmatch(r"(nginx_(server|upstream|filter)_(request|response)Msec metric"
-                            r"|nginx_server_info label|nginx_filter_\w+ label) names "
-                            r"should be written in 'snake_case' not 'camelCase'", line), why
+    assert_only_camel_case_lint(text)
 
 
 LIBRARY_CONF = '''
     lua_shared_dict healthcheck 1m;
     vhost_traffic_status_zone;
     vhost_traffic_status_filter_by_set_key $request_method method;
+    vhost_traffic_status_filter_by_set_key $http_x_key hostile;
     upstream u { server 127.0.0.1:1; }
     server {
         listen 127.0.0.1:%(port)d;
@@ -221,8 +226,12 @@ def test_merged_page_is_one_library_call(nginx_factory):
     assert not values(m, 'nginx_up') and values(m, 'nginx_metrics_source_up', source='vts') == [1]
 
     # the filter families of the exporter's format (the format chosen by the
-    # directive here), their label sets as the exporter's source has them
+    # directive here), their label sets as the exporter's source has them;
+    # a client's bytes in a label value stay valid text
+    hostile = b'a"b\\c\x01\xff{}=,z'
+    assert http_get('127.0.0.1', port, '/metrics', headers={'X-Key': hostile})[0] == 200
     st, headers, body = http_get('127.0.0.1', port, '/exporter')
+    assert_only_camel_case_lint(body)
     assert st == 200 and headers['content-type'].startswith('text/plain; version=0.0.4'), headers
     m = parse(body.decode())
     filters = {n: set(l) for n, l, _ in m['series'] if n.startswith('nginx_filter_')}
@@ -230,3 +239,4 @@ def test_merged_page_is_one_library_call(nginx_factory):
                        if k.startswith('nginx_filter_')}
     assert values(m, 'nginx_filter_requests', filter='method', filterName='GET',
                   code='total')[0] >= 3
+    assert len(values(m, 'nginx_filter_requests', filter='hostile', code='total')) == 1
