@@ -79,6 +79,18 @@ def scrape(path):
     return headers, body.decode()
 
 
+def scrape_when(path, ready, what):
+    """(headers, text) of the first scrape whose parse satisfies ready: a
+    request is counted in its log phase, after its response was sent."""
+    got = []
+
+    def ok():
+        got[:] = scrape(path)
+        return ready(parse(got[1]))
+    wait_for(ok, timeout=10, interval=0.1, what=what)
+    return got[0], got[1]
+
+
 def traffic(n):
     for i in range(n):
         assert http_get('127.0.0.1', PROXY, '/api/hello')[0] == 200
@@ -125,7 +137,9 @@ def test_default_config_has_histogram_buckets(bundle_copy):  # noqa: F811
     (bench/RESULTS.md, issue 28, gives the whole count and the cost)."""
     bundle_copy()
     traffic(5)
-    m = parse(scrape('/metrics')[1])
+    _, text = scrape_when('/metrics', lambda m: values(
+        m, 'nginx_vts_server_request_duration_seconds_count', host='*') >= [10], 'the 10 counted')
+    m = parse(text)
     bucket = values(m, 'nginx_vts_upstream_request_duration_seconds_bucket',
                     upstream='foo', backend=PEER, le='+Inf')
     assert bucket and bucket[0] >= 1, bucket
@@ -140,7 +154,8 @@ def test_default_config_has_histogram_buckets(bundle_copy):  # noqa: F811
 def test_vts_exporter_format_answers_its_dashboard(bundle_copy):  # noqa: F811
     bundle_copy()
     traffic(5)
-    headers, text = scrape('/traffic/format/vts-exporter')
+    headers, text = scrape_when('/traffic/format/vts-exporter', lambda m: sum(values(
+        m, 'nginx_upstream_requests', code='2xx')) >= 10, 'the 10 counted')
     assert headers['content-type'].startswith('text/plain; version=0.0.4'), headers
     m = parse(text)
     assert unanswered(VTS_EXPORTER_DASHBOARD, m, ALL) == []
