@@ -20,6 +20,8 @@ local capture = ngx.location.capture
 local concat = table.concat
 local floor = math.floor
 local format = string.format
+local io_open = io.open
+local jit_version = jit.version
 local match = string.match
 local pcall = pcall
 local require = require
@@ -138,7 +140,7 @@ local function build_info(out)
     local ok_ssl, openssl = pcall(function()
         return ffi.string(ffi.C.OpenSSL_version(0))
     end)
-    local vfile = io.open(ngx.config.prefix() .. "VERSION")
+    local vfile = io_open(ngx.config.prefix() .. "VERSION")
     local version = vfile and vfile:read("*l") or "unknown"
     if vfile then
         vfile:close()
@@ -150,7 +152,7 @@ local function build_info(out)
         .. 'openssl="%s",luajit="%s",lua_nginx_module="%d.%d.%d"} 1',
         (version:gsub('[\\"\n]', "\\%0")), ngx.var.nginx_version,
         ok_ssl and openssl:match("^OpenSSL (%S+)") or "unknown",
-        jit.version:match("^LuaJIT (%S+)") or jit.version,
+        jit_version:match("^LuaJIT (%S+)") or jit_version,
         floor(lua_v / 1000000), floor(lua_v / 1000) % 1000, lua_v % 1000)
 end
 
