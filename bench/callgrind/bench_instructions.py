@@ -25,6 +25,14 @@ request) and hc_report - hc_log (the share of the call itself).
 With --static it also counts one static request (a 612-byte file served
 from html/, the size of nginx's index.html) under the `off` configuration.
 
+With --function NAME (and --binary PATH, an unstripped nginx of the same
+build: .build/release/nginx/objs/nginx) it also reports NAME's inclusive
+instructions per request (e.g. ngx_http_vts_log_handler: the whole counting
+path), from callgrind_annotate: free of the run-to-run noise of the totals
+(the event loop's iterations depend on timing, ~+-900 instructions a request
+at load 10), so a small change of the request path shows (issue 28: what
+histogram buckets add).
+
 With --render-hosts N it also counts the instructions of one
 GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
 headers sent first; renders once vs RENDERS_LARGE times, the difference per
@@ -49,6 +57,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from common import BUNDLE, Server, main_conf, wait_port  # noqa: E402
 
 N_SMALL, N_LARGE = 200, 1200
+NGINX = BUNDLE / 'sbin' / 'nginx'       # --binary
+FUNCTION = None                         # --function
 CONFIGS = {
     'off': '',
     'on': 'vhost_traffic_status_filter_by_host on;\n'
@@ -146,15 +156,26 @@ def send_requests(port, n, path='/x', hosts=None):
 STATIC_FILE = 'html/static/index.html'
 
 
+def function_ir(out):
+    """FUNCTION's inclusive instructions in a callgrind output file (0: never
+    called, e.g. the counting without a zone)."""
+    text = subprocess.run(['callgrind_annotate', '--inclusive=yes', '--threshold=100', str(out)],
+                          capture_output=True, text=True, check=True).stdout
+    found = [int(m.group(1).replace(',', '')) for m in
+             re.finditer(r'^\s*([\d,]+) \(.*?\)\s+\S*:%s\(' % re.escape(FUNCTION), text, re.M)]
+    return max(found, default=0)
+
+
 def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
     """Total instructions (Ir) of one front nginx run that served n requests
-    for path (with `hosts`: spread over those Host headers) and then `renders` scrapes."""
+    for path (with `hosts`: spread over those Host headers) and then `renders`
+    scrapes; with FUNCTION, (total, FUNCTION's inclusive Ir)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix='np-cg-') as d:
         srv = Server(front_conf(port, backend_port, directives), files={STATIC_FILE: 'x' * 611 + '\n'})
         out = pathlib.Path(d) / 'callgrind.out'
         cmd = ['valgrind', '--tool=callgrind', '--callgrind-out-file=%s' % out,
-               str(BUNDLE / 'sbin' / 'nginx'), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
+               str(NGINX), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_port('127.0.0.1', port, timeout=600)
@@ -169,12 +190,17 @@ def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
         m = re.search(r'^(?:totals|summary):\s+(\d+)', text, re.M)
         if not m:
             raise RuntimeError('no totals in callgrind output:\n' + err.decode(errors='replace')[-2000:])
+        if FUNCTION:
+            return int(m.group(1)), function_ir(out)
         return int(m.group(1))
 
 
 def per_request(directives, backend_port, path='/x'):
+    """Instructions per request; with FUNCTION, (that, FUNCTION's share)."""
     small = instructions(directives, backend_port, N_SMALL, path=path)
     large = instructions(directives, backend_port, N_LARGE, path=path)
+    if FUNCTION:
+        return tuple((lg - sm) / (N_LARGE - N_SMALL) for lg, sm in zip(large, small))
     return (large - small) / (N_LARGE - N_SMALL)
 
 
@@ -191,9 +217,16 @@ def main():
     ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
     ap.add_argument('--render-hosts', type=int, default=0, metavar='N')
     ap.add_argument('--static', action='store_true', help='also measure a static file request')
+    ap.add_argument('--function', metavar='NAME',
+                    help="also report NAME's inclusive instructions per request")
+    ap.add_argument('--binary', metavar='PATH',
+                    help='the nginx to run (unstripped, for --function)')
     ap.add_argument('--hc-report', action='store_true',
                     help='also measure hc.report() (passive health checks)')
     a = ap.parse_args()
+    global NGINX, FUNCTION
+    NGINX = pathlib.Path(a.binary) if a.binary else NGINX
+    FUNCTION = a.function
     configs = dict(CONFIGS)
     if a.hc_report:
         configs.update(HC_CONFIGS)
@@ -203,10 +236,19 @@ def main():
     bport = free_port()
     backend = Server(backend_conf(bport)).start(bport)
     try:
-        result = {name: round(per_request(text, bport)) for name, text in configs.items()}
+        result = {}
+        for name, text in configs.items():
+            r = per_request(text, bport)
+            if FUNCTION:
+                r, result['%s_%s' % (name, FUNCTION)] = r[0], round(r[1], 1)
+            result[name] = round(r)
+        if FUNCTION and not any(v for k, v in result.items() if k.endswith(FUNCTION)):
+            raise RuntimeError('%s is in no profile (an unstripped --binary?)' % FUNCTION)
         if a.static:
+            FUNCTION = None
             result['static'] = round(per_request(CONFIGS['off'], bport, path='/static/index.html'))
         if a.render_hosts:
+            FUNCTION = None
             result['prometheus_render_%d_hosts' % a.render_hosts] = round(per_render(bport, a.render_hosts))
     finally:
         backend.stop()

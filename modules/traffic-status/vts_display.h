@@ -156,6 +156,9 @@ void ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd,
 /* vts_prometheus.cpp */
 ngx_int_t ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd);
 
+/* vts_exporter.cpp: nginx-vts-exporter's metric names */
+ngx_int_t ngx_http_vts_render_exporter(vts_out_t &o, vts_render_t &rd);
+
 /* vts_html.cpp */
 ngx_int_t ngx_http_vts_render_html(vts_out_t &o, ngx_http_request_t *r);
 
