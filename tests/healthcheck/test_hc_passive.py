@@ -122,6 +122,22 @@ def test_down_after_fall_live_failures(nginx_factory, backends, how):
     assert 'peer %s is turned up after 1 success(es)' % bad.addr in n.error_log
 
 
+def test_reload_and_quit_with_passive_checks(nginx_factory, backends):
+    """The drainer (a light thread waiting for the C handler's post) lets an
+    old worker exit at once, and the new workers watch again (the C side is
+    per cycle): DOWN after exactly fall failures after a reload too."""
+    good, bad = backends(2, scope='all')
+    n, port, proxy = start(nginx_factory, [good.addr, bad.addr])
+    wait_for(lambda: good.health >= 1, what='first round')
+    n.reload(timeout=5)
+    bad.status, bad.mode = 503, 'status'
+    seen, took = until_down(port, proxy, bad.addr, path='/retry/x')
+    assert set(seen) == {200} and bad.clients == 3, (seen, bad.clients)
+    t0 = time.monotonic()
+    n.stop(timeout=5)
+    assert time.monotonic() - t0 < 5
+
+
 def test_every_attempt_of_a_next_upstream_chain(nginx_factory, backends):
     good, bad = backends(2, scope='all')
     n, port, proxy = start(nginx_factory, [good.addr, bad.addr])
