@@ -71,7 +71,8 @@ def test_live_failures_of_watched_groups_are_recorded(api):
     """watch_live_failures/take_live_failures, the C side of the health
     checker's passive checks (issue 29): an attempt of a watched group whose
     status is watched is recorded with its address (here 200 is "failing"),
-    a group nobody watches is not; the semaphore is posted once per batch."""
+    a group nobody watches is not; the semaphore is posted once per batch;
+    beyond 128 records between two takes they are counted, not kept."""
     port, b1 = api['port'], api['b1']
     assert lua_ok(port, """
         local sema = require("ngx.semaphore").new(0)
@@ -88,6 +89,14 @@ def test_live_failures_of_watched_groups_are_recorded(api):
     """)
     want = {'upstream': 'foo', 'addr': '127.0.0.1:%d' % b1, 'status': 200}
     assert res == [[want, want], 0, 1, 0], res
+    # nobody drains here: the buffer keeps 128, counts the rest, posts once more
+    for _ in range(130):
+        assert get(port, '/p/foo')[0] == 200
+    res = lua_ok(port, """
+        local failures, dropped = up.take_live_failures()
+        return #failures, dropped, package.loaded.live_failures_sema:count()
+    """)
+    assert res == [128, 2, 2], res
     for call, err in (('"foo", {99}, sema', 'bad argument #2'), ('"foo", {200.5}, sema', 'bad argument #2'),
                       ('"foo", {200}, {}', 'bad argument #3'), ('"foo", {200}', 'exactly 3 arguments')):
         res = lua(port, 'local sema = package.loaded.live_failures_sema\n'
