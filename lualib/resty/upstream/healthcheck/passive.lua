@@ -313,18 +313,17 @@ local function drain()
 end
 
 -- one light thread per worker for its whole life; it runs only when
--- something failed (or once a minute, to look at worker_exiting)
+-- something failed, or once a minute (worker_exiting, and a drain that
+-- failed is tried again: the records stay until a take succeeds)
 local function drainer(premature)
     if premature then
         return
     end
     while not worker_exiting() do
-        if wake:wait(DRAIN_WAIT) then
-            local ok, err = pcall(drain)
-            if not ok then
-                errlog(ERR, "healthcheck: failed to count live failures: ",
-                       err)
-            end
+        wake:wait(DRAIN_WAIT)
+        local ok, err = pcall(drain)
+        if not ok then
+            errlog(ERR, "healthcheck: failed to count live failures: ", err)
         end
     end
 end
