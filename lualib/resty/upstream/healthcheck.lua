@@ -13,7 +13,7 @@
 --   round.lua        rounds: timer, round lock, concurrency, jitter
 --   state.lua        fall/rise, transitions, every worker's peers, state file
 --   peers.lua        peers that DNS adds and removes (`server NAME resolve`)
---   passive.lua      the `passive` option and hc.report()
+--   passive.lua      the `passive` option: live failures (and hc.report())
 --   render.lua       status page and Prometheus
 --   status_json.lua  hc.status_json()
 --   ready.lua        hc.checkers_ready(), hc.upstreams_live(): the probes
@@ -86,7 +86,11 @@ function _M.spawn_checker(opts)
 
     state.register(ctx)
     if ctx.passive then
-        passive.register(ctx, primary, backup)
+        -- live failures judged in C from now on (passive.lua)
+        ok, err = passive.register(ctx, primary, backup)
+        if not ok then
+            return nil, err
+        end
     end
     if peers.resolve_line(u) then
         -- DNS changes the peers at run time: follow them (peers.lua)
