@@ -17,6 +17,17 @@ BUNDLE = pathlib.Path(os.environ.get('NP_BUNDLE', ROOT / 'dist' / 'nginx-portabl
 NCPU = os.cpu_count() or 1
 
 
+def process_gone(pid):
+    """pid has exited: no such process, or a zombie its parent (init, for a
+    daemonized nginx) has not reaped yet"""
+    try:
+        os.kill(pid, 0)
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] in ('Z', 'X')
+    except (OSError, IndexError):
+        return True
+
+
 def wait_port(host, port, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,7 +80,8 @@ class Server:
             pid = self.pid()
             os.kill(pid, signal.SIGQUIT)
             for _ in range(200):
-                os.kill(pid, 0)
+                if process_gone(pid):
+                    break
                 time.sleep(0.05)
         except (OSError, ValueError):
             pass

@@ -16,6 +16,7 @@ from faultutil import backends, checker, shm_get, stack_conf, vts_json
 from soakutil import bad_log_lines, workers_settled, wrk_result, wrk_start
 from support.probes import peer_states, promtool
 from support.hc_keys import hc_key
+from support.net import process_gone
 
 
 def load(port, seconds, host='load.test', conns=4):
@@ -237,13 +238,7 @@ def test_binary_upgrade_under_load(nginx_factory, tmp_path):
         time.sleep(1)
         os.kill(old, signal.SIGQUIT)
 
-        def old_gone():
-            try:
-                os.kill(old, 0)
-                return False
-            except ProcessLookupError:
-                return True
-        wait_for(old_gone, timeout=15, what='old master to exit')
+        wait_for(lambda: process_gone(old), timeout=15, what='old master to exit')
         r = wrk_result(w, timeout=60)
         assert r['requests'] > 0
         assert r['non2xx'] == 0 and r['socket_errors'] == 0, r['out']

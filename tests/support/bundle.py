@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from support.net import port_open, wait_for
+from support.net import port_open, process_gone, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUNDLE = pathlib.Path(os.environ.get('NP_BUNDLE', ROOT / 'dist' / 'nginx-portable'))
@@ -118,14 +118,8 @@ class Nginx:
         except ProcessLookupError:
             return
 
-        def gone():
-            try:
-                os.kill(pid, 0)
-                return False
-            except ProcessLookupError:
-                return True
         try:
-            wait_for(gone, timeout=timeout, what='nginx to quit')
+            wait_for(lambda: process_gone(pid), timeout=timeout, what='nginx to quit')
         except AssertionError:
             os.kill(pid, signal.SIGKILL)
             raise

@@ -1,5 +1,6 @@
 """Loopback sockets and HTTP for the tests, and the one way to wait."""
 import http.client
+import os
 import socket
 import time
 
@@ -14,6 +15,23 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what='condition'):
         if time.monotonic() > deadline:
             raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, what))
         time.sleep(interval)
+
+
+def process_gone(pid):
+    """pid has exited: no such process, or a zombie.  A daemonized nginx's
+    parent is init, and an init that reaps only now and then (this
+    workplace's, ~every 2 s) leaves it a zombie that kill(pid, 0) still
+    finds: every stop used to wait for the next reaping."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ('Z', 'X')
 
 
 def port_open(host, port):

@@ -9,6 +9,7 @@ import subprocess
 import threading
 
 from conftest import free_port, wait_for
+from support.net import process_gone
 from vts_util import counted_and_status, get_json, many_requests, req, status_of
 
 KEEPALIVE = b'GET / HTTP/1.1\r\nHost: default.test\r\n\r\n'
@@ -61,11 +62,7 @@ def children(pid, what='worker process'):
 
 
 def gone(pid):
-    try:
-        os.kill(pid, 0)
-        return False
-    except ProcessLookupError:
-        return True
+    return process_gone(pid)
 
 
 def counted(sport):
