@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import conf_wrap, free_port
+from conftest import conf_wrap, free_port, wait_for
 from support.net import raw_request
 from support.probes import promtool
 from vts_util import assert_nginx_t_fails, backend_conf, get, get_json, keepalive_requests, req
@@ -105,16 +105,19 @@ def test_shm_usage_counts_node_bytes_and_free_size(stack):
     start, fport, sport = stack
     start()
     send(fport, ['/'])
-    doc1 = get_json(sport)
+    # a.test + one filter entry + the configured peer of `grp` (its entry
+    # comes from worker 0's first sweep, before any request reaches it)
+    doc1 = wait_for(lambda: (lambda d: d if d['sharedZones']['usedNode'] == 3 else None)(
+        get_json(sport)), timeout=10, what='three entries')
     text = prometheus(sport)
     shm = series(text, 'nginx_vts_main_shm_usage_bytes')
     sz = doc1['sharedZones']
     assert set(sz) == {'name', 'maxSize', 'usedSize', 'usedNode', 'freeSize', 'droppedNodes'}
     assert sz['name'] == 'ngx_http_vhost_traffic_status' and sz['maxSize'] == 1048576
     assert shm['shared="max_size"'] == 1048576
-    assert shm['shared="used_node"'] == sz['usedNode'] == 2      # a.test + one filter entry
-    # node bytes: two nodes, a few KB each, no fixed slab overhead
-    assert 2 * 2048 < sz['usedSize'] < 2 * 8192, sz
+    assert shm['shared="used_node"'] == sz['usedNode'] == 3
+    # node bytes: three nodes, a few KB each, no fixed slab overhead
+    assert 3 * 2048 < sz['usedSize'] < 3 * 8192, sz
     assert sz['freeSize'] + sz['usedSize'] < sz['maxSize']
     assert sz['freeSize'] > sz['maxSize'] // 2
     assert 'shared="free_size"' in ''.join(shm)
