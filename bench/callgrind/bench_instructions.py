@@ -39,9 +39,13 @@ at load 10), so a small change of the request path shows (issue 28: what
 histogram buckets add).
 
 With --render-hosts N it also counts the instructions of one
-GET /status/format/prometheus over N Host-keyed server zones (N distinct Host
-headers sent first; renders once vs RENDERS_LARGE times, the difference per
-extra render): the render cost, steady where wall-clock times are not.
+GET /status/format/prometheus and of one GET /status/format/json over N
+Host-keyed server zones (N distinct Host headers sent first; renders once vs
+RENDERS_LARGE times, the difference per extra render): the render cost,
+steady where wall-clock times are not.  --render-peers M adds an upstream of
+M peers (a backend listening on M ports), every one with traffic, as
+bench/traffic-status/bench.py's render figure (1000 hosts + 1000 peers).
+Renders answer chunked (streamed): read_answer() reads either framing.
 
 With --event-path (needs --nginx: the same build with its symbols, e.g.
 .build/release/nginx/objs/nginx, whose BuildID equals the bundle's stripped
@@ -60,7 +64,7 @@ under valgrind).  For one function's own cost, exact to the instruction,
 functions it matches, callees included.
 
 Usage: NP_BUNDLE=<bundle> python3 bench/callgrind/bench_instructions.py
-       [--render-hosts 2000] [--json out] [--hc-report]
+       [--render-hosts 1000 [--render-peers 1000] [--render-only]] [--json out] [--hc-report]
        [--nginx BIN (--event-path | --collect PATTERN)] [--only NAME,...]
 Prints one JSON line: instructions per request for each configuration and
 the on/off ratio (issue goal: <= 1.08).
@@ -103,11 +107,15 @@ HC_CONFIGS = {
 }
 
 
-def front_conf(port, backend_port, directives):
+def front_conf(port, backend_port, directives, peer_ports=()):
     # the display needs the zone: only configurations that declare one get it
     status = ('location /status { vhost_traffic_status_display;'
               ' vhost_traffic_status_display_format prometheus; }'
               if 'vhost_traffic_status_zone' in directives else '')
+    # the render's upstream peers: /many/ goes round robin over them
+    many = ''.join('\n        server 127.0.0.1:%d;' % p for p in peer_ports)
+    upstream_many = 'upstream many {%s\n    }' % many if peer_ports else ''
+    location_many = 'location /many/ { proxy_pass http://many; }' if peer_ports else ''
     return f"""
 daemon off;
 master_process off;
@@ -123,11 +131,13 @@ http {{
         server 127.0.0.1:{backend_port};
         keepalive 4;
     }}
+    {upstream_many}
     server {{
         listen 127.0.0.1:{port};
         server_name bench.test;
         {status}
         location /static/ {{ root html; }}
+        {location_many}
         location / {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -138,12 +148,12 @@ http {{
 """
 
 
-def backend_conf(port):
+def backend_conf(*ports):
+    listens = ''.join('\n        listen 127.0.0.1:%d;' % p for p in ports)
     return main_conf(f"""
-    server {{
-        listen 127.0.0.1:{port};
+    server {{{listens}
         location / {{ return 200 "ok\\n"; }}
-    }}""")
+    }}""", main='worker_rlimit_nofile 8192;')
 
 
 def free_port():
@@ -155,25 +165,48 @@ def free_port():
 RENDERS_LARGE = 6
 
 
+def read_answer(f):
+    """One HTTP/1.1 answer from the file f: its body (Content-Length or
+    chunked: the renders stream theirs); raises unless it is a 200."""
+    status = f.readline()
+    if b' 200 ' not in status:
+        raise RuntimeError('unexpected answer %r' % status)
+    length, chunked = 0, False
+    while True:
+        line = f.readline()
+        if line in (b'\r\n', b''):
+            break
+        name, _, val = line.partition(b':')
+        name = name.strip().lower()
+        if name == b'content-length':
+            length = int(val)
+        elif name == b'transfer-encoding' and b'chunked' in val.lower():
+            chunked = True
+    if not chunked:
+        return f.read(length)
+    body = []
+    while True:
+        size = int(f.readline().split(b';')[0], 16)
+        if size == 0:
+            while f.readline() not in (b'\r\n', b''):   # trailers
+                pass
+            return b''.join(body)
+        body.append(f.read(size))
+        f.readline()                                     # the chunk's CRLF
+
+
 def send_requests(port, n, path='/x', hosts=None):
-    """n keep-alive GETs on one connection (Host from `hosts` in turn); every answer must be a 200."""
+    """n keep-alive GETs on one connection (Host from `hosts` in turn); every
+    answer must be a 200; returns the last body."""
+    body = b''
     with socket.create_connection(('127.0.0.1', port), timeout=60) as s:
         f = s.makefile('rb')
         for i in range(n):
             host = hosts[i % len(hosts)] if hosts else 'bench.test'
             s.sendall(b'GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: bench\r\n\r\n'
                       % (path.encode(), host.encode()))
-            status = f.readline()
-            if b' 200 ' not in status:
-                raise RuntimeError('unexpected answer %r' % status)
-            length = 0
-            while True:
-                line = f.readline()
-                if line in (b'\r\n', b''):
-                    break
-                if line.lower().startswith(b'content-length:'):
-                    length = int(line.split(b':')[1])
-            f.read(length)
+            body = read_answer(f)
+    return body
 
 
 STATIC_FILE = 'html/static/index.html'
@@ -192,13 +225,15 @@ def function_ir(out):
 CALLGRIND_OPTS = []     # --event-path, --collect: extra callgrind options
 
 
-def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
+def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x',
+                 render_path='/status/format/prometheus', peer_ports=()):
     """Total instructions (Ir) of one front nginx run that served n requests
     for path (with `hosts`: spread over those Host headers) and then `renders`
-    scrapes; with FUNCTION, (total, FUNCTION's inclusive Ir)."""
+    GETs of render_path; with FUNCTION, (total, FUNCTION's inclusive Ir)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix='np-cg-') as d:
-        srv = Server(front_conf(port, backend_port, directives), files={STATIC_FILE: 'x' * 611 + '\n'})
+        srv = Server(front_conf(port, backend_port, directives, peer_ports),
+                     files={STATIC_FILE: 'x' * 611 + '\n'})
         out = pathlib.Path(d) / 'callgrind.out'
         cmd = ['valgrind', '--tool=callgrind', '--callgrind-out-file=%s' % out, *CALLGRIND_OPTS,
                str(NGINX), '-p', str(srv.dir) + '/', '-c', 'conf/nginx.conf']
@@ -207,7 +242,7 @@ def instructions(directives, backend_port, n, renders=0, hosts=None, path='/x'):
             wait_port('127.0.0.1', port, timeout=600)
             send_requests(port, n, path=path, hosts=hosts)
             if renders:
-                send_requests(port, renders, path='/status/format/prometheus')
+                send_requests(port, renders, path=render_path)
         finally:
             proc.send_signal(3)                           # SIGQUIT: graceful, callgrind dumps
             _, err = proc.communicate(timeout=600)    # valgrind exits slowly on a busy machine
@@ -230,11 +265,37 @@ def per_request(directives, backend_port, path='/x'):
     return (large - small) / (N_LARGE - N_SMALL)
 
 
-def per_render(backend_port, nhosts):
+def per_render(backend_port, nhosts, fmt='prometheus', peer_ports=()):
+    """Instructions of one GET /status/format/FMT over nhosts Host zones and
+    the peers of peer_ports (each host and each peer has had traffic)."""
     hosts = ['h%05d.bench.test' % i for i in range(nhosts)]
-    one = instructions(CONFIGS['on'], backend_port, nhosts, renders=1, hosts=hosts)
-    many = instructions(CONFIGS['on'], backend_port, nhosts, renders=RENDERS_LARGE, hosts=hosts)
+    n = max(nhosts, len(peer_ports))
+    args = dict(hosts=hosts, path='/many/' if peer_ports else '/x',
+                render_path='/status/format/' + fmt, peer_ports=peer_ports)
+    one = instructions(CONFIGS['on'], backend_port, n, renders=1, **args)
+    many = instructions(CONFIGS['on'], backend_port, n, renders=RENDERS_LARGE, **args)
     return (many - one) / (RENDERS_LARGE - 1)
+
+
+def render_figures(backend_port, nhosts, npeers):
+    """{name: instructions per render} of both formats (and their ratio)"""
+    peer_ports = []
+    while len(peer_ports) < npeers:
+        p = free_port()
+        if p not in peer_ports and p != backend_port:
+            peer_ports.append(p)
+    many = Server(backend_conf(*peer_ports)).start(*peer_ports[:1]) if npeers else None
+    try:
+        tag = '%d_hosts' % nhosts + ('_%d_peers' % npeers if npeers else '')
+        out = {}
+        for fmt in ('prometheus', 'json'):
+            out['%s_render_%s' % (fmt, tag)] = round(per_render(backend_port, nhosts, fmt, peer_ports))
+        out['ratio_json_prometheus_render'] = round(
+            out['json_render_' + tag] / out['prometheus_render_' + tag], 4)
+        return out
+    finally:
+        if many:
+            many.stop()
 
 
 def main():
@@ -242,6 +303,10 @@ def main():
     ap.add_argument('--json', help='also write the result here')
     ap.add_argument('--config', action='append', default=[], metavar='NAME=DIRECTIVES')
     ap.add_argument('--render-hosts', type=int, default=0, metavar='N')
+    ap.add_argument('--render-peers', type=int, default=0, metavar='M',
+                    help='with --render-hosts: an upstream of M peers too')
+    ap.add_argument('--render-only', action='store_true',
+                    help='with --render-hosts: only the render figures')
     ap.add_argument('--static', action='store_true', help='also measure a static file request')
     ap.add_argument('--function', metavar='NAME',
                     help="also report NAME's inclusive instructions per request")
@@ -275,20 +340,22 @@ def main():
     bport = free_port()
     backend = Server(backend_conf(bport)).start(bport)
     try:
+        if a.render_only and a.render_hosts:
+            configs = {}
         result = {}
         for name, text in configs.items():
             r = per_request(text, bport)
             if FUNCTION:
                 r, result['%s_%s' % (name, FUNCTION)] = r[0], round(r[1], 1)
             result[name] = round(r)
-        if FUNCTION and not any(v for k, v in result.items() if k.endswith(FUNCTION)):
+        if FUNCTION and configs and not any(v for k, v in result.items() if k.endswith(FUNCTION)):
             raise RuntimeError('%s is in no profile (an unstripped --binary?)' % FUNCTION)
         if a.static:
             FUNCTION = None
             result['static'] = round(per_request(CONFIGS['off'], bport, path='/static/index.html'))
         if a.render_hosts:
             FUNCTION = None
-            result['prometheus_render_%d_hosts' % a.render_hosts] = round(per_render(bport, a.render_hosts))
+            result.update(render_figures(bport, a.render_hosts, a.render_peers))
     finally:
         backend.stop()
     if 'on' in result and result.get('off'):

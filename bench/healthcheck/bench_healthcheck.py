@@ -17,9 +17,14 @@ peers (healthy peers; a failing peer adds one counter per failure reason).
 With --jitter MS each peer's check starts at its own offset in [0, MS) after
 the round's start (issue 16): the same checks, spread instead of in bursts.
 
+With --pair MS (issue 29) two checker nginx run side by side against the same
+backend, one without jitter and one with `jitter = MS`, measured over the
+same --repeat windows: CPU per check of each and their ratio, so the load of
+a shared machine weighs on both alike (goal: jittered <= 1.2x).
+
 Usage: NP_BUNDLE=<bundle> python3 bench/healthcheck/bench_healthcheck.py
        [--peers 1000] [--interval 2000] [--window 20] [--workers 1] [--jitter 0]
-       [--strict]
+       [--strict] [--pair MS [--repeat 3]]
 Prints one JSON line.  Stops everything it started.
 """
 import argparse
@@ -158,6 +163,46 @@ def measure(peers, interval, workers, with_checker, window, jitter=0):
         s.stop()
 
 
+def pair_windows(peers, interval, jitter, window, repeat):
+    """The two checkers side by side: one row per window."""
+    servers = {}
+    rows = []
+    try:
+        for j in (0, jitter):
+            port = free_port()
+            conf = checker_conf(peers, port, interval, 1, True, jitter=j)
+            servers[j] = (Server(conf).start(port), port)
+        time.sleep(2 * (interval + jitter) / 1000 + 1)
+        for _ in range(repeat):
+            before = {j: (int(get(p, '/checks')), proc_cpu(s.pid())) for j, (s, p) in servers.items()}
+            t0 = time.monotonic()
+            time.sleep(window)
+            wall = time.monotonic() - t0
+            row = {}
+            for j, (s, p) in servers.items():
+                checks = int(get(p, '/checks')) - before[j][0]
+                cpu = proc_cpu(s.pid()) - before[j][1]
+                row['jitter_%d' % j] = {'checks': checks, 'pct_of_core': round(100 * cpu / wall, 2),
+                                        'us_per_check': round(1e6 * cpu / max(checks, 1))}
+            row['ratio_per_check'] = round(row['jitter_%d' % jitter]['us_per_check']
+                                           / max(row['jitter_0']['us_per_check'], 1), 2)
+            rows.append(row)
+        warn = sum((s.dir / 'logs' / 'error.log').read_text().count('[warn]') for s, _ in servers.values())
+        return rows, warn
+    finally:
+        for s, _ in servers.values():
+            s.stop()
+
+
+def main_pair(a, peers):
+    rows, warn = pair_windows(peers, a.interval, a.pair, a.window, a.repeat)
+    ratios = sorted(r['ratio_per_check'] for r in rows)
+    print(json.dumps({'bench': 'healthcheck-jitter-pair', 'peers': a.peers, 'interval_ms': a.interval,
+                      'jitter_ms': a.pair, 'window_s': a.window, 'windows': rows,
+                      'median_ratio_per_check': ratios[len(ratios) // 2],
+                      'warn_lines': warn, 'goal_ratio': 1.2}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--peers', type=int, default=1000)
@@ -166,6 +211,9 @@ def main():
     ap.add_argument('--workers', type=int, default=1)
     ap.add_argument('--jitter', type=int, default=0)
     ap.add_argument('--strict', action='store_true')
+    ap.add_argument('--pair', type=int, default=0, metavar='MS',
+                    help='jitter MS and none side by side: CPU per check')
+    ap.add_argument('--repeat', type=int, default=3, help='windows of --pair')
     a = ap.parse_args()
 
     bport = free_port()
@@ -174,6 +222,8 @@ def main():
     wait_port(peers[0].split(':')[0], bport)
 
     try:
+        if a.pair:
+            return main_pair(a, peers)
         base = measure(peers, a.interval, a.workers, False, a.window)
         hc = measure(peers, a.interval, a.workers, True, a.window, jitter=a.jitter)
     finally:

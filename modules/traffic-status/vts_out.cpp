@@ -113,30 +113,6 @@ ngx_http_vts_out_t::grow(size_t n)
 
 
 void
-ngx_http_vts_out_t::u64(uint64_t v)
-{
-    if (!reserve(NGX_INT64_LEN)) {
-        return;
-    }
-    u_char *p = ngx_sprintf(b->last, "%uL", v);
-    total += p - b->last;
-    b->last = p;
-}
-
-
-void
-ngx_http_vts_out_t::secs(uint64_t ms)
-{
-    if (!reserve(NGX_INT64_LEN + 4)) {
-        return;
-    }
-    u_char *p = ngx_sprintf(b->last, "%uL.%03uL", ms / 1000, ms % 1000);
-    total += p - b->last;
-    b->last = p;
-}
-
-
-void
 ngx_http_vts_json_str(vts_out_t &o, const u_char *p, size_t len)
 {
     const u_char *end = p + len;

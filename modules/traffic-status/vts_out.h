@@ -39,6 +39,37 @@ public:
         = delete;
 };
 
+/* v in decimal at p, which has NGX_INT64_LEN bytes of room; returns the
+   end.  What every view writes numbers with: ngx_sprintf's "%uL" gives the
+   same digits after parsing its format each time (43 % of a JSON render's
+   instructions went there) */
+inline u_char *
+ngx_http_vts_put_u64(u_char *p, uint64_t v)
+{
+    u_char  buf[NGX_INT64_LEN], *d = buf + sizeof(buf);
+
+    do {
+        *--d = (u_char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return ngx_cpymem(p, d, buf + sizeof(buf) - d);
+}
+
+
+/* milliseconds as seconds with 3 decimals ("%uL.%03uL"): needs
+   NGX_INT64_LEN + 4 bytes of room */
+inline u_char *
+ngx_http_vts_put_secs(u_char *p, uint64_t ms)
+{
+    p = ngx_http_vts_put_u64(p, ms / 1000);
+    *p++ = '.';
+    *p++ = (u_char) ('0' + ms % 1000 / 100);
+    *p++ = (u_char) ('0' + ms % 100 / 10);
+    *p++ = (u_char) ('0' + ms % 10);
+    return p;
+}
+
+
 struct ngx_http_vts_out_t {
     ngx_pool_t   *pool;
     ngx_chain_t  *head = nullptr;
@@ -73,6 +104,18 @@ struct ngx_http_vts_out_t {
     void put(const char *s) { put(s, ngx_strlen(s)); }
     void put(ngx_str_t s) { put(s.data, s.len); }
 
+    /* a string literal: its length is known when compiling */
+    template <size_t N> void lit(const char (&s)[N]) { put(s, N - 1); }
+
+    /* n bytes to write at the returned pointer (nullptr: failed), then
+       done(end): a view composing many small pieces checks room once */
+    u_char *room(size_t n) { return reserve(n) ? b->last : nullptr; }
+
+    void done(u_char *end) {
+        total += end - b->last;
+        b->last = end;
+    }
+
     void putc(u_char c) {
         if (!reserve(1)) {
             return;
@@ -81,8 +124,24 @@ struct ngx_http_vts_out_t {
         total++;
     }
 
-    void u64(uint64_t v);
-    void secs(uint64_t ms);            /* milliseconds as seconds, 3 decimals */
+    void u64(uint64_t v) {
+        if (!reserve(NGX_INT64_LEN)) {
+            return;
+        }
+        u_char *p = ngx_http_vts_put_u64(b->last, v);
+        total += p - b->last;
+        b->last = p;
+    }
+
+    /* milliseconds as seconds, 3 decimals */
+    void secs(uint64_t ms) {
+        if (!reserve(NGX_INT64_LEN + 4)) {
+            return;
+        }
+        u_char *p = ngx_http_vts_put_secs(b->last, ms);
+        total += p - b->last;
+        b->last = p;
+    }
 
 private:
     bool grow(size_t n);

@@ -130,23 +130,8 @@ struct line_t {
     template <size_t N> void lit(const char (&s)[N]) { add(s, N - 1); }
     void c(u_char ch) { *p++ = ch; }
 
-    /* digits without ngx_sprintf's format parsing */
-    void u64(uint64_t v) {
-        u_char buf[NGX_INT64_LEN], *d = buf + sizeof(buf);
-        do {
-            *--d = (u_char) ('0' + v % 10);
-            v /= 10;
-        } while (v);
-        add(d, buf + sizeof(buf) - d);
-    }
-
-    void secs(uint64_t ms) {
-        u64(ms / 1000);
-        c('.');
-        c((u_char) ('0' + ms % 1000 / 100));
-        c((u_char) ('0' + ms % 100 / 10));
-        c((u_char) ('0' + ms % 10));
-    }
+    void u64(uint64_t v) { p = ngx_http_vts_put_u64(p, v); }
+    void secs(uint64_t ms) { p = ngx_http_vts_put_secs(p, ms); }
 
     /* the value (seconds when secs), the newline, and out */
     void end(vts_out_t &o, uint64_t v, bool secs) {

@@ -41,22 +41,6 @@ uint64_t       worker_cache_gen;
 } // namespace
 
 
-uint32_t
-ngx_http_vts_key_hash(uint8_t kind, ngx_str_t *group, ngx_str_t *name)
-{
-    uint32_t  crc;
-    u_char    sep = 0;
-
-    ngx_crc32_init(crc);
-    ngx_crc32_update(&crc, &kind, 1);
-    ngx_crc32_update(&crc, group->data, group->len);
-    ngx_crc32_update(&crc, &sep, 1);
-    ngx_crc32_update(&crc, name->data, name->len);
-    ngx_crc32_final(crc);
-    return crc;
-}
-
-
 static bool
 node_matches(ngx_http_vts_node_t *n, uint8_t kind, ngx_str_t *group,
     ngx_str_t *name)

@@ -36,8 +36,84 @@ struct ngx_http_vts_shctx_t {
                                            could not be stored: in the sum */
 };
 
-uint32_t ngx_http_vts_key_hash(uint8_t kind, ngx_str_t *group,
-    ngx_str_t *name);
+/*
+ * The key hash: the tree's order and the worker cache's slot (its low
+ * bits).  Computed for every request's entries, so eight bytes a step (a
+ * byte-wise CRC32 was the counting path's largest cost); any hash is
+ * correct, collisions are ordered by the key itself (node_cmp).  Hashes
+ * live only in the zone, never in a dump: a new binary may change them.
+ */
+
+#define NGX_HTTP_VTS_KEY_MUL  0x9e3779b97f4a7c15ULL
+
+
+/* the last len (< 8) bytes at p as one word */
+static inline uint64_t
+ngx_http_vts_key_hash_tail(const u_char *p, size_t len)
+{
+    uint64_t  w = 0;
+    unsigned  shift = 0;
+
+    if (len & 4) {
+        uint32_t x;
+        ngx_memcpy(&x, p, 4);
+        w = x;
+        p += 4;
+        shift = 32;
+    }
+    if (len & 2) {
+        uint16_t x;
+        ngx_memcpy(&x, p, 2);
+        w |= (uint64_t) x << shift;
+        p += 2;
+        shift += 16;
+    }
+    if (len & 1) {
+        w |= (uint64_t) *p << shift;
+    }
+    return w;
+}
+
+
+static inline uint64_t
+ngx_http_vts_key_hash_bytes(uint64_t h, const u_char *p, size_t len)
+{
+    for ( /* void */ ; len >= 8; p += 8, len -= 8) {
+        uint64_t w;
+        ngx_memcpy(&w, p, 8);
+        h = (h ^ w) * NGX_HTTP_VTS_KEY_MUL;
+        h ^= h >> 32;
+    }
+    if (len) {
+        h = h ^ ngx_http_vts_key_hash_tail(p, len);
+        h *= NGX_HTTP_VTS_KEY_MUL;
+        h ^= h >> 32;
+    }
+    return h;
+}
+
+
+static inline uint32_t
+ngx_http_vts_key_hash(uint8_t kind, ngx_str_t *group, ngx_str_t *name)
+{
+    /* the lengths keep ("ab", "c") apart from ("a", "bc") */
+    uint64_t h = ((uint64_t) kind << 56) ^ ((uint64_t) group->len << 28)
+                 ^ name->len;
+
+    h = ngx_http_vts_key_hash_bytes(h * NGX_HTTP_VTS_KEY_MUL, group->data,
+                                    group->len);
+    h = ngx_http_vts_key_hash_bytes(h, name->data, name->len);
+
+    /* murmur3's finalizer: every input bit reaches the low bits */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return (uint32_t) h;
+}
+
+
 ngx_http_vts_node_t *ngx_http_vts_lookup_locked(ngx_http_vts_shctx_t *sh,
     uint8_t kind, ngx_str_t *group, ngx_str_t *name, uint32_t hash);
 ngx_http_vts_node_t *ngx_http_vts_create_locked(ngx_http_vts_store_t *store,

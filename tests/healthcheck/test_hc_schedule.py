@@ -50,6 +50,40 @@ def test_jitter_spreads_a_round(nginx_factory, backends):
     assert round_spread(bs2, 1) < 0.3          # the burst jitter avoids
 
 
+def slot_groups(times, gap):
+    """times (sorted) split where two neighbours are more than gap apart"""
+    ts = sorted(times)
+    groups = [[ts[0]]]
+    for t in ts[1:]:
+        if t - groups[-1][-1] > gap:
+            groups.append([t])
+        else:
+            groups[-1].append(t)
+    return groups
+
+
+def test_jitter_checks_share_slots(nginx_factory, backends):
+    # jitter 2000 ms: 20 slots of 100 ms; the peers of a slot are checked
+    # together (shared wake-ups), the slots spread over the window
+    bs = backends(40)
+    start(nginx_factory, [b.addr for b in bs], concurrency=10, jitter=2000, interval=200)
+    wait_for(lambda: all(len(b.health_times) >= 3 for b in bs), timeout=30, what='3 rounds')
+    for k in (1, 2):
+        times = [b.health_times[k] for b in bs]
+        groups = slot_groups(times, 0.04)
+        spans = [g[-1] - g[0] for g in groups]
+        print('\nround %d: %d groups, sizes %s, widest %.3f s, round %.3f s'
+              % (k, len(groups), [len(g) for g in groups], max(spans), max(times) - min(times)))
+        # a slot's checks start together: no group reaches into the next slot
+        assert max(spans) < 0.06, spans
+        # still spread: many slots, over most of the window
+        assert 8 <= len(groups) <= 20, groups
+        assert max(times) - min(times) > 1.2
+    # each peer once a round: interval + the round's length (~jitter) apart
+    gaps = [b.health_times[2] - b.health_times[1] for b in bs]
+    assert all(1.6 < g < 3.5 for g in gaps), gaps
+
+
 def checks_during(b, seconds):
     before = b.health
     time.sleep(seconds)                # measuring a rate over a fixed window

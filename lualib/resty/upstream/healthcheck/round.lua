@@ -25,6 +25,7 @@ local pcall = pcall
 local tonumber = tonumber
 local table_sort = table.sort
 local math_floor = math.floor
+local math_ceil = math.ceil
 local str_sub = string.sub
 local str_match = string.match
 
@@ -56,8 +57,17 @@ local LOCK_POLL = 0.1
 -- seconds: the longest sleep while waiting for a peer's jitter offset (the
 -- lock is refreshed and worker exit noticed in between)
 local JITTER_SLICE = 0.5
--- seconds: the granularity of the jitter offsets
-local JITTER_SLOT = 0.01
+-- the jitter window is cut into at most JITTER_SLOTS slots, none narrower
+-- than JITTER_SLOT_MIN (s): a peer's offset is the start of its slot, so the
+-- peers of a slot are checked together after shared wake-ups, as a small
+-- round without jitter (jitter = 2000: 20 slots of 100 ms)
+local JITTER_SLOTS = 20
+local JITTER_SLOT_MIN = 0.01
+-- seconds: an offset nearer than this is due.  The sleep's timer runs on
+-- the monotonic clock and ngx.now() on the wall clock, so a timer may fire
+-- up to a millisecond before ngx.now() reaches the offset: waiting again
+-- would be an ngx.sleep(0), i.e. a busy loop until the clock ticks
+local JITTER_EARLY = 0.002
 
 local _M = {}
 
@@ -132,15 +142,17 @@ local function host_of(server_name)
     return host
 end
 
--- seconds after the round's start at which the peer is checked (jitter), in
--- slots of JITTER_SLOT: the peers of a slot share one wake-up (1000 peers
--- over 2 s wake the checker 200 times a round, not 1000)
+-- seconds after the round's start at which the peer is checked (jitter):
+-- the start of its slot (a hash of its address picks one of the slots)
 local function offset_of(ctx, name)
-    local slots = math_floor(ctx.jitter / JITTER_SLOT)
+    local slots = math_floor(ctx.jitter / JITTER_SLOT_MIN)
+    if slots > JITTER_SLOTS then
+        slots = JITTER_SLOTS
+    end
     if slots < 1 then
         return 0
     end
-    return (crc32(name) % slots) * JITTER_SLOT
+    return (crc32(name) % slots) * (ctx.jitter / slots)
 end
 
 -- interval_unhealthy: is the peer's own rate due? (a check more than half a
@@ -204,10 +216,13 @@ local function wait_offset(ctx, target, round_start)
         end
         update_time()
         local left = round_start + target.offset - now()
-        if left <= 0 then
+        if left < JITTER_EARLY then
             return true
         end
-        sleep(left < JITTER_SLICE and left or JITTER_SLICE)
+        -- whole milliseconds, rounded up: the threads waiting for one slot
+        -- get the same timer (a truncated float could make two)
+        sleep(left < JITTER_SLICE and math_ceil(left * 1000) / 1000
+              or JITTER_SLICE)
         refresh_lock(ctx)
     end
 end
