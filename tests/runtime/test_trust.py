@@ -141,3 +141,20 @@ def test_config_test_does_not_read_the_bundle(tmp_path):
     assert re.search(r'openat\(.*"%s", O_RDONLY' % re.escape(str(bundle)), calls), calls[-2000:]
     reads = re.findall(r'\b(?:read|pread64)\(\d+<%s>' % re.escape(str(bundle)), calls)
     assert reads == [], 'nginx -t read the CA bundle: %d reads' % len(reads)
+
+
+def test_unreadable_bundle_is_reported_at_the_first_verifying_handshake(nginx_factory, tls_backend,
+                                                                        tmp_path):
+    """A bundle with no certificate in it: said when a handshake first needs
+    it (OpenSSL's default paths then, as before), and verification fails with
+    OpenSSL's own reason."""
+    pki, backend = tls_backend
+    junk = tmp_path / 'junk.crt'
+    junk.write_text('not a certificate\n')
+    port = free_port()
+    out, n = run(nginx_factory, port, backend, {'SSL_CERT_FILE': str(junk)}, query='&verify=false')
+    assert out == 'verified'
+    assert 'cannot load the CA bundle' not in n.error_log
+    out = http_get('127.0.0.1', port, '/tls?name=bar.internal')[2].decode().strip()
+    assert out.startswith('handshake: ') and 'local issuer' in out, out
+    assert n.error_log.count('cannot load the CA bundle "%s", using OpenSSL\'s default paths' % junk) == 1
