@@ -297,7 +297,7 @@ def markdown(r):
     """The section of bench/RESULTS.md for one result of this benchmark."""
     ct, st, hs, sz = (r.get('config_test_instructions', {}), r.get('starts', {}), r.get('handshake', {}),
                       r.get('size_bytes', {}))
-    mi = lambda n: '%.1f M' % (n / 1e6) if n else ''
+    mi = lambda n: '%.2f M' % (n / 1e6) if n else ''
     rows = []
     if ct:
         rows.append(('`nginx -t`, minimal config, instructions', mi(ct.get('old')), mi(ct.get('new')),
@@ -331,8 +331,9 @@ def markdown(r):
         deb = h('debian', 'x25519')
         rows.append(('TLS 1.3 handshake (ECDSA P-256), server instructions, X25519MLKEM768 (the default)',
                      mi(h('old', 'default')), mi(h('new', 'default')), 'Debian (X25519): %s' % mi(deb),
-                     'vs X25519 same binary: %s (before: %s)' % (ratio(h('new', 'default'), h('new', 'x25519')),
-                                                                  ratio(h('old', 'default'), h('old', 'x25519')))))
+                     'vs X25519 same binary: %s (before: %s); vs Debian: %s (before: %s)' % (
+                         ratio(h('new', 'default'), h('new', 'x25519')), ratio(h('old', 'default'), h('old', 'x25519')),
+                         ratio(h('new', 'default'), deb), ratio(h('old', 'default'), deb))))
         rows.append(('TLS 1.3 handshake, server instructions, `ssl_ecdh_curve X25519`',
                      mi(h('old', 'x25519')), mi(h('new', 'x25519')), 'Debian (X25519): %s' % mi(deb),
                      'vs Debian %s (before: %s)' % (ratio(h('new', 'x25519'), deb), ratio(h('old', 'x25519'), deb))))
