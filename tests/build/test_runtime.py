@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import (BUNDLE, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
+from conftest import (BUNDLE, IS_ASAN, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
                       port_open, wait_for)
 
 LUA_INFO = r'''
@@ -179,6 +179,10 @@ def test_ffi_symbol_table_finds_every_symbol_and_nothing_else(serve_copy):
     import sys
     sys.path.insert(0, str(ROOT / 'build' / 'static-symbols'))
     import gen_symtab
+    if IS_ASAN:
+        # dynamically linked: ffi.C.dlsym is then libc's own (the table holds only what
+        # the executable defines), while LuaJIT's calls still go through the wrapper
+        pytest.skip('the ASan build is dynamically linked')
     unstripped = ROOT / '.build' / 'release' / 'nginx' / 'objs' / 'nginx'
     if not unstripped.is_file() or build_id(unstripped) != build_id(BUNDLE / 'sbin' / 'nginx'):
         pytest.skip('the unstripped binary of this bundle is not in .build/release')
@@ -187,7 +191,7 @@ def test_ffi_symbol_table_finds_every_symbol_and_nothing_else(serve_copy):
     for line in out.splitlines():
         f = line.split()
         if len(f) == 8 and f[4] in ('GLOBAL', 'WEAK') and f[6] != 'UND':
-            value.setdefault(f[7], int(f[1], 16))
+            value.setdefault(f[7].split('@')[0], int(f[1], 16))
     defined, _ = gen_symtab.binary_symbols(str(unstripped))
     names = sorted(n for n in defined if n != 'dlsym')    # ffi.C.dlsym is the wrapper
     assert len(names) > 5000
