@@ -21,6 +21,7 @@ cp "$B/nginx/objs/nginx" "$out.tmp/sbin/nginx"
 cp "$B/nginx/conf/mime.types" "$out.tmp/conf/"
 cp -r "$NP_ROOT/conf/." "$out.tmp/conf/"
 cp "$NP_ROOT/VERSION" "$out.tmp/VERSION"      # read by the default config's /metrics (build_info)
+cp "$NP_ROOT/release/bundle-README.md" "$out.tmp/README.md"   # the tarball's README (systemd unit's Documentation=)
 cp -r "$NP_LUALIB_STAGE" "$out.tmp/lualib"
 touch "$out.tmp/logs/.keep" "$out.tmp/temp/.keep"
 # Demo certificates: made once and cached, so rebuilds are byte-identical.

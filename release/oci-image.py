@@ -22,6 +22,14 @@ sorted keys.  Two layers: the base files, then the bundle.
                                                   one multi-platform image: index.json
                                                   names an image index of both manifests
                                                   (no docker manifest.json: one platform only)
+
+Labels (and manifest annotations) org.opencontainers.image.*: title,
+description, version, created; revision (the checkout's git commit, `-dirty`
+with uncommitted changes; --revision or NP_SOURCE_REVISION instead; none
+outside a git checkout); source (--source or NP_SOURCE_URL: the project has no
+public address of its own, so none by default); licenses (the SPDX licenses of
+what the image holds: the lock's components, the static C/C++ runtime, the CA
+bundle).
 """
 import argparse
 import datetime
@@ -33,6 +41,7 @@ import os
 import pathlib
 import re
 import stat
+import subprocess
 import sys
 import tarfile
 
@@ -188,12 +197,68 @@ def lock_epoch(root):
     sys.exit('no source-date-epoch in deps.lock')
 
 
+def lock_licenses(root):
+    return [line.split()[3] for line in (root / 'build' / 'deps.lock').read_text().splitlines()
+            if line.split()[:1] == ['component']]
+
+
+# The CA bundle of the base layer (Debian's ca-certificates, as release/sbom.py says).
+CA_LICENSES = ('MPL-2.0', 'GPL-2.0-or-later')
+
+
+def image_licenses(root, arches):
+    """One SPDX expression: every license of what the image holds, AND-ed:
+    the lock's components, the C/C++ runtime linked in from the build host
+    (release/sbom.py's TOOLCHAINS) and the CA bundle."""
+    from sbom import TOOLCHAINS     # beside this file
+    runtime = {lic for arch in arches for _, _, lic, _ in TOOLCHAINS[arch]}
+    ids = sorted(set(lock_licenses(root)) | runtime | set(CA_LICENSES))
+    return ' AND '.join('(%s)' % i if ' ' in i else i for i in ids)
+
+
+def git_revision(root):
+    """The commit of the checkout root is (with -dirty when tracked files
+    differ from it), or None outside a git checkout of its own."""
+    def git(*args):
+        r = subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True, timeout=30)
+        return r.returncode, r.stdout.strip()
+    try:
+        rc, top = git('rev-parse', '--show-toplevel')
+        if rc != 0 or pathlib.Path(top).resolve() != root.resolve():
+            return None
+        rc, commit = git('rev-parse', 'HEAD')
+        if rc != 0:
+            return None
+        dirty = git('diff', '--quiet', 'HEAD', '--')[0] != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return commit + ('-dirty' if dirty else '')
+
+
+def image_labels(a, root, version, created):
+    labels = {
+        'org.opencontainers.image.title': 'nginx-portable',
+        'org.opencontainers.image.description':
+            'static-pie nginx with lua-nginx-module, health checks and traffic status',
+        'org.opencontainers.image.version': version,
+        'org.opencontainers.image.created': created,
+        'org.opencontainers.image.licenses': image_licenses(root, [arch for arch, _ in a.bundles]),
+    }
+    revision = a.revision if a.revision is not None else os.environ.get('NP_SOURCE_REVISION') or git_revision(root)
+    source = a.source if a.source is not None else os.environ.get('NP_SOURCE_URL', '')
+    if revision:
+        labels['org.opencontainers.image.revision'] = revision
+    if source:
+        labels['org.opencontainers.image.source'] = source
+    return labels
+
+
 # Our architecture names (build/arch.sh) -> OCI platforms (Go's names).
 PLATFORMS = {'x86_64': {'architecture': 'amd64'},
              'aarch64': {'architecture': 'arm64', 'variant': 'v8'}}
 
 
-def image_manifest(bundle, arch, a, version, epoch, created, blobs):
+def image_manifest(bundle, arch, a, labels, epoch, created, blobs):
     """One platform's layers, config and manifest into blobs -> the manifest's descriptor."""
     layers_entries = [
         ('base: passwd, group, nsswitch.conf, hosts, CA bundle, /tmp', base_entries(a.ca, UID, GID)),
@@ -209,13 +274,6 @@ def image_manifest(bundle, arch, a, version, epoch, created, blobs):
                        'digest': digest(comp), 'size': len(comp)})
         history.append({'created': created, 'created_by': 'release/oci-image.py ' + what})
     prefix = '/' + PREFIX
-    labels = {
-        'org.opencontainers.image.title': 'nginx-portable',
-        'org.opencontainers.image.description':
-            'static-pie nginx 1.22.1 with lua-nginx-module, health checks and traffic status',
-        'org.opencontainers.image.version': version,
-        'org.opencontainers.image.created': created,
-    }
     config = {
         'created': created,
         **PLATFORMS[arch],
@@ -262,7 +320,8 @@ def build(a):
     if not (a.out or a.layout):
         return
     blobs = {}
-    made = [image_manifest(bundle, arch, a, version, epoch, created, blobs) for arch, bundle in a.bundles]
+    labels = image_labels(a, root, version, created)
+    made = [image_manifest(bundle, arch, a, labels, epoch, created, blobs) for arch, bundle in a.bundles]
     ref = {'org.opencontainers.image.ref.name': version,
            'io.containerd.image.name': 'docker.io/library/nginx-portable:' + version}
     files = {'oci-layout': jbytes({'imageLayoutVersion': '1.0.0'})}
@@ -328,6 +387,10 @@ def main():
     ap.add_argument('--ca', default='/etc/ssl/certs/ca-certificates.crt', help='CA bundle to ship')
     ap.add_argument('--version', help='image tag (default: VERSION)')
     ap.add_argument('--epoch', type=int, help='timestamp (default: source-date-epoch of deps.lock)')
+    ap.add_argument('--revision', help='label org.opencontainers.image.revision (default: NP_SOURCE_REVISION, '
+                                       'else the git commit of this checkout; "" for none)')
+    ap.add_argument('--source', help='label org.opencontainers.image.source, the URL of the source '
+                                     '(default: NP_SOURCE_URL; none when empty)')
     ap.add_argument('--out', help='write the OCI layout as one tar archive')
     ap.add_argument('--layout', help='write the OCI layout into this directory')
     ap.add_argument('--rootfs', help='write the root filesystem into this directory (one bundle)')

@@ -7,7 +7,9 @@ traffic and health checks alike) when a flag file appears.  The checker
 nginx (1 worker) proxies a steady client load (--rate requests/s, round
 robin over both peers) and checks them with interval 1000 ms, timeout 1000
 ms, fall 3 (the seed's shape, faster); with --passive also passive = {fall =
-3} and hc.report().  The figure: seconds from the flag to the peer shown
+3} and hc.report() (what bundles before issue 29 need; since then the C log
+handler judges the requests and the call does nothing, so the same script
+compares both).  The figure: seconds from the flag to the peer shown
 DOWN, and the client requests that failed meanwhile.  Each mode runs
 --repeat times.
 

@@ -24,6 +24,7 @@ ngx_conf_enum_t  formats[] = {
     { ngx_string("html"), NGX_HTTP_VTS_FORMAT_HTML },
     { ngx_string("jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     { ngx_string("prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
+    { ngx_string("vts-exporter"), NGX_HTTP_VTS_FORMAT_EXPORTER },
     { ngx_null_string, 0 }
 };
 

@@ -13,7 +13,8 @@ enum {
     NGX_HTTP_VTS_FORMAT_JSON,
     NGX_HTTP_VTS_FORMAT_HTML,
     NGX_HTTP_VTS_FORMAT_JSONP,
-    NGX_HTTP_VTS_FORMAT_PROMETHEUS
+    NGX_HTTP_VTS_FORMAT_PROMETHEUS,
+    NGX_HTTP_VTS_FORMAT_EXPORTER        /* nginx-vts-exporter's names */
 };
 
 /* vhost_traffic_status_filter_by_set_key KEY [NAME] */

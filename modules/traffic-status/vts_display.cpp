@@ -26,6 +26,7 @@ ngx_int_t render_json(vts_out_t &o, vts_render_t &rd);
 ngx_int_t render_jsonp(vts_out_t &o, vts_render_t &rd);
 ngx_int_t render_prometheus(vts_out_t &o, vts_render_t &rd);
 ngx_int_t render_html(vts_out_t &o, vts_render_t &rd);
+ngx_int_t render_exporter(vts_out_t &o, vts_render_t &rd);
 
 /* URI suffixes that override the location's format */
 const struct {
@@ -36,6 +37,7 @@ const struct {
     { ngx_string("/format/jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     { ngx_string("/format/html"), NGX_HTTP_VTS_FORMAT_HTML },
     { ngx_string("/format/prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
+    { ngx_string("/format/vts-exporter"), NGX_HTTP_VTS_FORMAT_EXPORTER },
     { ngx_string("/control"), NGX_HTTP_VTS_CONTROL },
 };
 
@@ -49,6 +51,8 @@ const struct {
     { NGX_HTTP_VTS_FORMAT_JSONP, "application/javascript", true, render_jsonp },
     { NGX_HTTP_VTS_FORMAT_PROMETHEUS,
       "text/plain; version=0.0.4; charset=utf-8", true, render_prometheus },
+    { NGX_HTTP_VTS_FORMAT_EXPORTER,
+      "text/plain; version=0.0.4; charset=utf-8", true, render_exporter },
     { NGX_HTTP_VTS_FORMAT_HTML, "text/html", false, render_html },
 };
 
@@ -115,6 +119,13 @@ ngx_int_t
 render_prometheus(vts_out_t &o, vts_render_t &rd)
 {
     return ngx_http_vts_render_prometheus(o, rd);
+}
+
+
+ngx_int_t
+render_exporter(vts_out_t &o, vts_render_t &rd)
+{
+    return ngx_http_vts_render_exporter(o, rd);
 }
 
 

@@ -59,6 +59,7 @@ struct ngx_http_vts_peer_t {
                                            set_peer_down */
     bool                  drain;        /* the draining bit: `drain` */
     bool                  removed;      /* left its list, kept (lifecycle) */
+    bool                  resolved;     /* from a `resolve` line's name */
     uint64_t              added;        /* msec it joined at run time, 0 */
     uint64_t              removed_at;   /* msec it left (when removed) */
     ngx_http_vts_node_t  *node;         /* its counters; nullptr: none */
@@ -154,6 +155,9 @@ void ngx_http_vts_json_caches(vts_out_t &o, vts_render_t &rd,
 
 /* vts_prometheus.cpp */
 ngx_int_t ngx_http_vts_render_prometheus(vts_out_t &o, vts_render_t &rd);
+
+/* vts_exporter.cpp: nginx-vts-exporter's metric names */
+ngx_int_t ngx_http_vts_render_exporter(vts_out_t &o, vts_render_t &rd);
 
 /* vts_html.cpp */
 ngx_int_t ngx_http_vts_render_html(vts_out_t &o, ngx_http_request_t *r);

@@ -63,6 +63,9 @@ peer_from(peer_t *pi, ngx_http_upstream_rr_peer_t *p, bool backup)
 #ifdef NGX_HTTP_UPSTREAM_DRAINING
     pi->drain = (p->down & NGX_HTTP_UPSTREAM_DRAINING) != 0;
 #endif
+#if (NGX_HTTP_UPSTREAM_ZONE)
+    pi->resolved = p->host != nullptr;
+#endif
 }
 
 
@@ -470,8 +473,11 @@ listed_names(ngx_pool_t *pool, ngx_http_upstream_srv_conf_t *uscf,
     }
     for (ngx_uint_t i = 0; i < l->n; i++) {
         l->names[i] = sorted[i]->name;
+        if (!sorted[i]->resolved) {
+            l->flags[i] = NGX_HTTP_VTS_PEER_CONFIGURED;
+        }
         if (sweep.looked && !listed_before(l->group, l->names[i])) {
-            l->flags[i] = NGX_HTTP_VTS_PEER_JOINED;
+            l->flags[i] |= NGX_HTTP_VTS_PEER_JOINED;
         }
     }
     return NGX_OK;

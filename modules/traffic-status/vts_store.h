@@ -298,7 +298,8 @@ uint64_t ngx_http_vts_store_generation(ngx_http_vts_store_t *store);
  * stamps peer_added and peer_removed, unlinks the removed entries that
  * expired or are over the cap, and creates the entries of peers that
  * joined since its last sweep (a new peer is shown as new before its first
- * request).  The views keep removed peers by ngx_http_vts_store_retained,
+ * request) and of configured peers that have none yet (the zone's last
+ * eighth is kept for them: they always have room).  The views keep removed peers by ngx_http_vts_store_retained,
  * the sweep's own rule, so no view shows what the sweep would unlink.
  */
 struct ngx_http_vts_listed_t {
@@ -308,11 +309,12 @@ struct ngx_http_vts_listed_t {
     ngx_uint_t   n;
 };
 
-#define NGX_HTTP_VTS_PEER_JOINED    1   /* not listed at the last sweep */
-#define NGX_HTTP_VTS_PEER_HAS_NODE  2   /* (set by the sweep) */
+#define NGX_HTTP_VTS_PEER_JOINED      1   /* not listed at the last sweep */
+#define NGX_HTTP_VTS_PEER_HAS_NODE    2   /* (set by the sweep) */
+#define NGX_HTTP_VTS_PEER_CONFIGURED  4   /* a server line's own address */
 
 /* listed[]: one per upstream{}, sorted by group; create: make the entries
-   of joined peers (with these histogram buckets); pool: for the sweep's
+   of configured and joined peers (with these histogram buckets); pool: for the sweep's
    own temporary arrays */
 void ngx_http_vts_store_sweep_peers(ngx_http_vts_store_t *store,
     ngx_http_vts_listed_t *listed, ngx_uint_t n, bool create,

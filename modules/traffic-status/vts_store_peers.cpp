@@ -170,11 +170,31 @@ retire_locked(ngx_http_vts_store_t *store, ngx_array_t *removed, uint64_t now)
 }
 
 
-/* the entries of peers that joined since the last sweep and have none
-   yet; never into the last quarter of the zone, kept for server zones
-   and filters (a name answering hundreds of addresses must not fill it) */
+/* may the sweep make this listed peer's entry?  A configured peer (a
+   server line's own address) may take the zone's last eighth, which
+   client-keyed entries never take: it is kept for such entries (issue 26:
+   after a flood of filter keys, the peers beyond the first ~30 of a 1m
+   zone were never counted).  A peer DNS added since the last sweep may
+   not take the last quarter: a name answering hundreds of addresses must
+   not fill the zone */
+bool
+may_create(uint8_t flags, ngx_slab_pool_t *pool, ngx_uint_t pages)
+{
+    if (flags & NGX_HTTP_VTS_PEER_HAS_NODE) {
+        return false;
+    }
+    if (flags & NGX_HTTP_VTS_PEER_CONFIGURED) {
+        return true;
+    }
+    return (flags & NGX_HTTP_VTS_PEER_JOINED)
+           && pool->pfree * NGX_HTTP_VTS_RESTORE_RESERVE >= pages;
+}
+
+
+/* the entries of listed peers that have none yet and may (may_create);
+   a peer that joined is stamped new */
 void
-create_joined_locked(ngx_http_vts_store_t *store,
+create_listed_locked(ngx_http_vts_store_t *store,
     ngx_http_vts_listed_t *listed, ngx_uint_t nlisted, ngx_array_t *buckets,
     uint64_t now)
 {
@@ -185,14 +205,11 @@ create_joined_locked(ngx_http_vts_store_t *store,
         ngx_http_vts_listed_t *l = &listed[g];
         for (ngx_uint_t i = 0; i < l->n; i++) {
             /* (the request path cuts longer keys: it would count elsewhere) */
-            if (l->flags[i] != NGX_HTTP_VTS_PEER_JOINED
+            if (!may_create(l->flags[i], pool, pages)
                 || l->group.len > NGX_HTTP_VTS_NAME_MAX
                 || l->names[i].len > NGX_HTTP_VTS_NAME_MAX)
             {
                 continue;
-            }
-            if (pool->pfree * NGX_HTTP_VTS_RESTORE_RESERVE < pages) {
-                return;
             }
             uint32_t hash = ngx_http_vts_key_hash(NGX_HTTP_VTS_UPSTREAM,
                                                   &l->group, &l->names[i]);
@@ -202,7 +219,9 @@ create_joined_locked(ngx_http_vts_store_t *store,
             if (n == nullptr) {
                 return;
             }
-            n->peer_added = now;
+            if (l->flags[i] & NGX_HTTP_VTS_PEER_JOINED) {
+                n->peer_added = now;
+            }
         }
     }
 }
@@ -262,7 +281,7 @@ ngx_http_vts_store_sweep_peers(ngx_http_vts_store_t *store,
        whether or not new entries are made */
     ngx_http_vts_graveyard_collect_locked(store);
     if (create) {
-        create_joined_locked(store, listed, n, buckets, now);
+        create_listed_locked(store, listed, n, buckets, now);
     }
     ngx_shmtx_unlock(&store->shpool->mutex);
 }

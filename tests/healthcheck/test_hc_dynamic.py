@@ -4,7 +4,8 @@ whose records change under a running nginx with 2 workers: a new peer is
 checked within one interval, `initial_state = "down"` keeps it out of traffic
 until `rise` checks pass, a dead peer DNS removes and re-adds is never routed
 before it passes a check, a removed peer is forgotten (pages and shm), `host
-= true` takes each peer's server line, churn keeps the shm bounded."""
+= true` takes each peer's server line, churn keeps the shm bounded, passive checks
+find a new peer by its address."""
 import re
 import threading
 import time
@@ -418,3 +419,24 @@ def test_binary_upgrade_during_churn_keeps_a_dead_resolved_peer_down(nginx_facto
                      what='the old master to quit')
     assert states(status).get(b2.addr) == 'DOWN'
     assert states(status).get(b1.addr) == 'UP'
+
+
+def test_passive_checks_match_a_peer_dns_added_by_address(nginx_factory, dns, backends):
+    """The C log handler records a failed attempt with its address, and the
+    checker finds a peer DNS added by that address (issue 29): the new peer
+    is DOWN after its first failing live request, long before the active
+    checks (interval 4 s, fall 2) could say so."""
+    b1, b2 = backends(2, scope='all')
+    dns.set('app.test', [b1.host])
+    n, status, _ = dyn_nginx(nginx_factory, dns, b1.port, interval=4000,
+                             passive=LuaExpr('{fall = 1, statuses = {503}}'))
+    wait_for(lambda: states(status).get(b1.addr) == 'UP', timeout=10, what='b1 up')
+    b2.mode, b2.status = 'status', 503
+    dns.set('app.test', [b1.host, b2.host])
+    wait_for(lambda: states(status).get(b2.addr) == 'UP', timeout=10, what='b2 listed, up')
+    deadline = time.monotonic() + 3
+    while states(status).get(b2.addr) != 'DOWN':
+        assert time.monotonic() < deadline, n.error_log[-2000:]
+        proxy(status, 1)
+    assert 'peer %s is turned down after 1 failure(s) (upstream "dyn"): live request to %s ' \
+        'failed: status 503' % (b2.addr, b2.addr) in n.error_log

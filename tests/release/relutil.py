@@ -204,7 +204,8 @@ def has_interp(path):
 
 
 def check_default_config(ns, bundle_has_hc):
-    """The default config answers on 8080 and 18080; health checks pass.
+    """The default config answers on 8080 and 18080; health checks pass and
+    the probes say alive and ready.
     Returns the reason when the health check part was skipped, else None."""
     status, body = ns.http('http://127.0.0.1:8080/')
     assert status == 200, (status, body[:500])
@@ -225,6 +226,9 @@ def check_default_config(ns, bundle_has_hc):
     st, metrics = ns.http('http://127.0.0.1:18080/metrics')
     assert st == 200, (st, metrics[:500])
     assert 'nginx_metrics_source_up{source="healthcheck_module"} 1' in metrics, metrics[-1500:]
+    # the probes a container runtime or kubelet would use (issue 28, item 5)
+    assert ns.http('http://127.0.0.1:18080/healthz') == (200, 'ok')
+    assert ns.http('http://127.0.0.1:18080/readyz') == (200, 'ready')
     return None
 
 

@@ -1,5 +1,5 @@
 """deploy/: the Kubernetes manifests parse and fit together, their nginx.conf runs
-(health, readiness following the health checks, metrics), the systemd unit's
+(liveness, readiness = checkers running, a live peer per upstream apart, metrics), the systemd unit's
 commands start/reload/stop the bundle, and the logrotate snippet rotates logs
 with nginx reopening them."""
 import json
@@ -8,6 +8,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -133,11 +134,16 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
         entry = json.loads(out.read_bytes().splitlines()[0])
         assert (entry['uri'], entry['status'], entry['upstream_addr']) == ('/hello', 200, '127.0.1.21:9090')
         assert b'[notice]' in err.read_bytes() and b'[notice]' not in out.read_bytes()
-        # the backend dies: this replica's own checks turn it DOWN, readiness follows
+        assert ns.http('http://127.0.0.1:18080/readyz/upstreams') == (200, 'live')
+        # the backend dies: this replica's own checks turn it DOWN; the live-peer endpoint
+        # says so, readiness does not (issue 28, item 5: a backend outage unreadied every
+        # replica at once and emptied the Service)
         backend.kill()
         backend.wait(timeout=10)
-        wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz')[0] == 503, timeout=15, what='/readyz 503')
-        assert ns.http('http://127.0.0.1:18080/healthz')[0] == 200          # but still alive
+        wait_for(lambda: ns.http('http://127.0.0.1:18080/readyz/upstreams') ==
+                 (503, 'not live: no live peer in upstream backend'), timeout=15, what='/readyz/upstreams 503')
+        assert ns.http('http://127.0.0.1:18080/readyz') == (200, 'ready')
+        assert ns.http('http://127.0.0.1:18080/healthz')[0] == 200
         # every failed check of the dead peer is the checker's to log (once per 10 s), not
         # the socket's as well (issue 27, item 12: the ConfigMap left lua_socket_log_errors on)
         wait_for(lambda: b'failed to connect to 127.0.1.21:9090' in err.read_bytes(), what="the checker's line")
@@ -333,3 +339,20 @@ def test_systemd_syscall_filter_allows_what_nginx_calls(tmp_path):
                 used.add(f[-1])
     assert {'epoll_wait', 'accept4', 'clone'} & used and len(used) > 30, used
     assert used <= allowed, sorted(used - allowed)
+
+
+def test_tarball_top_has_the_readme_the_unit_documents():
+    """Issue 28, item 7: the systemd unit's Documentation= names the README at the
+    top of the unpacked tarball; the tarball (and the bundle) now has one."""
+    unit = (DEPLOY / 'systemd' / 'nginx-portable.service').read_text()
+    doc = re.search(r'^Documentation=file:///opt/nginx-portable/(\S+)$', unit, re.M)
+    assert doc, unit
+    readme = (BUNDLE / doc.group(1)).read_text()
+    for what in ('/healthz', '/readyz', '/readyz/upstreams', '/metrics', 'sbin/nginx -t'):
+        assert what in readme, what
+    version = (ROOT / 'VERSION').read_text().strip()
+    tarball = ROOT / 'dist' / ('nginx-portable-%s-linux-x86_64.tar.gz' % version)
+    if not tarball.is_file():
+        pytest.skip('no release tarball in dist/')
+    with tarfile.open(tarball) as t:
+        assert t.extractfile('nginx-portable/' + doc.group(1)).read().decode() == readme

@@ -7,6 +7,7 @@ pass, and the access and error logs come out on stdout and stderr (`docker logs`
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -263,3 +264,45 @@ def test_rootfs_for_the_dockerfile_matches_the_image(unpacked, tmp_path):
     assert 'USER 65532:65532' in dockerfile and 'EXPOSE 8080 18080' in dockerfile
     assert 'ENTRYPOINT ["/opt/nginx-portable/sbin/nginx", "-p", "/opt/nginx-portable/", "-e", "stderr", "-g", "daemon off;"]' \
         in dockerfile
+
+
+def git_revision():
+    def git(*args):
+        return subprocess.run(['git', '-C', str(RELEASE.parent), *args], capture_output=True, text=True)
+    top = git('rev-parse', '--show-toplevel')
+    if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(RELEASE.parent):
+        return None
+    dirty = git('diff', '--quiet', 'HEAD', '--').returncode != 0
+    return git('rev-parse', 'HEAD').stdout.strip() + ('-dirty' if dirty else '')
+
+
+def test_labels_say_source_revision_and_licenses(image, tmp_path):
+    """Issue 28, item 7: org.opencontainers.image.revision (the checkout's commit),
+    .licenses (every component's license, from the lock), .source only when
+    NP_SOURCE_URL names one (the project has no public address of its own)."""
+    archive, _, _ = image
+    labels = skopeo_json('oci-archive:%s' % archive)['Labels']
+    lock = (RELEASE.parent / 'build' / 'deps.lock').read_text().splitlines()
+    licenses = labels['org.opencontainers.image.licenses']
+    for lic in {l.split()[3] for l in lock if l.split()[:1] == ['component']} | {'LGPL-2.1-or-later', 'MPL-2.0'}:
+        assert re.search(r'(^|[ (])%s($|[ )])' % re.escape(lic), licenses), (lic, licenses)
+    assert ' OR ' not in licenses and licenses.count(' AND ') >= 6
+    rev = git_revision()
+    if rev is None:
+        assert 'org.opencontainers.image.revision' not in labels
+    else:
+        assert labels['org.opencontainers.image.revision'] == rev
+        assert re.fullmatch(r'[0-9a-f]{40}(-dirty)?', rev)
+    assert 'org.opencontainers.image.source' not in labels
+    # the manifest carries the same annotations, the multi-arch index's readers see them
+    with tarfile.open(archive) as t:
+        index = json.load(t.extractfile('index.json'))
+        manifest = json.load(t.extractfile('blobs/sha256/' + index['manifests'][0]['digest'][7:]))
+    assert manifest['annotations'] == labels
+    # NP_SOURCE_URL (release.sh passes the environment on) sets the source label
+    r = subprocess.run(['python3', str(RELEASE / 'oci-image.py'), '--bundle', str(BUNDLE),
+                        '--layout', str(tmp_path / 'layout')], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, NP_SOURCE_URL='https://example.com/nginx-portable.git'))
+    assert r.returncode == 0, r.stderr
+    labels = skopeo_json('oci:%s:%s' % (tmp_path / 'layout', VERSION))['Labels']
+    assert labels['org.opencontainers.image.source'] == 'https://example.com/nginx-portable.git'

@@ -49,3 +49,46 @@ def test_default_zone_keeps_room_for_peers_and_new_keys(nginx_factory):
     assert many_requests(fport, [b'GET / HTTP/1.1\r\nHost: new.test\r\n\r\n']) == 1
     doc = get_json(sport)
     assert doc['serverZones']['new.test']['requestCounter'] == 1   # main: not counted
+
+
+def test_configured_peers_have_room_after_a_flood(nginx_factory):
+    """80 configured peers and a default 1m zone flooded with filter keys
+    before the peers' first requests: every peer is counted (old code: only
+    the ~30 that fit the zone's last eighth; the rest stayed at 0).  The
+    sweep makes the configured peers' entries, which may take that eighth."""
+    fport, sport, bport = free_port(), free_port(), free_port()
+    addrs = ['127.0.61.%d' % i for i in range(1, 81)]
+    listens = ''.join('        listen %s:%d;\n' % (a, bport) for a in addrs)
+    nginx_factory(conf_wrap(f"""
+    server {{
+{listens}        location / {{ return 200 "ok\\n"; }}
+    }}
+"""), name='backend', wait_ports=[(addrs[-1], bport)])
+    servers = ''.join('        server %s:%d;\n' % (a, bport) for a in addrs)
+    nginx_factory(conf_wrap(f"""
+    vhost_traffic_status_zone;
+    upstream grp {{
+{servers}    }}
+    server {{
+        listen 127.0.0.1:{fport};
+        server_name a.test;
+        vhost_traffic_status_filter_by_set_key $arg_k keys;
+        location / {{ return 200 "ok\\n"; }}
+        location /up/ {{ proxy_pass http://grp/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{sport};
+        server_name status.test;
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}
+"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+    time.sleep(1.5)     # the first sweep (1 ms after the start; generous)
+    flood = [b'GET /?k=%d HTTP/1.1\r\nHost: a.test\r\n\r\n' % i for i in range(400)]
+    assert many_requests(fport, flood) == 400
+    assert get_json(sport)['sharedZones']['droppedNodes']['zoneFull'] > 0   # the zone filled
+    assert many_requests(fport, [b'GET /up/x HTTP/1.1\r\nHost: a.test\r\n\r\n'] * 160) == 160
+    peers = get_json(sport)['upstreamZones']['grp']
+    counts = {p['server']: p['requestCounter'] for p in peers}
+    assert len(counts) == 80 and sum(counts.values()) == 160, counts
+    assert all(v == 2 for v in counts.values()), counts

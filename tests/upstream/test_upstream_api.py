@@ -59,10 +59,49 @@ def test_module_table_has_the_six_functions_and_the_dynamic_peer_extensions(api)
                            'set_peer_down=function', 'current_upstream_name=function',
                            # for groups whose peers DNS changes (test_upstream_dynamic.py)
                            'set_peer_down_by_name=function', 'set_new_peers_down=function',
-                           'get_peers_generation=function']),
+                           'get_peers_generation=function',
+                           # the health checker's passive checks (issue 29)
+                           'watch_live_failures=function', 'take_live_failures=function']),
                    'function', True]
     # the conf has no lua_package_path: the module is compiled in
     assert 'lua_package_path' not in (api['nginx'].prefix / 'conf' / 'nginx.conf').read_text()
+
+
+def test_live_failures_of_watched_groups_are_recorded(api):
+    """watch_live_failures/take_live_failures, the C side of the health
+    checker's passive checks (issue 29): an attempt of a watched group whose
+    status is watched is recorded with its address (here 200 is "failing"),
+    a group nobody watches is not; the semaphore is posted once per batch;
+    beyond 128 records between two takes they are counted, not kept."""
+    port, b1 = api['port'], api['b1']
+    assert lua_ok(port, """
+        local sema = require("ngx.semaphore").new(0)
+        package.loaded.live_failures_sema = sema
+        return up.watch_live_failures("foo", {200, 503}, sema),
+               up.watch_live_failures("nope", {200}, sema)
+    """) == [True, None, 'upstream not found']
+    for path in ('/p/foo', '/p/implicit', '/p/foo'):
+        assert get(port, path)[0] == 200
+    res = lua_ok(port, """
+        local failures, dropped = up.take_live_failures()
+        return failures, dropped, package.loaded.live_failures_sema:count(),
+               #up.take_live_failures()
+    """)
+    want = {'upstream': 'foo', 'addr': '127.0.0.1:%d' % b1, 'status': 200}
+    assert res == [[want, want], 0, 1, 0], res
+    # nobody drains here: the buffer keeps 128, counts the rest, posts once more
+    for _ in range(130):
+        assert get(port, '/p/foo')[0] == 200
+    res = lua_ok(port, """
+        local failures, dropped = up.take_live_failures()
+        return #failures, dropped, package.loaded.live_failures_sema:count()
+    """)
+    assert res == [128, 2, 2], res
+    for call, err in (('"foo", {99}, sema', 'bad argument #2'), ('"foo", {200.5}, sema', 'bad argument #2'),
+                      ('"foo", {200}, {}', 'bad argument #3'), ('"foo", {200}', 'exactly 3 arguments')):
+        res = lua(port, 'local sema = package.loaded.live_failures_sema\n'
+                        'return up.watch_live_failures(%s)' % call)[0]
+        assert res[0] is False and err in res[1], (call, res)
 
 
 def test_module_is_compiled_in(api):

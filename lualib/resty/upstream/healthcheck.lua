@@ -13,9 +13,10 @@
 --   round.lua        rounds: timer, round lock, concurrency, jitter
 --   state.lua        fall/rise, transitions, every worker's peers, state file
 --   peers.lua        peers that DNS adds and removes (`server NAME resolve`)
---   passive.lua      the `passive` option and hc.report()
+--   passive.lua      the `passive` option: live failures (and hc.report())
 --   render.lua       status page and Prometheus
 --   status_json.lua  hc.status_json()
+--   ready.lua        hc.checkers_ready(), hc.upstreams_live(): the probes
 
 local ok_up, upstream = pcall(require, "ngx.upstream")
 if not ok_up or type(upstream) ~= "table" then
@@ -30,6 +31,7 @@ local status_json = require "resty.upstream.healthcheck.status_json"
 local render = require "resty.upstream.healthcheck.render"
 local round = require "resty.upstream.healthcheck.round"
 local state = require "resty.upstream.healthcheck.state"
+local ready = require "resty.upstream.healthcheck.ready"
 
 local ngx = ngx
 local tostring = tostring
@@ -84,7 +86,11 @@ function _M.spawn_checker(opts)
 
     state.register(ctx)
     if ctx.passive then
-        passive.register(ctx, primary, backup)
+        -- live failures judged in C from now on (passive.lua)
+        ok, err = passive.register(ctx, primary, backup)
+        if not ok then
+            return nil, err
+        end
     end
     if peers.resolve_line(u) then
         -- DNS changes the peers at run time: follow them (peers.lua)
@@ -107,6 +113,9 @@ _M.status_page = render.status_page
 _M.prometheus_status_page = render.prometheus_status_page
 _M.status_json = status_json.status_json
 _M.report = passive.report
+-- /readyz and /readyz/upstreams (conf/nginx.conf)
+_M.checkers_ready = ready.checkers_ready
+_M.upstreams_live = ready.upstreams_live
 -- in init_by_lua*: mTLS files only root may read (lualib/README.md)
 _M.load_client_cert = require("resty.upstream.healthcheck.client_cert").preload
 

@@ -212,6 +212,8 @@ status_text(status_t s)
         return "peer not found";
     case status_t::not_resolved:
         return "no resolve servers";
+    case status_t::no_memory:
+        return "no memory";
     }
 
     return "unknown error";

@@ -103,7 +103,8 @@ enum class status_t {
     bad_peer_id,      /* "bad peer id" */
     peers_changed,    /* "peers changed" */
     peer_not_found,   /* "peer not found" */
-    not_resolved      /* "no resolve servers" */
+    not_resolved,     /* "no resolve servers" */
+    no_memory         /* "no memory" */
 };
 
 

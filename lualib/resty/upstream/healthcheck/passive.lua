@@ -1,20 +1,27 @@
 -- Passive checks (resty.upstream.healthcheck.passive): live traffic's
--- results fed into the checker's state by hc.report() in log_by_lua*.
+-- results fed into the checker's state.
 --
 --   passive = { fall = 5, statuses = {502, 503, 504}, window = 10000 }
 --
--- Each attempt of a request ($upstream_addr / $upstream_status /
--- $upstream_connect_time / $upstream_header_time: one entry per try of a
--- proxy_next_upstream chain, " : " between groups) fails when its status is
--- listed, when the connection failed (connect time "-") or when nginx gave
--- up waiting for the header (header time "-" with nginx's own 502/504).
--- `fall` failures of an UP peer within a window (a per-peer shm counter that
--- expires `window` after the window's first failure) turn it DOWN at once,
--- in this worker and, through the version number, in the others; active
--- checks bring it back after `rise` successes.  The common request (one
--- attempt, an unlisted status that is not 502/504) costs two ngx.var reads.
+-- Each attempt of a request (one per try of a proxy_next_upstream chain)
+-- fails when its status is listed, when the connection failed (connect time
+-- "-") or when nginx gave up waiting for the header (header time "-" with
+-- nginx's own 502/504).  ngx.upstream's log-phase handler (C) judges every
+-- proxied request with the statuses each checker registered
+-- (watch_live_failures), so the common request runs no Lua at all; it
+-- records failed attempts and posts a semaphore, and a light thread of this
+-- worker drains them (take_live_failures) in the same event loop
+-- iteration.  `fall` failures of an UP peer within a window (a per-peer shm
+-- counter that expires `window` after the window's first failure) turn it
+-- DOWN at once, in this worker and, through the version number, in the
+-- others; active checks bring it back after `rise` successes.
+--
+-- hc.report() in log_by_lua* was the way in before (issue 29): it is now a
+-- no-op for every request the C handler judges, and still counts a
+-- request whose own group has no passive checker for the group it names.
 
 local upstream = require "ngx.upstream"
+local semaphore = require "ngx.semaphore"
 local state = require "resty.upstream.healthcheck.state"
 
 local ngx = ngx
@@ -31,7 +38,14 @@ local str_gmatch = string.gmatch
 
 local var = ngx.var
 local ngx_now = ngx.now
+local errlog = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local timer_at = ngx.timer.at
+local worker_exiting = ngx.worker.exiting
 local current_upstream_name = upstream.current_upstream_name
+local watch_live_failures = upstream.watch_live_failures
+local take_live_failures = upstream.take_live_failures
 
 local safe_incr = state.safe_incr
 local is_down = state.is_down
@@ -40,6 +54,10 @@ local DEFAULT_FALL = 5
 local DEFAULT_WINDOW = 10000
 local DEFAULT_STATUSES = { 502, 503, 504 }
 local MAX_MS = 2 ^ 31 - 1
+-- seconds the drainer waits for the C handler's post before it looks
+-- whether the worker is exiting (an exit wakes it at once: on_exit)
+local DRAIN_WAIT = 60
+local EXIT_WATCH = 3600
 
 local _M = {}
 
@@ -140,15 +158,6 @@ local function learn(ctx, primary, backup)
     ctx.passive_peers = peers
 end
 
--- spawn_checker
-function _M.register(ctx, primary, backup)
-    learn(ctx, primary, backup)
-    by_upstream[ctx.upstream] = ctx
-    for code in pairs(ctx.passive.statuses) do
-        watched[code] = true
-    end
-end
-
 -- DNS changed the peers (peers.lua): this checker's addresses again
 function _M.refresh(ctx, primary, backup)
     for addr, hit in pairs(by_addr) do
@@ -161,7 +170,7 @@ end
 
 
 ------------------------------------------------------------------------
--- hc.report()
+-- judging attempts (the C handler's records, and hc.report())
 ------------------------------------------------------------------------
 
 local function failed(ctx, peer, why)
@@ -247,6 +256,7 @@ local function report_chain(ctx, addrs, statuses)
     end
 end
 
+-- hc.report(name) for a request the C handler does not judge
 local function report(name)
     local statuses = var.upstream_status
     if not statuses then
@@ -262,15 +272,9 @@ local function report(name)
     if not addrs then
         return
     end
-    -- the group: given, else the request's (nil for a proxy_pass with
-    -- variables: each address then names its group)
-    local u = name or current_upstream_name()
-    local ctx
-    if u then
-        ctx = by_upstream[u]
-        if not ctx then
-            return
-        end
+    local ctx = by_upstream[name]
+    if not ctx then
+        return
     end
     if not code then
         -- a chain of attempts, or several groups (" : "): then each address
@@ -282,14 +286,135 @@ local function report(name)
                var.upstream_header_time)
 end
 
+------------------------------------------------------------------------
+-- the C handler's failures
+------------------------------------------------------------------------
+
+-- posted by ngx.upstream's log handler (once per batch) and at exit
+local wake
+
+local function drain()
+    local failures, dropped = take_live_failures()
+    for i = 1, #failures do
+        local f = failures[i]
+        -- a record names the group it was watched as, or none: by address
+        local ctx = f.upstream and by_upstream[f.upstream]
+        if ctx or not f.upstream then
+            report_one(ctx, f.addr,
+                       f.status == 0 and "-" or tostring(f.status),
+                       f.connect_failed and "-" or "",
+                       f.no_header and "-" or "")
+        end
+    end
+    if dropped > 0 then
+        errlog(WARN, "healthcheck: ", dropped, " live request failure(s) ",
+               "not counted: more than ", #failures, " between two drains")
+    end
+end
+
+-- one light thread per worker for its whole life; it runs only when
+-- something failed, or once a minute (worker_exiting, and a drain that
+-- failed is tried again: the records stay until a take succeeds)
+local function drainer(premature)
+    if premature then
+        return
+    end
+    while not worker_exiting() do
+        wake:wait(DRAIN_WAIT)
+        local ok, err = pcall(drain)
+        if not ok then
+            errlog(ERR, "healthcheck: failed to count live failures: ", err)
+        end
+    end
+end
+
+-- a pending timer is fired early (premature) when the worker exits: then
+-- the drainer must not keep it waiting for DRAIN_WAIT
+local function on_exit(premature)
+    if premature then
+        wake:post(1)
+        return
+    end
+    timer_at(EXIT_WATCH, on_exit)
+end
+
+local function start_drainer()
+    if wake then
+        return wake
+    end
+    local sema, err = semaphore.new(0)
+    if not sema then
+        return nil, err
+    end
+    local ok, terr = timer_at(0, drainer)
+    if not ok then
+        return nil, "failed to create timer: " .. tostring(terr)
+    end
+    ok, terr = timer_at(EXIT_WATCH, on_exit)
+    if not ok then
+        return nil, "failed to create timer: " .. tostring(terr)
+    end
+    wake = sema
+    return wake
+end
+
+local function status_list(set)
+    local list = {}
+    for code in pairs(set) do
+        list[#list + 1] = code
+    end
+    return list
+end
+
+-- spawn_checker: true, or nil, err
+function _M.register(ctx, primary, backup)
+    local sema, err = start_drainer()
+    if not sema then
+        return nil, err
+    end
+    local ok, werr = watch_live_failures(ctx.upstream,
+                                         status_list(ctx.passive.statuses),
+                                         sema)
+    if not ok then
+        return nil, "failed to watch live failures: " .. tostring(werr)
+    end
+    learn(ctx, primary, backup)
+    by_upstream[ctx.upstream] = ctx
+    for code in pairs(ctx.passive.statuses) do
+        watched[code] = true
+    end
+    return true
+end
+
+
+------------------------------------------------------------------------
+-- hc.report()
+------------------------------------------------------------------------
+
+-- does the C handler judge this request?  Every request of a group with a
+-- passive checker, and every request without a group (by address)
+local function judged_in_c()
+    local u = current_upstream_name()
+    return u == nil or by_upstream[u] ~= nil
+end
+
 -- hc.report([upstream]): call in log_by_lua*; never raises.  true, or nil,
--- err
+-- err.  Passive checks no longer need it (issue 29); it counts only what
+-- the C handler does not: a request whose own group has no passive checker,
+-- for the group named
 function _M.report(name)
-    if next(by_upstream) == nil then
+    if name == nil or next(by_upstream) == nil then
         return true
     end
-    local ok, err = pcall(report, name)
+    local ok, judged = pcall(judged_in_c)
     if not ok then
+        return nil, judged
+    end
+    if judged then
+        return true
+    end
+    local rok, err = pcall(report, name)
+    if not rok then
         return nil, err
     end
     return true

@@ -9,6 +9,7 @@ local keys = require "resty.upstream.healthcheck.keys"
 local probe = require "resty.upstream.healthcheck.probe"
 local state = require "resty.upstream.healthcheck.state"
 local slice = require "resty.upstream.healthcheck.slice"
+local page_cache = require "resty.upstream.healthcheck.page_cache"
 
 local type = type
 local ipairs = ipairs
@@ -234,28 +235,41 @@ local function prom_extended(out, names, tick)
     end)
 end
 
+local function prometheus_text(extended)
+    local names, err = get_upstreams()
+    if not names then
+        return nil, "failed to get upstream names: " .. tostring(err)
+    end
+    local out = { HEADER }
+    local tick = slice.new()
+    for i = 1, #names do
+        prom_upstream(out, names[i], tick)
+    end
+    if extended then
+        prom_extended(out, names, tick)
+    end
+    tick(BREAK)
+    return concat(out)
+end
+
+local function prometheus_plain()
+    return prometheus_text(false)
+end
+
+local function prometheus_extended()
+    return prometheus_text(true)
+end
+
 function _M.prometheus_status_page(opts)
-    local ok, res, err = pcall(function ()
-        local names, gerr = get_upstreams()
-        if not names then
-            return nil, "failed to get upstream names: " .. tostring(gerr)
-        end
-        local out = { HEADER }
-        local tick = slice.new()
-        for i = 1, #names do
-            prom_upstream(out, names[i], tick)
-        end
-        if type(opts) == "table" and opts.extended then
-            prom_extended(out, names, tick)
-        end
-        tick(BREAK)
-        return concat(out)
-    end)
-    if not ok then
-        return nil, "failed to build the status page: " .. tostring(res)
+    local extended = type(opts) == "table" and opts.extended
+    local res, err, raised
+    if extended then
+        res, err, raised = page_cache.get("prometheus_extended", prometheus_extended)
+    else
+        res, err, raised = page_cache.get("prometheus", prometheus_plain)
     end
     if res == nil then
-        return nil, err
+        return nil, raised and "failed to build the status page: " .. tostring(err) or err
     end
     -- one value: ngx.print(hc.status_json()) must not print a nil after it
     return res

@@ -75,6 +75,20 @@ function _M.checker(u)
     return checkers[u]
 end
 
+-- for cached status pages: a number that grows whenever a checked upstream
+-- changes a peer's state (the versions only grow), and the shortest period
+-- (seconds) of the checkers: how old their counters may be anyway
+function _M.versions_signature()
+    local sum, period = 0, nil
+    for _, ctx in pairs(checkers) do
+        sum = sum + (ctx.dict:get(ctx.keys.version) or 0)
+        if not period or ctx.period < period then
+            period = ctx.period
+        end
+    end
+    return sum, period
+end
+
 -- the primary and the backup peers of upstream u, or nil, err
 function _M.fetch_peers(u)
     local primary, err = get_primary_peers(u)
@@ -400,6 +414,9 @@ local function transition(ctx, peer, down, n, reason)
         set_down(ctx, peer, is_backup, not down)
         return
     end
+    -- at once: a cached status page (page_cache.lua) must not outlive a
+    -- state that a page reading the shm already shows
+    bump_version(ctx)
     ctx.changed = true
     if down and ctx.passive then
         -- a new window of live failures once it is back up (passive.lua)
@@ -408,7 +425,6 @@ local function transition(ctx, peer, down, n, reason)
     -- best effort records for the dashboard (keys.lua)
     record_peer(ctx, peer, "state_changed", ngx_now())
     safe_incr(ctx.dict, ctx.keys:peer("transitions", peer.role, peer.name), 1)
-    bump_version(ctx)
 end
 
 -- Passive checks keep at least half of a role's peers UP, and never turn

@@ -16,10 +16,10 @@
 local upstream = require "ngx.upstream"
 local state = require "resty.upstream.healthcheck.state"
 local slice = require "resty.upstream.healthcheck.slice"
+local page_cache = require "resty.upstream.healthcheck.page_cache"
 local keys = require "resty.upstream.healthcheck.keys"
 
 local type = type
-local pcall = pcall
 local tostring = tostring
 local tonumber = tonumber
 local concat = table.concat
@@ -141,29 +141,28 @@ local function upstream_doc(u, tick)
 end
 
 -- the JSON text (no trailing newline), or nil, err; never raises
-function _M.status_json()
-    local ok, res, err = pcall(function ()
-        local names, gerr = get_upstreams()
-        if not names then
-            return nil, "failed to get upstream names: " .. tostring(gerr)
-        end
-        local ups, seen = {}, {}
-        local tick = slice.new()
-        for i = 1, #names do
-            local u = names[i]
-            if not seen[u] then
-                seen[u] = true
-                ups[#ups + 1] = u
-                ups[#ups + 1] = upstream_doc(u, tick)
-            end
-        end
-        return object({ "time", json_value(ngx.now()), "upstreams", object(ups) })
-    end)
-    if not ok then
-        return nil, "failed to build the status: " .. tostring(res)
+local function status_text()
+    local names, err = get_upstreams()
+    if not names then
+        return nil, "failed to get upstream names: " .. tostring(err)
     end
+    local ups, seen = {}, {}
+    local tick = slice.new()
+    for i = 1, #names do
+        local u = names[i]
+        if not seen[u] then
+            seen[u] = true
+            ups[#ups + 1] = u
+            ups[#ups + 1] = upstream_doc(u, tick)
+        end
+    end
+    return object({ "time", json_value(ngx.now()), "upstreams", object(ups) })
+end
+
+function _M.status_json()
+    local res, err, raised = page_cache.get("json", status_text)
     if res == nil then
-        return nil, err
+        return nil, raised and "failed to build the status: " .. tostring(err) or err
     end
     -- one value: ngx.print(hc.status_json()) must not print a nil after it
     return res
