@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,14 @@ def write(info, r, took, runs, seconds):
         '```',
         '',
     ]
+    # Sections other benchmarks write into RESULTS.md themselves (between
+    # <!-- section:NAME --> and <!-- /section:NAME -->, e.g. the before/after
+    # figures of bench/compare/bench_startcost.py) are kept as they are.
+    old = (HERE / 'RESULTS.md').read_text() if (HERE / 'RESULTS.md').exists() else ''
+    kept = re.findall(r'^<!-- section:(\S+) -->\n.*?^<!-- /section:\1 -->\n', old, re.M | re.S)
+    for name in kept:
+        block = re.search(r'^<!-- section:%s -->\n.*?^<!-- /section:%s -->\n' % (name, name), old, re.M | re.S)
+        lines.append(block.group(0))
     (HERE / 'RESULTS.md').write_text('\n'.join(lines))
     print('wrote %s' % (HERE / 'RESULTS.md'), file=sys.stderr)
 

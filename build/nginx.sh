@@ -3,6 +3,10 @@
 # LuaJIT and every module under modules/ compiled in.
 #
 #   NP_MODULES="a b"   only these modules/ (default: every modules/* with a config)
+#   NP_PLAIN=1         a benchmark baseline (bench/compare/bench_startcost.py):
+#                      the same nginx, patches, flags and libraries without
+#                      ngx_devel_kit, lua-nginx-module and modules/ (one link,
+#                      no dlsym table); needs NP_BUILD_DIR
 #   (variant and build dir: build/common.sh)
 # Run by build/build.sh after fetch.sh, deps.sh and lualib.sh.
 #
@@ -20,10 +24,12 @@ np_target_flags
 
 variant=$NP_VARIANT
 B=$NP_B
+plain=${NP_PLAIN:-}
+[ -z "$plain" ] || [ -n "${NP_BUILD_DIR:-}" ] || np_die "NP_PLAIN=1 needs an NP_BUILD_DIR of its own"
 mkdir -p "$B"
 np_need_src nginx lua-nginx-module ngx_devel_kit
 [ -f "$(np_depsdir)/.complete" ] || np_die "dependencies are not built: run build/build.sh"
-[ -d "$NP_LUALIB_STAGE" ] || np_die "no staged lualib in $NP_LUALIB_STAGE: run build/build.sh"
+[ -n "$plain" ] || [ -d "$NP_LUALIB_STAGE" ] || np_die "no staged lualib in $NP_LUALIB_STAGE: run build/build.sh"
 
 # --- sources: fresh patched copies whenever the lock or our patches change ---
 src_key=$( (for c in nginx lua-nginx-module ngx_devel_kit; do np_comp_key "$c"; done
@@ -50,6 +56,19 @@ ln -sfn "$NP_ROOT/modules" "$B/modules"
 # flags would put machine paths into `nginx -V`.
 cflags="$NP_HARDEN_CFLAGS ${NP_EXTRA_CFLAGS:-} -I../deps/include"
 ldflags="-L../deps/lib $NP_LDFLAGS"
+# DT_RELR (flags.sh) where the target's linker packs: binutils 2.40 (Debian 12)
+# does on x86_64, while its aarch64 back end (2.41 adds it) only warns
+# "-z pack-relative-relocs ignored".  Checked on a one-line program (does its
+# dynamic section have a RELR table?) rather than by version, so a newer cross
+# binutils gets it by itself.
+relr_test=$(mktemp -d)
+echo 'int x, *p = &x; int main(void) { return *p; }' > "$relr_test/t.c"
+if ! { $NP_CC -fPIE -static-pie -Wl,-z,pack-relative-relocs "$relr_test/t.c" -o "$relr_test/t" \
+           && readelf -dW "$relr_test/t" | grep -q '(RELR)'; } >/dev/null 2>&1; then
+    np_log "the $NP_ARCH linker does not pack relative relocations: linking without -z pack-relative-relocs"
+    ldflags=${ldflags/ -Wl,-z,pack-relative-relocs/}
+fi
+rm -rf "$relr_test"
 if [ "$variant" = asan ]; then
     # Sanitizers need the dynamic runtime: this variant is for tests only.
     # Not checked: nginx core's deliberate memcpy(p, NULL, 0), unaligned loads
@@ -63,10 +82,13 @@ fi
 our_modules=()
 # A folder without a config (modules/cxx, the shared C++ rule) is no module.
 default_modules=$(cd "$NP_ROOT/modules" && for d in */; do [ -f "$d/config" ] && echo "${d%/}"; done)
+[ -z "$plain" ] || default_modules=
 for m in ${NP_MODULES-$default_modules}; do
     [ -f "$NP_ROOT/modules/$m/config" ] || np_die "modules/$m has no nginx config file"
     our_modules+=("--add-module=../modules/$m")
 done
+lua_modules=(--add-module=../ngx_devel_kit --add-module=../lua-nginx-module)
+[ -z "$plain" ] || lua_modules=()
 
 configure_args=(
     --prefix="${NP_TARGET_PREFIX:-/opt/nginx-portable}"
@@ -100,8 +122,7 @@ configure_args=(
     --with-pcre --with-pcre-jit
     --with-cc-opt="$cflags"
     --with-ld-opt="$ldflags"
-    --add-module=../ngx_devel_kit
-    --add-module=../lua-nginx-module
+    "${lua_modules[@]}"
     "${our_modules[@]}"
 )
 
@@ -139,6 +160,12 @@ if [ "$(cat "$B/.configure-key" 2>/dev/null)" != "$conf_key" ] || [ ! -f objs/Ma
 fi
 
 # --- compile and link twice --------------------------------------------------
+if [ -n "$plain" ]; then
+    make -f objs/Makefile -j"$NP_JOBS" CC="$NP_CC -ffile-prefix-map=$B/nginx=." > "$B/make.log" 2>&1 \
+        || { grep -E -A3 'error:|Error [0-9]' "$B/make.log" | head -40 >&2; np_die "nginx build failed; see $B/make.log"; }
+    np_log "linked $B/nginx/objs/nginx (plain: no Lua, no modules/)"
+    exit 0
+fi
 lualib_stage=$NP_LUALIB_STAGE
 gen=$NP_ROOT/build/static-symbols/gen_symtab.py
 cc_sym() { $NP_CC $cflags -ffile-prefix-map="$B/nginx"=. -ffile-prefix-map="$NP_ROOT"=. \

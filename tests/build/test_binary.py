@@ -1,4 +1,5 @@
 """The release binary is a hardened static-pie nginx with the promised modules."""
+import os
 import re
 import subprocess
 
@@ -38,6 +39,31 @@ def test_elf_type_and_relocations():
     relocs = sh('readelf', '-rW', NGINX).stdout
     kinds = set(re.findall(r'\bR_X86_64_\w+', relocs))
     assert kinds <= {'R_X86_64_RELATIVE', 'R_X86_64_IRELATIVE'}, kinds
+
+
+def test_relative_relocations_are_packed():
+    """-z pack-relative-relocs (DT_RELR, issue 29): the ~57,000 relative
+    relocations are a ~11 KB bitmap instead of 1.37 MB of .rela.dyn; what is
+    left there is IRELATIVE (and, at most, the odd unaligned RELATIVE)."""
+    dyn = sh('readelf', '-dW', NGINX).stdout
+    assert re.search(r'\(RELR\)', dyn) and re.search(r'\(RELRENT\)\s+8 ', dyn), dyn
+    relasz = re.search(r'\(RELASZ\)\s+(\d+)', dyn)
+    assert relasz is None or int(relasz.group(1)) < 16 * 1024, relasz.group(0)
+    relrsz = int(re.search(r'\(RELRSZ\)\s+(\d+)', dyn).group(1))
+    assert 0 < relrsz < 64 * 1024, relrsz
+
+
+def test_openssl_is_compiled_at_its_own_optimisation_level():
+    """OpenSSL's Configure picks -O3; our flags used to follow it with -O2,
+    which gcc obeys (the last -O wins).  libcrypto records its compiler
+    flags (`openssl version -f`): -O3 and our hardening, no other -O."""
+    data = open(NGINX, 'rb').read()
+    m = re.search(rb'compiler: [^\0]*', data)
+    assert m, 'no OpenSSL compiler flags in the binary'
+    flags = m.group(0).decode().split()
+    assert [f for f in flags if f.startswith('-O')] == ['-O3'], m.group(0)
+    for f in ('-fstack-protector-strong', '-fstack-clash-protection', '-D_FORTIFY_SOURCE=2', '-fPIE'):
+        assert f in flags, f
 
 
 def test_no_exported_dynamic_symbols():

@@ -95,9 +95,10 @@ def test_tls13_negotiates_x25519mlkem768_by_default(nginx_factory):
     assert 'TLSv1.3 0x11ec ' in out or 'TLSv1.3 X25519MLKEM768 ' in out, out[-3000:]
 
 
-def test_ssl_ecdh_curve_still_chooses_the_group(nginx_factory):
+@pytest.mark.parametrize('curves', ['X25519', 'X25519:prime256v1:secp384r1'])   # the README's opt-out
+def test_ssl_ecdh_curve_still_chooses_the_group(nginx_factory, curves):
     cli = deps_openssl()
-    port = tls_server(nginx_factory, 'ssl_ecdh_curve X25519;')
+    port = tls_server(nginx_factory, 'ssl_ecdh_curve %s;' % curves)
     out = s_client(cli, port)
     # s_client names a classical group as the peer's temporary key
     assert 'Peer Temp Key: X25519,' in out and 'MLKEM' not in out, out[-3000:]

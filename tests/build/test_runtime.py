@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import (BUNDLE, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
+from conftest import (BUNDLE, IS_ASAN, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
                       port_open, wait_for)
 
 LUA_INFO = r'''
@@ -143,6 +143,71 @@ def test_ffi_finds_nginx_and_libc_symbols_and_pcre_jit_works(serve_copy):
     assert sym == 'ffi-var-get'
     assert second == 'lrucache'
     assert third == '123'
+
+
+DLSYM = r'''
+    server {
+        listen 127.0.0.1:%d;
+        location = /dlsym {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                ffi.cdef[[ void *dlsym(void *handle, const char *name); ]]
+                local out = {}
+                for name in io.lines(ngx.config.prefix() .. "names.txt") do
+                    local addr = ffi.C.dlsym(nil, name)
+                    out[#out + 1] = string.format("%%.0f", tonumber(ffi.cast("uintptr_t", addr)))
+                end
+                ngx.print(table.concat(out, "\n"))
+            }
+        }
+    }
+'''
+
+
+def build_id(path):
+    out = subprocess.run(['readelf', '-nW', str(path)], capture_output=True, text=True).stdout
+    m = re.search(r'Build ID: (\w+)', out)
+    return m and m.group(1)
+
+
+def test_ffi_symbol_table_finds_every_symbol_and_nothing_else(serve_copy):
+    """ffi.C resolves names through np_static_dlsym.c's front-coded table
+    (build/static-symbols/): every global function and object of the
+    unstripped binary at its own address, names that are not there (before,
+    between and after the table's names, prefixes and extensions of real
+    ones) nowhere."""
+    import sys
+    sys.path.insert(0, str(ROOT / 'build' / 'static-symbols'))
+    import gen_symtab
+    if IS_ASAN:
+        # dynamically linked: ffi.C.dlsym is then libc's own (the table holds only what
+        # the executable defines), while LuaJIT's calls still go through the wrapper
+        pytest.skip('the ASan build is dynamically linked')
+    unstripped = ROOT / '.build' / 'release' / 'nginx' / 'objs' / 'nginx'
+    if not unstripped.is_file() or build_id(unstripped) != build_id(BUNDLE / 'sbin' / 'nginx'):
+        pytest.skip('the unstripped binary of this bundle is not in .build/release')
+    out = subprocess.run(['readelf', '-Ws', str(unstripped)], capture_output=True, text=True).stdout
+    value = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 8 and f[4] in ('GLOBAL', 'WEAK') and f[6] != 'UND':
+            value.setdefault(f[7].split('@')[0], int(f[1], 16))
+    defined, _ = gen_symtab.binary_symbols(str(unstripped))
+    names = sorted(n for n in defined if n != 'dlsym')    # ffi.C.dlsym is the wrapper
+    assert len(names) > 5000
+    absent = ['', 'A', 'zzzz_np_absent', '_', names[0][:-1], names[-1] + 'x',
+              'ngx_http_lua_ffi_var_ge', 'ngx_http_lua_ffi_var_get_', 'ngx_http_lua_ffi_var_gets']
+    absent = [a for a in absent if a not in defined]
+    dest, port = serve_copy(body=DLSYM, setup=lambda d: (d / 'names.txt').write_text(
+        '\n'.join(names + absent) + '\n'))
+    status, _, body = http_get('127.0.0.1', port, '/dlsym')
+    assert status == 200, body[:500]
+    got = [int(x) for x in body.decode().split('\n')]
+    assert len(got) == len(names) + len(absent)
+    base = got[names.index('ngx_http_lua_ffi_var_get')] - value['ngx_http_lua_ffi_var_get']
+    wrong = [n for n, a in zip(names, got) if a != base + value[n]]
+    assert wrong == [], '%d of %d names resolve wrongly: %s' % (len(wrong), len(names), wrong[:10])
+    assert got[len(names):] == [0] * len(absent), list(zip(absent, got[len(names):]))
 
 
 def test_double_semicolon_appends_runtime_default(serve_copy):

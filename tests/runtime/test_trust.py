@@ -1,9 +1,16 @@
 """Cosocket TLS verification trusts the system CA bundle when no
-lua_ssl_trusted_certificate is set (build/patches/lua-nginx-module/0002)."""
+lua_ssl_trusted_certificate is set (build/patches/lua-nginx-module/0002); the
+bundle is chosen and opened at start but parsed only by the first handshake
+that verifies (issue 29)."""
+import os
+import re
+import subprocess
+
 import pytest
 
-from conftest import conf_wrap, free_port, http_get
+from conftest import conf_wrap, free_port, http_get, make_prefix
 from support.backends import Backend
+from support.bundle import EXEC_WRAPPER
 from support.pki import PKI
 
 HANDSHAKE = r'''
@@ -17,7 +24,8 @@ HANDSHAKE = r'''
                 if not ok then return ngx.say("connect: ", err) end
                 -- ?reuse=false: the form that returns no session
                 local reuse = ngx.var.arg_reuse ~= "false" and nil or false
-                local sess, err = sock:sslhandshake(reuse, ngx.var.arg_name, true)
+                local verify = ngx.var.arg_verify ~= "false"
+                local sess, err = sock:sslhandshake(reuse, ngx.var.arg_name, verify)
                 if not sess then return ngx.say("handshake: ", err) end
                 ngx.say("verified")
                 sock:close()
@@ -77,3 +85,78 @@ def test_explicit_trusted_certificate_still_wins(nginx_factory, tls_backend):
                  {'SSL_CERT_FILE': '/etc/ssl/certs/ca-certificates.crt'},
                  extra='lua_ssl_trusted_certificate %s;\n' % pki.ca_crt)
     assert out == 'verified'
+
+
+def bundle_fds(pid, path):
+    """How many of the process's descriptors are open on path."""
+    n = 0
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            n += os.readlink('/proc/%d/fd/%s' % (pid, fd)) == str(path)
+        except OSError:
+            pass
+    return n
+
+
+def test_bundle_is_parsed_by_the_first_verifying_handshake(nginx_factory, tls_backend, tmp_path):
+    """The master opens the bundle at start (a file only root may read: the
+    worker runs as nobody, the default user, and still verifies); a worker holds it, unparsed,
+    until a handshake verifies, which loads it and lets the descriptor go.
+    A handshake that does not verify leaves it alone."""
+    pki, backend = tls_backend
+    bundle = pki.system_like_bundle(tmp_path / 'bundle.crt')
+    os.chmod(bundle, 0o600)
+    port = free_port()
+    n = nginx_factory(conf_wrap(HANDSHAKE % {'port': port, 'backend': backend}),
+                      env={'SSL_CERT_FILE': str(bundle)}, wait_ports=[('127.0.0.1', port)])
+    worker, = n.worker_pids()
+    assert bundle_fds(n.master_pid(), bundle) == 1
+    assert bundle_fds(worker, bundle) == 1, 'the worker holds no unparsed bundle'
+    get = lambda q: http_get('127.0.0.1', port, '/tls?name=bar.internal' + q)[2].decode().strip()
+    assert get('&verify=false') == 'verified'
+    assert bundle_fds(worker, bundle) == 1, 'a handshake that does not verify loaded the bundle'
+    assert get('') == 'verified'
+    assert bundle_fds(worker, bundle) == 0, 'the first verifying handshake did not load the bundle'
+    assert get('') == 'verified'                   # from the loaded store
+    assert get('&reuse=false') == 'verified'
+    assert bundle_fds(n.master_pid(), bundle) == 1   # for the next workers
+    assert n.error_log.count('verifying against the system CA bundle "%s"' % bundle) == 1
+    assert 'cannot load the CA bundle' not in n.error_log
+
+
+@pytest.mark.skipif(bool(EXEC_WRAPPER), reason='strace of the emulator')
+def test_config_test_does_not_read_the_bundle(tmp_path):
+    """`nginx -t` (and every start) used to parse the ~140 certificates of the
+    bundle, 78 % of the instructions of a minimal configuration's test: now
+    it is opened (its name is checked and logged), never read."""
+    bundle = PKI(tmp_path / 'pki').system_like_bundle(tmp_path / 'bundle.crt')
+    prefix = make_prefix(tmp_path / 'prefix', conf_wrap('server { listen 127.0.0.1:%d; }' % free_port()))
+    trace = tmp_path / 'strace.txt'
+    r = subprocess.run(['strace', '-f', '-qq', '-y', '-o', str(trace), '-e', 'trace=openat,read,pread64',
+                        str(prefix / 'sbin' / 'nginx'), '-p', str(prefix) + '/', '-t'],
+                       # (LeakSanitizer cannot run under ptrace: the ASan build's exit check off)
+                       env=dict(os.environ, SSL_CERT_FILE=str(bundle), ASAN_OPTIONS='detect_leaks=0'),
+                       capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = trace.read_text()
+    assert re.search(r'openat\(.*"%s", O_RDONLY' % re.escape(str(bundle)), calls), calls[-2000:]
+    reads = re.findall(r'\b(?:read|pread64)\(\d+<%s>' % re.escape(str(bundle)), calls)
+    assert reads == [], 'nginx -t read the CA bundle: %d reads' % len(reads)
+
+
+def test_unreadable_bundle_is_reported_at_the_first_verifying_handshake(nginx_factory, tls_backend,
+                                                                        tmp_path):
+    """A bundle with no certificate in it: said when a handshake first needs
+    it (OpenSSL's default paths then, as before), and verification fails with
+    OpenSSL's own reason."""
+    pki, backend = tls_backend
+    junk = tmp_path / 'junk.crt'
+    junk.write_text('not a certificate\n')
+    port = free_port()
+    out, n = run(nginx_factory, port, backend, {'SSL_CERT_FILE': str(junk)}, query='&verify=false')
+    assert out == 'verified'
+    assert 'cannot load the CA bundle' not in n.error_log
+    out = http_get('127.0.0.1', port, '/tls?name=bar.internal')[2].decode().strip()
+    assert out.startswith('handshake: ') and 'local issuer' in out, out
+    assert n.error_log.count('cannot load the CA bundle "%s", using OpenSSL\'s default paths' % junk) == 1
