@@ -207,9 +207,10 @@ def test_module_table_and_missing_dependency(nginx_factory):
     st, _, body = http_get('127.0.0.1', port, '/module')
     keys, err = body.decode().splitlines()
     # the contract's four, then hc.report (passive checks) and hc.status_json (issue 16),
-    # hc.load_client_cert (issue 26)
-    assert keys == ('_VERSION:string load_client_cert:function prometheus_status_page:function '
-                    'report:function spawn_checker:function status_json:function status_page:function')
+    # hc.load_client_cert (issue 26), hc.checkers_ready and hc.upstreams_live (issue 28: probes)
+    assert keys == ('_VERSION:string checkers_ready:function load_client_cert:function '
+                    'prometheus_status_page:function report:function spawn_checker:function '
+                    'status_json:function status_page:function upstreams_live:function')
     assert 'ngx_upstream_lua module required' in err
 
 
