@@ -115,7 +115,7 @@ def test_kubernetes_config_serves_probes_and_metrics(tmp_path):
     ns = NetNS()
     try:
         backend = ns.popen([sys.executable, '-c', K8S_BACKEND, K8S_BACKEND_ADDR[0], str(K8S_BACKEND_ADDR[1])])
-        wait_for(lambda: ns.http('http://127.0.1.21:9090/x')[0] == 200, what='backend')
+        wait_for(lambda: ns.http('http://127.0.1.21:9090/x')[0] == 200, timeout=30, what='backend')
         out, err = tmp_path / 'stdout', tmp_path / 'stderr'       # what kubectl logs shows
         with open(out, 'wb') as o, open(err, 'wb') as e:
             n = ns.popen(nginx + ['-g', 'daemon off;'], stdout=o, stderr=e)
