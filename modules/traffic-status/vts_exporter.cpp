@@ -56,21 +56,6 @@ const int  cache_order[NGX_HTTP_VTS_CACHE_N] = {
 
 
 void
-family(vts_out_t &o, const char *name, const char *type, const char *help)
-{
-    o.put("# HELP ");
-    o.put(name);
-    o.putc(' ');
-    o.put(help);
-    o.put("\n# TYPE ");
-    o.put(name);
-    o.putc(' ');
-    o.put(type);
-    o.putc('\n');
-}
-
-
-void
 label_value(vts_out_t &o, ngx_str_t v, bool name, const ngx_str_t *reserved)
 {
     if (name) {
@@ -125,7 +110,7 @@ void
 requests_family(vts_out_t &o, const char *name, const labels_t &l,
     rows_t rows)
 {
-    family(o, name, COUNTER, "requests counter");
+    ngx_http_vts_prom_family(o, name, COUNTER, "requests counter");
     for (ngx_uint_t i = 0; i < rows.n; i++) {
         const row_t &r = rows.r[i];
         series(o, name, l, r, "code", "total", r.requests);
@@ -141,7 +126,7 @@ void
 bytes_family(vts_out_t &o, const char *name, const char *help,
     const labels_t &l, rows_t rows)
 {
-    family(o, name, COUNTER, help);
+    ngx_http_vts_prom_family(o, name, COUNTER, help);
     for (ngx_uint_t i = 0; i < rows.n; i++) {
         series(o, name, l, rows.r[i], "direction", "in", rows.r[i].in_bytes);
         series(o, name, l, rows.r[i], "direction", "out",
@@ -154,7 +139,7 @@ void
 cache_family(vts_out_t &o, const char *name, const char *help,
     const labels_t &l, rows_t rows)
 {
-    family(o, name, COUNTER, help);
+    ngx_http_vts_prom_family(o, name, COUNTER, help);
     for (ngx_uint_t i = 0; i < rows.n; i++) {
         for (int c : cache_order) {
             series(o, name, l, rows.r[i], "status",
@@ -168,7 +153,7 @@ void
 msec_family(vts_out_t &o, const char *name, const char *help,
     const labels_t &l, rows_t rows, bool response)
 {
-    family(o, name, "gauge", help);
+    ngx_http_vts_prom_family(o, name, "gauge", help);
     for (ngx_uint_t i = 0; i < rows.n; i++) {
         series(o, name, l, rows.r[i], nullptr, nullptr,
                response ? rows.r[i].resp_avg : rows.r[i].req_avg);
@@ -299,7 +284,7 @@ cache_rows(vts_render_t &rd, rows_t &rows)
 void
 main_families(vts_out_t &o, vts_render_t &rd)
 {
-    family(o, "nginx_server_info", "gauge", "nginx info");
+    ngx_http_vts_prom_family(o, "nginx_server_info", "gauge", "nginx info");
     o.put("nginx_server_info{hostName=\"");
     ngx_http_vts_prom_label(o, ((ngx_cycle_t *) ngx_cycle)->hostname);
     o.put("\",nginxVersion=\"" NGINX_VERSION "\"} ");
@@ -307,7 +292,7 @@ main_families(vts_out_t &o, vts_render_t &rd)
           ? (rd.now - rd.snap.start_msec) / 1000 : 0);
     o.putc('\n');
 
-    family(o, "nginx_server_connections", "gauge", "nginx connections");
+    ngx_http_vts_prom_family(o, "nginx_server_connections", "gauge", "nginx connections");
     ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N];
     ngx_http_vts_connections(c);
     for (auto &k : c) {

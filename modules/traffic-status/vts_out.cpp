@@ -151,6 +151,22 @@ ngx_http_vts_json_str(vts_out_t &o, ngx_str_t s)
 
 
 void
+ngx_http_vts_prom_family(vts_out_t &o, const char *name, const char *type,
+    const char *help)
+{
+    o.put("# HELP ");
+    o.put(name);
+    o.putc(' ');
+    o.put(help);
+    o.put("\n# TYPE ");
+    o.put(name);
+    o.putc(' ');
+    o.put(type);
+    o.putc('\n');
+}
+
+
+void
 ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s)
 {
     const u_char *p = s.data, *end = s.data + s.len;

@@ -157,6 +157,10 @@ void ngx_http_vts_json_str(vts_out_t &o, ngx_str_t s);
 /* a Prometheus label value (text format 0.0.4), without the quotes */
 void ngx_http_vts_prom_label(vts_out_t &o, ngx_str_t s);
 
+/* "# HELP NAME HELP\n# TYPE NAME TYPE\n" (the Prometheus views) */
+void ngx_http_vts_prom_family(vts_out_t &o, const char *name,
+    const char *type, const char *help);
+
 /* a node name (a Host, a filter group or key: client input) inside a JSON
    string or a Prometheus label value, without the quotes; reversible, so
    distinct names never render alike: in the decoded text a backslash is

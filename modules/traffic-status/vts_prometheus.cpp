@@ -51,21 +51,6 @@ const kind_t  upstreams = { "nginx_vts_upstream", "code", true };
 
 
 void
-family(vts_out_t &o, const char *name, const char *type, const char *help)
-{
-    o.put("# HELP ");
-    o.put(name);
-    o.putc(' ');
-    o.put(help);
-    o.put("\n# TYPE ");
-    o.put(name);
-    o.putc(' ');
-    o.put(type);
-    o.putc('\n');
-}
-
-
-void
 put_label(vts_out_t &o, const char *k, ngx_str_t v, bool name,
     const ngx_str_t *reserved)
 {
@@ -389,7 +374,7 @@ entries(vts_out_t &o, const kind_t &k, entry_t *e, ngx_uint_t n)
             continue;
         }
         ngx_sprintf((u_char *) name, "%s%s%Z", k.prefix, f.suffix);
-        family(o, name, f.type, f.help);
+        ngx_http_vts_prom_family(o, name, f.type, f.help);
         for (ngx_uint_t i = 0; i < n; i++) {
             f.series(o, name, k, e[i]);
         }
@@ -401,18 +386,18 @@ entries(vts_out_t &o, const kind_t &k, entry_t *e, ngx_uint_t n)
 void
 main_families(vts_out_t &o, vts_render_t &rd)
 {
-    family(o, "nginx_vts_info", "gauge", "Nginx info");
+    ngx_http_vts_prom_family(o, "nginx_vts_info", "gauge", "Nginx info");
     o.put("nginx_vts_info{hostname=\"");
     ngx_http_vts_prom_label(o, ((ngx_cycle_t *) ngx_cycle)->hostname);
     o.put("\",module_version=\"" NGX_HTTP_VTS_MODULE_VERSION
           "\",version=\"" NGINX_VERSION "\"} 1\n");
 
-    family(o, "nginx_vts_start_time_seconds", "gauge", "Nginx start time");
+    ngx_http_vts_prom_family(o, "nginx_vts_start_time_seconds", "gauge", "Nginx start time");
     o.put("nginx_vts_start_time_seconds ");
     put_secs(o, rd.snap.start_msec);
     o.putc('\n');
 
-    family(o, "nginx_vts_main_connections", "gauge", "Nginx connections");
+    ngx_http_vts_prom_family(o, "nginx_vts_main_connections", "gauge", "Nginx connections");
 #if (NGX_STAT_STUB)
     /* alphabetical, as VTS: accepted active handled reading requests
        waiting writing */
@@ -428,7 +413,7 @@ main_families(vts_out_t &o, vts_render_t &rd)
     }
 #endif
 
-    family(o, "nginx_vts_main_shm_usage_bytes", "gauge",
+    ngx_http_vts_prom_family(o, "nginx_vts_main_shm_usage_bytes", "gauge",
            "Shared memory [vhost_traffic_status] info");
     o.put("nginx_vts_main_shm_usage_bytes{shared=\"max_size\"} ");
     o.u64(rd.snap.max_size);
@@ -440,7 +425,7 @@ main_families(vts_out_t &o, vts_render_t &rd)
     o.u64(rd.snap.free_size);
     o.putc('\n');
 
-    family(o, "nginx_vts_main_shm_dropped_nodes_total", "counter",
+    ngx_http_vts_prom_family(o, "nginx_vts_main_shm_dropped_nodes_total", "counter",
            "New entries not stored because the zone was full or a "
            "cap was reached, and entries evicted by filter_max_node "
            "(nginx-portable addition)");
@@ -467,7 +452,7 @@ status_code_family(vts_out_t &o, vts_render_t &rd)
     }
     const char *name = "nginx_vts_status_code_requests_total";
     vts_out_t lab(o.pool);
-    family(o, name, "counter", "The requests counter by status code");
+    ngx_http_vts_prom_family(o, name, "counter", "The requests counter by status code");
     ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_node_t *n = rd.snap.nodes[i];
@@ -569,19 +554,19 @@ cache_families(vts_out_t &o, vts_render_t &rd)
     }
 
     const char *name = "nginx_vts_cache_usage_bytes";
-    family(o, name, "gauge", "The cache zone capacity in bytes");
+    ngx_http_vts_prom_family(o, name, "gauge", "The cache zone capacity in bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
         value(o, name, l[i], "cache_size", "max", rows[i].max, false);
         value(o, name, l[i], "cache_size", "used", rows[i].used, false);
     }
     name = "nginx_vts_cache_bytes_total";
-    family(o, name, "counter", "The cache zone request/response bytes");
+    ngx_http_vts_prom_family(o, name, "counter", "The cache zone request/response bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
         value(o, name, l[i], "direction", "in", rows[i].st.in_bytes, false);
         value(o, name, l[i], "direction", "out", rows[i].st.out_bytes, false);
     }
     name = "nginx_vts_cache_requests_total";
-    family(o, name, "counter", "The cache requests counter");
+    ngx_http_vts_prom_family(o, name, "counter", "The cache requests counter");
     for (ngx_uint_t i = 0; i < n; i++) {
         for (int c = 0; c < NGX_HTTP_VTS_CACHE_N; c++) {
             value(o, name, l[i], "status", ngx_http_vts_cache_names[c],
