@@ -292,7 +292,8 @@ main_families(vts_out_t &o, vts_render_t &rd)
           ? (rd.now - rd.snap.start_msec) / 1000 : 0);
     o.putc('\n');
 
-    ngx_http_vts_prom_family(o, "nginx_server_connections", "gauge", "nginx connections");
+    ngx_http_vts_prom_family(o, "nginx_server_connections",
+        "gauge", "nginx connections");
     ngx_http_vts_conn_t c[NGX_HTTP_VTS_CONN_N];
     ngx_http_vts_connections(c);
     for (auto &k : c) {

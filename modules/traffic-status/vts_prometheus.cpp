@@ -392,12 +392,14 @@ main_families(vts_out_t &o, vts_render_t &rd)
     o.put("\",module_version=\"" NGX_HTTP_VTS_MODULE_VERSION
           "\",version=\"" NGINX_VERSION "\"} 1\n");
 
-    ngx_http_vts_prom_family(o, "nginx_vts_start_time_seconds", "gauge", "Nginx start time");
+    ngx_http_vts_prom_family(o, "nginx_vts_start_time_seconds",
+        "gauge", "Nginx start time");
     o.put("nginx_vts_start_time_seconds ");
     put_secs(o, rd.snap.start_msec);
     o.putc('\n');
 
-    ngx_http_vts_prom_family(o, "nginx_vts_main_connections", "gauge", "Nginx connections");
+    ngx_http_vts_prom_family(o, "nginx_vts_main_connections",
+        "gauge", "Nginx connections");
 #if (NGX_STAT_STUB)
     /* alphabetical, as VTS: accepted active handled reading requests
        waiting writing */
@@ -425,7 +427,8 @@ main_families(vts_out_t &o, vts_render_t &rd)
     o.u64(rd.snap.free_size);
     o.putc('\n');
 
-    ngx_http_vts_prom_family(o, "nginx_vts_main_shm_dropped_nodes_total", "counter",
+    ngx_http_vts_prom_family(o, "nginx_vts_main_shm_dropped_nodes_total",
+        "counter",
            "New entries not stored because the zone was full or a "
            "cap was reached, and entries evicted by filter_max_node "
            "(nginx-portable addition)");
@@ -452,7 +455,8 @@ status_code_family(vts_out_t &o, vts_render_t &rd)
     }
     const char *name = "nginx_vts_status_code_requests_total";
     vts_out_t lab(o.pool);
-    ngx_http_vts_prom_family(o, name, "counter", "The requests counter by status code");
+    ngx_http_vts_prom_family(o, name,
+        "counter", "The requests counter by status code");
     ngx_http_vts_snapshot_range(&rd.snap, NGX_HTTP_VTS_SERVER, &first, &last);
     for (ngx_uint_t i = first; i < last; i++) {
         ngx_http_vts_node_t *n = rd.snap.nodes[i];
@@ -554,13 +558,15 @@ cache_families(vts_out_t &o, vts_render_t &rd)
     }
 
     const char *name = "nginx_vts_cache_usage_bytes";
-    ngx_http_vts_prom_family(o, name, "gauge", "The cache zone capacity in bytes");
+    ngx_http_vts_prom_family(o, name,
+        "gauge", "The cache zone capacity in bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
         value(o, name, l[i], "cache_size", "max", rows[i].max, false);
         value(o, name, l[i], "cache_size", "used", rows[i].used, false);
     }
     name = "nginx_vts_cache_bytes_total";
-    ngx_http_vts_prom_family(o, name, "counter", "The cache zone request/response bytes");
+    ngx_http_vts_prom_family(o, name,
+        "counter", "The cache zone request/response bytes");
     for (ngx_uint_t i = 0; i < n; i++) {
         value(o, name, l[i], "direction", "in", rows[i].st.in_bytes, false);
         value(o, name, l[i], "direction", "out", rows[i].st.out_bytes, false);
