@@ -14,6 +14,7 @@
 #include "ngx_cpp_lua.h"
 #include "ngx_lua_upstream_core.h"
 #include "ngx_lua_upstream_passive.h"
+#include "ngx_lua_upstream_lua.h"
 
 
 /*
@@ -42,48 +43,6 @@ constexpr int  lua_context_request_phases =
     | 0x0040    /* body_filter_by_lua */
     | 0x0200    /* balancer_by_lua */
     | 0x8000;   /* server_rewrite_by_lua */
-
-
-/* ---- small helpers (may raise Lua memory errors: nothing to unwind) ---- */
-
-int
-push_error(lua_State *L, status_t s)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, status_text(s));
-    return 2;
-}
-
-
-void
-push_str(lua_State *L, const ngx_str_t &s)
-{
-    lua_pushlstring(L, reinterpret_cast<const char *>(s.data), s.len);
-}
-
-
-void
-set_integer(lua_State *L, const char *key, lua_Integer value)
-{
-    lua_pushinteger(L, value);
-    lua_setfield(L, -2, key);
-}
-
-
-void
-set_string(lua_State *L, const char *key, const ngx_str_t &value)
-{
-    push_str(L, value);
-    lua_setfield(L, -2, key);
-}
-
-
-void
-set_true(lua_State *L, const char *key)
-{
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, key);
-}
 
 
 /* "host", or "host:port" when the group has a port */
@@ -637,147 +596,6 @@ get_peers_generation(lua_State *L)
 }
 
 
-/* ---- live failures (the health checker's `passive` option) ------------ */
-
-/* LuaJIT's type tag of FFI cdata (lj_obj.h: LUA_TCDATA), not in lua.h */
-constexpr int  lua_type_cdata = 10;
-
-/* the statuses of arg 2: an array of integers 100 ... 999 */
-void
-check_statuses(lua_State *L, status_set_t *set)
-{
-    luaL_checktype(L, 2, LUA_TTABLE);
-
-    size_t  n = lua_objlen(L, 2);
-
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, static_cast<int>(i));
-
-        lua_Number  v = lua_tonumber(L, -1);
-
-        if (!lua_isnumber(L, -1) || v < 100 || v > 999
-            || v != static_cast<lua_Number>(static_cast<int>(v)))
-        {
-            luaL_argerror(L, 2, "array of status codes expected");
-        }
-
-        status_add(set, static_cast<ngx_uint_t>(v));
-        lua_pop(L, 1);
-    }
-}
-
-
-/*
- * the semaphore of arg 3 (ngx.semaphore.new()): its `sem` field is a cdata
- * pointer, whose payload lua_topointer() gives for cdata
- */
-ngx_http_lua_sema_s *
-check_semaphore(lua_State *L)
-{
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_getfield(L, 3, "sem");
-
-    if (lua_type(L, -1) != lua_type_cdata) {
-        luaL_argerror(L, 3, "ngx.semaphore expected");
-    }
-
-    auto  *sem = *static_cast<ngx_http_lua_sema_s *const *>(
-                     lua_topointer(L, -1));
-
-    lua_pop(L, 1);
-
-    if (sem == nullptr) {
-        luaL_argerror(L, 3, "ngx.semaphore expected");
-    }
-
-    return sem;
-}
-
-
-/* upstream.watch_live_failures(name, statuses, semaphore) */
-int
-watch_live_failures(lua_State *L)
-{
-    if (lua_gettop(L) != 3) {
-        return luaL_error(L, "exactly 3 arguments expected");
-    }
-
-    size_t        len;
-    const char   *name = luaL_checklstring(L, 1, &len);
-    status_set_t  statuses = {};
-
-    check_statuses(L, &statuses);
-
-    ngx_http_lua_sema_s  *wake = check_semaphore(L);
-
-    ngx_http_upstream_srv_conf_t  *uscf =
-        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
-
-    if (uscf == nullptr) {
-        return push_error(L, status_t::not_found);
-    }
-
-    ngx_str_t  group = {
-        len, reinterpret_cast<u_char *>(const_cast<char *>(name))
-    };
-
-    status_t  rc = ngx_lua_upstream::watch_live_failures(uscf, group,
-                                                         statuses, wake);
-    if (rc != status_t::ok) {
-        return push_error(L, rc);
-    }
-
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-
-/*
- * failures, dropped = upstream.take_live_failures(): the failures are
- * cleared only once all are on the stack (a memory error keeps them)
- */
-int
-take_live_failures(lua_State *L)
-{
-    if (lua_gettop(L) != 0) {
-        return luaL_error(L, "no argument expected");
-    }
-
-    ngx_uint_t             n, dropped;
-    const live_failure_t  *f = live_failures(&n, &dropped);
-
-    lua_createtable(L, static_cast<int>(n), 0);
-
-    for (ngx_uint_t i = 0; i < n; i++) {
-        lua_createtable(L, 0, 5);
-
-        if (f[i].upstream != nullptr) {
-            push_str(L, *f[i].upstream);
-            lua_setfield(L, -2, "upstream");
-        }
-
-        lua_pushlstring(L, reinterpret_cast<const char *>(f[i].addr),
-                        f[i].addr_len);
-        lua_setfield(L, -2, "addr");
-        set_integer(L, "status", static_cast<lua_Integer>(f[i].status));
-
-        if (f[i].connect_failed) {
-            set_true(L, "connect_failed");
-        }
-
-        if (f[i].no_header) {
-            set_true(L, "no_header");
-        }
-
-        lua_rawseti(L, -2, static_cast<int>(i + 1));
-    }
-
-    lua_pushinteger(L, static_cast<lua_Integer>(dropped));
-    clear_live_failures();
-    return 2;
-}
-
-
 /* ---- upstream.current_upstream_name() ---------------------------------- */
 
 bool
@@ -831,8 +649,8 @@ load_module(lua_State *L)
         { "set_peer_down_by_name", set_peer_down_by_name },
         { "set_new_peers_down", set_new_peers_down },
         { "get_peers_generation", get_peers_generation },
-        { "watch_live_failures", watch_live_failures },
-        { "take_live_failures", take_live_failures },
+        { "watch_live_failures", lua_watch_live_failures },
+        { "take_live_failures", lua_take_live_failures },
         { "current_upstream_name", current_upstream_name },
     };
 
