@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import Nginx, conf_wrap, free_port, make_prefix, wait_for
-from support.net import raw_request
+from support.net import process_gone, raw_request
 from vts_util import req
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root (a root master, nobody workers)')
@@ -83,10 +83,10 @@ def test_a_fifo_at_the_path_neither_blocks_nor_is_written(tmp_path):
     start_bounded(n)
     assert 'is not a regular file' in n.error_log
     raw_request(fport, req('/'))
+    pid = n.master_pid()
     r = n.run('-s', 'quit', timeout=10)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: n.master_pid() is None or not os.path.exists('/proc/%d' % n.master_pid()),
-             timeout=15, what='master exit')
+    wait_for(lambda: process_gone(pid), timeout=15, what='master exit')
     assert stat.S_ISFIFO(os.lstat(dump).st_mode)
     assert not [f for f in os.listdir(dump.parent) if f.endswith('.tmp') and
                 not os.path.islink(dump.parent / f)], 'a temporary file was left behind'
