@@ -9,17 +9,18 @@ updated entry (a few per grace period), whose page comes back after the
 10 s grace period."""
 import time
 
-from conftest import conf_wrap, free_port
+from conftest import conf_wrap, free_port, wait_for
 from vts_util import backend_conf, get_json, many_requests
 
 
-def test_default_zone_keeps_room_for_peers_and_new_keys(nginx_factory):
-    fport, sport, bport = free_port(), free_port(), free_port()
-    nginx_factory(backend_conf([bport]), name='backend', wait_ports=[('127.0.0.1', bport)])
+
+def start_front(nginx_factory, fport, sport, extra, servers):
+    """A default 1m zone; a.test counts `?k=` as filter keys and proxies
+    /up/ to `grp` (servers); status.test shows the JSON."""
     nginx_factory(conf_wrap(f"""
     vhost_traffic_status_zone;
-    vhost_traffic_status_filter_by_host on;
-    upstream grp {{ server 127.0.0.1:{bport}; }}
+    {extra}
+    upstream grp {{ {servers} }}
     server {{
         listen 127.0.0.1:{fport};
         server_name a.test;
@@ -34,6 +35,13 @@ def test_default_zone_keeps_room_for_peers_and_new_keys(nginx_factory):
         location /status {{ vhost_traffic_status_display; }}
     }}
 """), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
+
+
+def test_default_zone_keeps_room_for_peers_and_new_keys(nginx_factory):
+    fport, sport, bport = free_port(), free_port(), free_port()
+    nginx_factory(backend_conf([bport]), name='backend', wait_ports=[('127.0.0.1', bport)])
+    start_front(nginx_factory, fport, sport, 'vhost_traffic_status_filter_by_host on;',
+                'server 127.0.0.1:%d;' % bport)
     flood = [b'GET /?k=%d HTTP/1.1\r\nHost: a.test\r\n\r\n' % i for i in range(300)]
     assert many_requests(fport, flood) == 300
     doc = get_json(sport)
@@ -64,26 +72,10 @@ def test_configured_peers_have_room_after_a_flood(nginx_factory):
 {listens}        location / {{ return 200 "ok\\n"; }}
     }}
 """), name='backend', wait_ports=[(addrs[-1], bport)])
-    servers = ''.join('        server %s:%d;\n' % (a, bport) for a in addrs)
-    nginx_factory(conf_wrap(f"""
-    vhost_traffic_status_zone;
-    upstream grp {{
-{servers}    }}
-    server {{
-        listen 127.0.0.1:{fport};
-        server_name a.test;
-        vhost_traffic_status_filter_by_set_key $arg_k keys;
-        location / {{ return 200 "ok\\n"; }}
-        location /up/ {{ proxy_pass http://grp/; }}
-    }}
-    server {{
-        listen 127.0.0.1:{sport};
-        server_name status.test;
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}
-"""), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
-    time.sleep(1.5)     # the first sweep (1 ms after the start; generous)
+    start_front(nginx_factory, fport, sport, '',
+                ' '.join('server %s:%d;' % (a, bport) for a in addrs))
+    # worker 0's first sweep (1 ms after the start) makes the 80 entries
+    wait_for(lambda: get_json(sport)['sharedZones']['usedNode'] >= 80, what='the first sweep')
     flood = [b'GET /?k=%d HTTP/1.1\r\nHost: a.test\r\n\r\n' % i for i in range(400)]
     assert many_requests(fport, flood) == 400
     assert get_json(sport)['sharedZones']['droppedNodes']['zoneFull'] > 0   # the zone filled
