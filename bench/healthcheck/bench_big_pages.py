@@ -88,11 +88,9 @@ def first_round_done():
 
 
 def measure(bundle, requests, rate):
-    os.environ['NP_BUNDLE'] = str(bundle)
     conf = main_conf(HTTP % {'servers': '\n'.join('        server %s;' % p for p in PEERS),
                              'port': PORT})
-    import common
-    common.BUNDLE = pathlib.Path(bundle)
+    # bundle's own binary and lualib (Server links lualib only for the default bundle)
     srv = Server(conf, binary=str(pathlib.Path(bundle) / 'sbin' / 'nginx'))
     (srv.dir / 'lualib').symlink_to(pathlib.Path(bundle) / 'lualib')
     try:

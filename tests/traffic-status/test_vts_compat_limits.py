@@ -8,8 +8,7 @@ from Lua or a proxy, since `return` answers in the rewrite phase, before it."""
 import pytest
 
 from conftest import conf_wrap, free_port
-from support.net import raw_request
-from vts_util import assert_nginx_t_fails, backend_conf, get_json, req, status_of
+from vts_util import assert_nginx_t_fails, backend_conf, get_json, statuses
 
 
 def start_front(nginx_factory, http_extra='', server_extra='', bport=None):
@@ -33,10 +32,6 @@ def start_front(nginx_factory, http_extra='', server_extra='', bport=None):
     }}
 """), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
     return fport, sport
-
-
-def statuses(fport, path, n, host='a.test'):
-    return [status_of(raw_request(fport, req(path, host=host))) for _ in range(n)]
 
 
 def test_limit_traffic_requests(nginx_factory):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import conf_wrap, free_port
 from support.net import raw_request
-from vts_util import dechunk, get, get_json, many_requests, req, status_of
+from vts_util import dechunk, get, get_json, many_requests, req, status_of, statuses
 
 
 def front(nginx_factory, http_extra='', server_extra='', zone='shared:vts:4m'):
@@ -37,10 +37,6 @@ def front(nginx_factory, http_extra='', server_extra='', zone='shared:vts:4m'):
     }}
 """), wait_ports=[('127.0.0.1', fport), ('127.0.0.1', sport)])
     return fport, sport
-
-
-def statuses(fport, path, n, host='a.test'):
-    return [status_of(raw_request(fport, req(path, host=host))) for _ in range(n)]
 
 
 def headers_of(resp):

@@ -29,7 +29,7 @@ import socket
 
 from conftest import conf_wrap, free_port, wait_for
 from support.probes import parse_json
-from vts_util import dechunk, get, keepalive_requests
+from vts_util import dechunk, get, keepalive_requests, read_all
 
 GROUPS = 4          # filter groups g0..g3, in a random order of creation
 CAP = 256           # filter_max_node for the g* groups together
@@ -107,15 +107,6 @@ def stalled_scrape(sport):
     s.sendall(b'GET /status/format/prometheus HTTP/1.1\r\nHost: status.test\r\n\r\n')
     wait_for(lambda: has_data(s), timeout=30, what='the stalled render to start')
     return s
-
-
-def read_all(s):
-    chunks = []
-    while True:
-        c = s.recv(1 << 16)
-        if not c:
-            return b''.join(chunks)
-        chunks.append(c)
 
 
 class Pairs(list):

@@ -13,7 +13,7 @@ import socket
 import time
 
 from conftest import conf_wrap, free_port, wait_for
-from vts_util import dechunk, keepalive_requests
+from vts_util import dechunk, keepalive_requests, read_all
 
 STALLED = 8         # per worker (twice VTS_RENDERS)
 KEYS = 600          # filter entries: ~1 MB of Prometheus text
@@ -45,15 +45,6 @@ def stalled_client(sport):
     s.sendall(b'GET /status/format/prometheus HTTP/1.1\r\nHost: status.test\r\n'
               b'Connection: close\r\n\r\n')
     return s
-
-
-def read_all(s):
-    chunks = []
-    while True:
-        c = s.recv(1 << 16)
-        if not c:
-            return b''.join(chunks)
-        chunks.append(c)
 
 
 def scrape(sport, path, limit=10):

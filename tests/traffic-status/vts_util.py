@@ -25,6 +25,21 @@ def status_of(resp):
     return int(resp.split(b' ', 2)[1])
 
 
+def statuses(fport, path, n, host='a.test'):
+    """the statuses of n requests for path, one connection each"""
+    return [status_of(raw_request(fport, req(path, host=host))) for _ in range(n)]
+
+
+def read_all(s):
+    """everything socket s receives until the peer closes"""
+    chunks = []
+    while True:
+        c = s.recv(1 << 16)
+        if not c:
+            return b''.join(chunks)
+        chunks.append(c)
+
+
 def keepalive_requests(port, raws, timeout=30):
     """Send requests one after another on keep-alive connections (a new one
     whenever the server closes, e.g. after keepalive_requests).
