@@ -119,6 +119,22 @@ def test_missing_resty_core_file_fails_the_test_and_the_start_clearly(tmp_path):
     assert 'configuration file %s/conf/nginx.conf test failed' % dest in t.stderr
 
 
+def test_missing_resty_core_module_fails_the_test_and_the_start(tmp_path):
+    """`-t` no longer parses every resty.core module (issue 29: that was half
+    of its instructions), but looks each one up on the Lua path as require
+    does: a missing one fails the test with require's own message, as the
+    start fails."""
+    dest = copy_bundle(tmp_path / 'b')
+    (dest / 'lualib' / 'resty' / 'core' / 'shdict.lua').unlink()
+    want = "module 'resty.core.shdict' not found:"
+    t, start = resty_core_failure(dest)
+    for r in (t, start):
+        assert r.returncode != 0
+        assert "failed to load the 'resty.core' module" in r.stderr and want in r.stderr, r.stderr
+        assert "no file '%s/lualib/resty/core/shdict.lua'" % dest in r.stderr, r.stderr
+    assert 'configuration file %s/conf/nginx.conf test failed' % dest in t.stderr
+
+
 def test_config_test_does_not_run_init_by_lua(nginx_factory):
     """`-t` loads resty.core now (above), but runs no code of the config's."""
     n = nginx_factory(conf_wrap('''

@@ -1,9 +1,11 @@
 """Cosocket TLS verification trusts the system CA bundle when no
 lua_ssl_trusted_certificate is set (build/patches/lua-nginx-module/0002); the
 bundle is chosen and opened at start but parsed only by the first handshake
-that verifies (issue 29)."""
+that verifies (issue 29).  The cosocket SSL context of default settings is
+made by a worker's first handshake, not at start (0007)."""
 import os
 import re
+import ssl
 import subprocess
 
 import pytest
@@ -160,3 +162,35 @@ def test_unreadable_bundle_is_reported_at_the_first_verifying_handshake(nginx_fa
     out = http_get('127.0.0.1', port, '/tls?name=bar.internal')[2].decode().strip()
     assert out.startswith('handshake: ') and 'local issuer' in out, out
     assert n.error_log.count('cannot load the CA bundle "%s", using OpenSSL\'s default paths' % junk) == 1
+
+
+def tls13_only_backend(pki, tmp_path):
+    ctx = pki.server_context('bar.internal')
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    port = free_port('127.0.3.21')
+    return Backend('127.0.3.21', port, tls=ctx).start(), port
+
+
+@pytest.mark.parametrize('protocols, want', [('TLSv1.2', 'handshake: '), ('TLSv1.2 TLSv1.3', 'verified')])
+def test_settings_apply_to_the_context_made_at_first_use(nginx_factory, tmp_path, protocols, want):
+    """lua_ssl_protocols and lua_ssl_verify_depth cannot fail at start, so
+    their context, too, is made by the first handshake: with them."""
+    pki = PKI(tmp_path / 'pki')
+    bundle = pki.system_like_bundle(tmp_path / 'bundle.crt')
+    b, backend = tls13_only_backend(pki, tmp_path)
+    try:
+        out, n = run(nginx_factory, free_port(), backend, {'SSL_CERT_FILE': str(bundle)},
+                     extra='lua_ssl_protocols %s;\nlua_ssl_verify_depth 2;\n' % protocols)
+        assert out.startswith(want), out
+    finally:
+        b.stop()
+
+
+def test_a_bad_cipher_list_still_fails_the_config_test(tmp_path):
+    """A setting that can fail keeps its context made at start: `-t` says so."""
+    prefix = make_prefix(tmp_path / 'prefix', conf_wrap('lua_ssl_ciphers NO-SUCH-CIPHER;\n'
+                                                        'server { listen 127.0.0.1:%d; }' % free_port()))
+    r = subprocess.run([str(prefix / 'sbin' / 'nginx'), '-p', str(prefix) + '/', '-t'],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert 'SSL_CTX_set_cipher_list("NO-SUCH-CIPHER") failed' in r.stderr, r.stderr

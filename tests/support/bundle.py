@@ -132,6 +132,9 @@ class Nginx:
     def crash_report(self):
         """The first crash marker in the error log (or a sanitizer log), else None."""
         log = self.error_log + self.sanitizer_reports()
+        # a Lua error a test provokes ("lua entry thread aborted: runtime
+        # error: ...") is not UBSan's "file:line:col: runtime error:"
+        log = log.replace('thread aborted: runtime error:', '')
         return next((m for m in CRASH_MARKERS if m in log), None)
 
 
