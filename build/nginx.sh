@@ -140,7 +140,10 @@ if [ -n "$NP_CROSS" ]; then
                    NP_QEMU="$NP_QEMU -L /usr/$NP_TRIPLET")
 fi
 
-conf_key=$( (printf '%s\n' "$NP_ARCH" "${configure_args[@]}"; cat "$0" "$NP_ROOT/modules/cxx/config.sh"
+# The dependencies' key too: other libraries or headers (their flags, a lock
+# change) mean a fresh configure, so every object and the link are redone.
+conf_key=$( (printf '%s\n' "$NP_ARCH" "${configure_args[@]}" "$(basename "$(np_depsdir)")"
+             cat "$0" "$NP_ROOT/modules/cxx/config.sh"
              for m in "${our_modules[@]}"; do cat "$NP_ROOT/modules/${m##*/}/config"; done) \
             | sha256sum | cut -c1-16)
 cd "$B/nginx"

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from conftest import BUNDLE, IS_ASAN
+from support.bundle import ROOT
 from support.lock import locked_version
 
 NGINX = str(BUNDLE / 'sbin' / 'nginx')
@@ -51,6 +52,36 @@ def test_relative_relocations_are_packed():
     assert relasz is None or int(relasz.group(1)) < 16 * 1024, relasz.group(0)
     relrsz = int(re.search(r'\(RELRSZ\)\s+(\d+)', dyn).group(1))
     assert 0 < relrsz < 64 * 1024, relrsz
+
+
+def test_stripped_binary_is_under_10_5_mb():
+    """Issue 29: under 10.5 MB with HTTP/3 (11.8 MB before DT_RELR, the
+    compact FFI table and unwind-table-free OpenSSL, PCRE2 and zlib)."""
+    size = os.path.getsize(NGINX)
+    assert size < 10500000, size
+    sections = sh('readelf', '-SW', NGINX).stdout
+    assert '.symtab' not in sections and '.debug_info' not in sections
+
+
+UNSTRIPPED = ROOT / '.build' / 'release' / 'nginx' / 'objs' / 'nginx'
+
+
+@pytest.mark.skipif(BUNDLE.resolve() != (ROOT / 'dist' / 'nginx-portable').resolve()
+                    or not UNSTRIPPED.is_file(), reason='the build tree of this bundle is not here')
+def test_libraries_have_no_unwind_tables_and_nginx_has():
+    """flags.sh: OpenSSL, PCRE2 and zlib lose their .eh_frame entries; nginx,
+    lua-nginx-module and LuaJIT keep theirs (LuaJIT unwinds those frames)."""
+    frames = sh('readelf', '--debug-dump=frames', str(UNSTRIPPED)).stdout
+    starts = {int(a, 16) for a in re.findall(r'FDE cie=\w+ pc=([0-9a-f]+)\.\.', frames)}
+    functions = {}
+    for line in sh('nm', str(UNSTRIPPED)).stdout.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[1] in 'tT':
+            functions[f[2]] = int(f[0], 16)
+    for name in ('ngx_http_lua_run_thread', 'lua_pcall', 'ngx_http_process_request_line', 'main'):
+        assert functions[name] in starts, name + ' lost its unwind table'
+    for name in ('SSL_do_handshake', 'EVP_DigestUpdate', 'pcre2_match_8', 'deflate'):
+        assert functions[name] not in starts, name + ' has an unwind table'
 
 
 def test_openssl_is_compiled_at_its_own_optimisation_level():
