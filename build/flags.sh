@@ -15,7 +15,7 @@ NP_CFLAGS="$NP_HARDEN_CFLAGS ${NP_EXTRA_CFLAGS:-}"
 # callback of OpenSSL's, such as ssl_certificate_by_lua, runs its Lua that
 # way), so it never walks into these libraries.  The price: a debugger or
 # profiler gets no backtrace through them in the stripped binary.
-NP_LIB_CFLAGS="$NP_CFLAGS -fno-asynchronous-unwind-tables -fno-unwind-tables"
+NP_NO_UNWIND_CFLAGS="-fno-asynchronous-unwind-tables -fno-unwind-tables"
 # -z pack-relative-relocs: DT_RELR (binutils >= 2.38, glibc >= 2.36, whose
 # static-pie self-relocator applies it).  The ~57,000 R_*_RELATIVE entries of
 # .rela.dyn (24 bytes each, 1.37 MB on x86_64) become a ~14 KB bitmap; the

@@ -11,11 +11,11 @@
 # last -O, so passing NP_CFLAGS whole compiled OpenSSL at our -O2: the -O*
 # flags are left out here and the hardening flags appended as they are
 # (`openssl version -f` shows the result; a test checks it), with
-# NP_LIB_CFLAGS' -fno-*unwind-tables (flags.sh).
+# NP_NO_UNWIND_CFLAGS (flags.sh).
 np_build_dep() {
     local cross=() cflags=() f
     [ -z "$NP_CROSS" ] || cross=(--cross-compile-prefix="$NP_CROSS")
-    for f in $NP_LIB_CFLAGS; do
+    for f in $NP_CFLAGS $NP_NO_UNWIND_CFLAGS; do
         case $f in -O*) ;; *) cflags+=("$f") ;; esac
     done
     np_run ./Configure "$NP_OPENSSL_TARGET" "${cross[@]}" no-shared no-module no-dso no-engine no-tests \

@@ -3,7 +3,7 @@
 np_build_dep() {
     local chost=()
     [ -z "$NP_CROSS" ] || chost=(CHOST="$NP_TRIPLET")
-    np_run env "${chost[@]}" CFLAGS="$NP_LIB_CFLAGS" ./configure --static --prefix="$D"
+    np_run env "${chost[@]}" CFLAGS="$NP_CFLAGS $NP_NO_UNWIND_CFLAGS" ./configure --static --prefix="$D"
     np_run make -j"$NP_JOBS" libz.a
     np_run make install
 }

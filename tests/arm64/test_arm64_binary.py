@@ -37,6 +37,14 @@ def test_file_says_aarch64_static_pie_with_only_relative_relocations():
     assert kinds <= {'R_AARCH64_RELATIVE', 'R_AARCH64_IRELATIVE', 'R_AARCH64_NONE'}, kinds
 
 
+def test_stripped_binary_is_under_10_5_mb():
+    """Issue 29: 10.71 MB before OpenSSL, PCRE2 and zlib lost their unwind
+    tables (this binutils packs no DT_RELR for aarch64)."""
+    size = NGINX.stat().st_size
+    assert size < 10500000, size
+    assert '.symtab' not in sh('readelf', '-SW', str(NGINX)).stdout
+
+
 def test_version_runs_under_qemu_and_names_the_arm64_hardening():
     r = run_target('-V')
     out = r.stderr
