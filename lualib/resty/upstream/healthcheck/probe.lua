@@ -11,7 +11,7 @@
 -- within `timeout` after the request was sent however slowly it trickles in,
 -- it is read in pieces of at most STATUS_LINE_MAX bytes in all, a whole check
 -- never takes more than 3 x timeout, and a worker that is exiting gives up
--- the check within EXIT_POLL (sock.guarded).
+-- the check within EXIT_POLL (the round's exit watch, sock.exit_watch).
 
 local sock_steps = require "resty.upstream.healthcheck.sock"
 local match = require "resty.upstream.healthcheck.match"
@@ -30,7 +30,6 @@ local arm = sock_steps.arm
 local connect = sock_steps.connect
 local step_failed = sock_steps.step_failed
 local printable = sock_steps.printable
-local guarded = sock_steps.guarded
 
 -- bytes: the longest status line, CRLF included; never buffered beyond
 local STATUS_LINE_MAX = 8192
@@ -190,9 +189,8 @@ local function check(ctx, peer)
 end
 
 -- peer: { name =, host =, port = (nil for unix:), sni = }; returns nil, or
--- reason, message, or ABANDONED when the worker is exiting
-function _M.run(ctx, peer)
-    return guarded(check, ctx, peer)
-end
+-- reason, message, or ABANDONED when the worker is exiting.  Runs in one of
+-- the round's light threads, which the round kills when the worker exits.
+_M.run = check
 
 return _M

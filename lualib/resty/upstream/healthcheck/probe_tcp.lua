@@ -5,7 +5,7 @@
 -- bytes must arrive within `timeout` after the send (or the connect) however
 -- slowly they trickle, at most EXPECT_MAX bytes are read, the whole check
 -- never takes more than 3 x timeout, and an exiting worker gives up the
--- check within EXIT_POLL (sock.guarded).  Returns nil on success, or
+-- check within EXIT_POLL (the round's exit watch, sock.exit_watch).  Returns nil on success, or
 -- reason, message (reasons from probe.REASONS).  Touches no shm.
 
 local sock_steps = require "resty.upstream.healthcheck.sock"
@@ -20,7 +20,6 @@ local connect = sock_steps.connect
 local read_until = sock_steps.read_until
 local step_failed = sock_steps.step_failed
 local printable = sock_steps.printable
-local guarded = sock_steps.guarded
 
 -- bytes: the most read while looking for `expect` (as for a status line)
 local EXPECT_MAX = probe.STATUS_LINE_MAX
@@ -91,8 +90,6 @@ end
 
 -- peer: { name =, host =, port = (nil for unix:) }; nil, or reason,
 -- message, or ABANDONED when the worker is exiting
-function _M.run(ctx, peer)
-    return guarded(check, ctx, peer)
-end
+_M.run = check
 
 return _M

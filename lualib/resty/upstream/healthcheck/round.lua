@@ -4,8 +4,8 @@
 -- worker's rounds are taken over) runs a round, and only when the "next
 -- round" marker set at the end of the previous round has expired: one round
 -- per interval for the whole nginx instance.  A round checks every peer
--- with `concurrency` light threads (probe.lua) and records the results
--- (state.lua).
+-- with `concurrency` light threads (probe.lua) beside one exit watch, and
+-- records the results (state.lua).
 --
 -- A worker that finds the round held off retries when the marker expires
 -- (not a full interval later), and a worker that is exiting (reload)
@@ -16,6 +16,7 @@
 
 local probe = require "resty.upstream.healthcheck.probe"
 local probe_tcp = require "resty.upstream.healthcheck.probe_tcp"
+local sock_steps = require "resty.upstream.healthcheck.sock"
 local state = require "resty.upstream.healthcheck.state"
 local peers = require "resty.upstream.healthcheck.peers"
 local keys = require "resty.upstream.healthcheck.keys"
@@ -36,12 +37,15 @@ local update_time = ngx.update_time
 local timer_at = ngx.timer.at
 local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
+local kill = ngx.thread.kill
 local worker_exiting = ngx.worker.exiting
 local sleep = ngx.sleep
 local crc32 = ngx.crc32_short
 
 local run_http = probe.run
 local run_tcp = probe_tcp.run
+local exit_watch = sock_steps.exit_watch
+local EXITING = sock_steps.EXITING
 local ABANDONED = probe.ABANDONED
 local fetch_peers = state.fetch_peers
 local apply_states = state.apply
@@ -262,6 +266,24 @@ local function rest_of_cut_round(ctx, targets)
     return rest, from
 end
 
+-- waits for the round's threads beside the exit watch (sock.exit_watch):
+-- when the worker is exiting, the checks still in flight are killed (their
+-- sockets closed, their results never recorded: check_peer) within the
+-- watch's EXIT_POLL.  A thread that ends before its turn here waits, dead,
+-- until it is waited for.
+local function supervise(threads, watch)
+    for t = 1, #threads do
+        local ok, res = wait(threads[t], watch)
+        if ok and res == EXITING then
+            for k = t, #threads do
+                kill(threads[k])
+            end
+            return
+        end
+    end
+    kill(watch)
+end
+
 -- checks every target with up to ctx.concurrency light threads; returns how
 -- many it started (all, unless the worker began exiting)
 local function check_all(ctx, targets)
@@ -282,7 +304,7 @@ local function check_all(ctx, targets)
     update_time()
     local round_start = now()
     local threads = {}
-    for t = 1, nthreads - 1 do
+    for t = 1, nthreads do
         local th, err = spawn(worker_loop, ctx, targets, next_index,
                               round_start)
         if not th then
@@ -291,10 +313,12 @@ local function check_all(ctx, targets)
         end
         threads[t] = th
     end
-    worker_loop(ctx, targets, next_index, round_start)
-    for t = 1, #threads do
-        wait(threads[t])
+    if #threads == 0 then
+        -- no thread to spare: the checks run here, without the exit watch
+        worker_loop(ctx, targets, next_index, round_start)
+        return idx
     end
+    supervise(threads, spawn(exit_watch))
     return idx
 end
 

@@ -1,12 +1,12 @@
 -- Bounded socket steps shared by every kind of check
 -- (resty.upstream.healthcheck.sock): the clock, the one place that sets a
 -- step's time limit (`arm`), the TCP connect, a bounded read that gathers
--- bytes until a caller's test is satisfied, and `guarded`, which runs a
--- whole check so that an exiting worker abandons it at once.  Used by
--- probe.lua (http/https), probe_tcp.lua and match.lua; touches no shm.
+-- bytes until a caller's test is satisfied, and the exit watch beside which
+-- round.lua runs a round's checks, so that an exiting worker abandons them
+-- at once.  Used by probe.lua (http/https), probe_tcp.lua, match.lua and
+-- round.lua; touches no shm.
 
 local ngx = ngx
-local error = error
 local tostring = tostring
 local str_sub = string.sub
 local str_gsub = string.gsub
@@ -20,9 +20,6 @@ local now = ngx.now
 local sleep = ngx.sleep
 local update_time = ngx.update_time
 local worker_exiting = ngx.worker.exiting
-local spawn = ngx.thread.spawn
-local wait = ngx.thread.wait
-local kill = ngx.thread.kill
 
 -- seconds: how often a check in flight looks whether its worker is exiting
 -- (reload, quit), to abandon the check then
@@ -131,7 +128,7 @@ end
 -- Each wait for bytes lasts until the deadline (a silent peer costs one
 -- socket timeout, and with lua_socket_log_errors on one "read timed out"
 -- line, per check), or until the quiet test below is due; an exiting worker
--- abandons it through `guarded`.
+-- abandons it through the round's exit watch (exit_watch).
 --
 -- Linear in the bytes read, however small the pieces: pieces are kept apart,
 -- and joined and tested only when the data doubled since the last test, when
@@ -195,38 +192,20 @@ function _M.read_until(ctx, sock, deadline, max, done, buffered)
 end
 
 
--- The exit watch of a check in flight: returns EXITING once the worker is
--- exiting.  Sleeping, unlike a short socket timeout, logs nothing.
-local EXITING = {}
+_M.EXITING = {}
 
-local function watch_exit()
+-- A light thread of its own beside a round's checks (round.lua): returns
+-- EXITING within EXIT_POLL once the worker is exiting (reload, quit), and
+-- the round kills the checks in flight (a killed check's socket is
+-- closed).  One watch per round, not per check: no socket wait needs to be
+-- cut into short slices to notice the exit (sleeping, unlike a short
+-- socket timeout, logs nothing), and a check costs no light threads or
+-- timers of its own (a fifth of its instructions when it had them).
+function _M.exit_watch()
     while not worker_exiting() do
         sleep(EXIT_POLL)
     end
-    return EXITING
-end
-
--- Runs check(ctx, peer) (a whole check, returning nil or reason, message) in
--- a light thread beside an exit watch, so that no socket wait needs to be
--- cut into short slices to notice a reload or quit: the first to finish
--- wins, the other is killed (a killed check's socket is closed).  Returns
--- what check returned, or ABANDONED; raises the check's error.
-function _M.guarded(check, ctx, peer)
-    if worker_exiting() then
-        return _M.ABANDONED
-    end
-    local th = spawn(check, ctx, peer)
-    local watch = spawn(watch_exit)
-    local ok, reason, msg = wait(th, watch)
-    if ok and reason == EXITING then
-        kill(th)
-        return _M.ABANDONED
-    end
-    kill(watch)
-    if not ok then
-        error(reason, 0)
-    end
-    return reason, msg
+    return _M.EXITING
 end
 
 return _M
