@@ -89,9 +89,10 @@ local function check_peer(ctx, peer)
     local t0 = now()
     local ok, reason, msg = pcall(ctx.tcp and run_tcp or run_http, ctx, peer)
     if worker_exiting() or reason == ABANDONED then
-        -- reload or shutdown while probing (the probe gave up at once): the
-        -- new workers take over, and this worker's (old) peer list must not
-        -- write to the shm any more
+        -- reload or shutdown while probing (a probe still waiting is killed
+        -- by the round's exit watch; one that finished just then ends
+        -- here): the new workers take over, and this worker's (old) peer
+        -- list must not write to the shm any more
         return
     end
     update_time()
