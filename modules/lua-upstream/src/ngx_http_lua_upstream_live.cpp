@@ -82,33 +82,20 @@ lua_watch_live_failures(lua_State *L)
         return luaL_error(L, "exactly 3 arguments expected");
     }
 
-    size_t        len;
-    const char   *name = luaL_checklstring(L, 1, &len);
-    status_set_t  statuses = {};
+    ngx_str_t                      group;
+    ngx_http_upstream_srv_conf_t  *uscf = group_arg(L, &group);
+    status_set_t                   statuses = {};
 
     check_statuses(L, &statuses);
 
     ngx_http_lua_sema_s  *wake = check_semaphore(L);
 
-    ngx_http_upstream_srv_conf_t  *uscf =
-        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
-
     if (uscf == nullptr) {
         return push_error(L, status_t::not_found);
     }
 
-    ngx_str_t  group = {
-        len, reinterpret_cast<u_char *>(const_cast<char *>(name))
-    };
-
-    status_t  rc = ngx_lua_upstream::watch_live_failures(uscf, group,
-                                                         statuses, wake);
-    if (rc != status_t::ok) {
-        return push_error(L, rc);
-    }
-
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ngx_lua_upstream::watch_live_failures(
+                              uscf, group, statuses, wake));
 }
 
 
@@ -132,8 +119,7 @@ lua_take_live_failures(lua_State *L)
         lua_createtable(L, 0, 5);
 
         if (f[i].upstream != nullptr) {
-            push_str(L, *f[i].upstream);
-            lua_setfield(L, -2, "upstream");
+            set_string(L, "upstream", *f[i].upstream);
         }
 
         lua_pushlstring(L, reinterpret_cast<const char *>(f[i].addr),

@@ -67,10 +67,9 @@ check_group_arg(lua_State *L)
         return nullptr;         /* not reached */
     }
 
-    size_t       len;
-    const char  *name = luaL_checklstring(L, 1, &len);
+    ngx_str_t  name;
 
-    return find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+    return group_arg(L, &name);
 }
 
 
@@ -484,27 +483,18 @@ set_peer_down(lua_State *L)
         return luaL_error(L, "exactly 4 arguments expected");
     }
 
-    size_t       len;
-    const char  *name = luaL_checklstring(L, 1, &len);
-    bool         backup = lua_toboolean(L, 2);
-    lua_Integer  id = peer_id_arg(L, 3);
-    bool         down = lua_toboolean(L, 4);
-
-    ngx_http_upstream_srv_conf_t  *uscf =
-        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+    ngx_str_t                      name;
+    ngx_http_upstream_srv_conf_t  *uscf = group_arg(L, &name);
+    bool                           backup = lua_toboolean(L, 2);
+    lua_Integer                    id = peer_id_arg(L, 3);
+    bool                           down = lua_toboolean(L, 4);
 
     if (uscf == nullptr) {
         return push_error(L, status_t::not_found);
     }
 
-    status_t  rc = ngx_lua_upstream::set_peer_down(uscf, backup, id, down);
-
-    if (rc != status_t::ok) {
-        return push_error(L, rc);
-    }
-
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ngx_lua_upstream::set_peer_down(uscf, backup, id,
+                                                          down));
 }
 
 
@@ -518,14 +508,12 @@ set_peer_down_by_name(lua_State *L)
         return luaL_error(L, "exactly 4 arguments expected");
     }
 
-    size_t       len, peer_len;
-    const char  *name = luaL_checklstring(L, 1, &len);
-    bool         backup = lua_toboolean(L, 2);
-    const char  *peer = luaL_checklstring(L, 3, &peer_len);
-    bool         down = lua_toboolean(L, 4);
-
-    ngx_http_upstream_srv_conf_t  *uscf =
-        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+    ngx_str_t                      name;
+    ngx_http_upstream_srv_conf_t  *uscf = group_arg(L, &name);
+    bool                           backup = lua_toboolean(L, 2);
+    size_t                         peer_len;
+    const char                    *peer = luaL_checklstring(L, 3, &peer_len);
+    bool                           down = lua_toboolean(L, 4);
 
     if (uscf == nullptr) {
         return push_error(L, status_t::not_found);
@@ -535,15 +523,8 @@ set_peer_down_by_name(lua_State *L)
         peer_len, reinterpret_cast<u_char *>(const_cast<char *>(peer))
     };
 
-    status_t  rc = ngx_lua_upstream::set_peer_down_by_name(uscf, backup,
-                                                           peer_name, down);
-
-    if (rc != status_t::ok) {
-        return push_error(L, rc);
-    }
-
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ngx_lua_upstream::set_peer_down_by_name(
+                              uscf, backup, peer_name, down));
 }
 
 
@@ -555,25 +536,15 @@ set_new_peers_down(lua_State *L)
         return luaL_error(L, "exactly 2 arguments expected");
     }
 
-    size_t       len;
-    const char  *name = luaL_checklstring(L, 1, &len);
-    bool         down = lua_toboolean(L, 2);
-
-    ngx_http_upstream_srv_conf_t  *uscf =
-        find(main_conf(), reinterpret_cast<const u_char *>(name), len);
+    ngx_str_t                      name;
+    ngx_http_upstream_srv_conf_t  *uscf = group_arg(L, &name);
+    bool                           down = lua_toboolean(L, 2);
 
     if (uscf == nullptr) {
         return push_error(L, status_t::not_found);
     }
 
-    status_t  rc = ngx_lua_upstream::set_new_peers_down(uscf, down);
-
-    if (rc != status_t::ok) {
-        return push_error(L, rc);
-    }
-
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ngx_lua_upstream::set_new_peers_down(uscf, down));
 }
 
 

@@ -25,6 +25,34 @@ push_error(lua_State *L, status_t s)
 }
 
 
+/* nil, err when s is an error, else true */
+inline int
+push_result(lua_State *L, status_t s)
+{
+    if (s != status_t::ok) {
+        return push_error(L, s);
+    }
+
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/*
+ * the group named by argument 1 (a string, else a Lua error), or nullptr;
+ * *name is that name, Lua's string (valid while it is on the stack)
+ */
+inline ngx_http_upstream_srv_conf_t *
+group_arg(lua_State *L, ngx_str_t *name)
+{
+    const char  *s = luaL_checklstring(L, 1, &name->len);
+
+    name->data = reinterpret_cast<u_char *>(const_cast<char *>(s));
+
+    return find(main_conf(), name->data, name->len);
+}
+
+
 inline void
 push_str(lua_State *L, const ngx_str_t &s)
 {
