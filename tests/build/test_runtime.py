@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (BUNDLE, IS_ASAN, ROOT, Nginx, conf_wrap, copy_bundle, free_port, http_get,
                       port_open, wait_for)
+from support.bundle import EXEC_WRAPPER
 
 LUA_INFO = r'''
     server {
@@ -133,6 +134,27 @@ def test_missing_resty_core_module_fails_the_test_and_the_start(tmp_path):
         assert "failed to load the 'resty.core' module" in r.stderr and want in r.stderr, r.stderr
         assert "no file '%s/lualib/resty/core/shdict.lua'" % dest in r.stderr, r.stderr
     assert 'configuration file %s/conf/nginx.conf test failed' % dest in t.stderr
+
+
+@pytest.mark.skipif(bool(EXEC_WRAPPER), reason='strace of the emulator')
+def test_config_test_reads_only_resty_core_and_its_base(tmp_path):
+    """Issue 29: `-t` parsed all ~5,400 lines of resty/core/ (12 M of its
+    27 M instructions); now it reads resty/core.lua and resty/core/base.lua
+    and only looks the other modules up (opened, never read)."""
+    dest = copy_bundle(tmp_path / 'b')
+    (dest / 'conf' / 'nginx.conf').write_text(conf_wrap('server { listen 127.0.0.1:%d; }' % free_port()))
+    trace = tmp_path / 'strace.txt'
+    r = subprocess.run(['strace', '-f', '-qq', '-y', '-o', str(trace), '-e', 'trace=openat,read',
+                        str(dest / 'sbin' / 'nginx'), '-p', str(dest) + '/', '-t'],
+                       env=dict(os.environ, ASAN_OPTIONS='detect_leaks=0'),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = trace.read_text()
+    core = str(dest / 'lualib' / 'resty' / 'core')
+    read = set(re.findall(r'\bread\(\d+<(%s[^>]*)>' % re.escape(core), calls))
+    opened = set(re.findall(r'openat\(.*"(%s[^"]*)"' % re.escape(core), calls))
+    assert read == {core + '.lua', core + '/base.lua'}, sorted(read)
+    assert core + '/shdict.lua' in opened and core + '/var.lua' in opened, sorted(opened)
 
 
 def test_config_test_does_not_run_init_by_lua(nginx_factory):

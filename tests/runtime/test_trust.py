@@ -164,7 +164,7 @@ def test_unreadable_bundle_is_reported_at_the_first_verifying_handshake(nginx_fa
     assert n.error_log.count('cannot load the CA bundle "%s", using OpenSSL\'s default paths' % junk) == 1
 
 
-def tls13_only_backend(pki, tmp_path):
+def tls13_only_backend(pki):
     ctx = pki.server_context('bar.internal')
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     port = free_port('127.0.3.21')
@@ -177,7 +177,7 @@ def test_settings_apply_to_the_context_made_at_first_use(nginx_factory, tmp_path
     their context, too, is made by the first handshake: with them."""
     pki = PKI(tmp_path / 'pki')
     bundle = pki.system_like_bundle(tmp_path / 'bundle.crt')
-    b, backend = tls13_only_backend(pki, tmp_path)
+    b, backend = tls13_only_backend(pki)
     try:
         out, n = run(nginx_factory, free_port(), backend, {'SSL_CERT_FILE': str(bundle)},
                      extra='lua_ssl_protocols %s;\nlua_ssl_verify_depth 2;\n' % protocols)
